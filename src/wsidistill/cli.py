@@ -1,0 +1,226 @@
+"""``wsidistill <verb>``: every pipeline stage, runnable by hand or from a Snakemake rule.
+
+Known input errors (a corrupt slide, a bad sample sheet, unmappable
+annotations) exit with status 1 and a one-line message naming the file and
+the fix, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+DEFAULT_CLASSES = ["NC", "G3", "G4", "G5"]
+DEFAULT_CLASS_MAP = {"Benign": "NC", "Gleason 3": "G3", "Gleason 4": "G4", "Gleason 5": "G5"}
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {text!r} ({err})") from err
+
+
+def _add_demo(sub):
+    cohort = sub.add_parser("demo-cohort", help="write the synthetic demo cohort (slides, annotations, sample sheet)")
+    cohort.add_argument("--out", required=True, type=Path)
+    cohort.add_argument("--slides", type=int, default=10)
+    cohort.add_argument("--seed", type=int, default=0)
+    cohort.add_argument("--width", type=int)
+    cohort.add_argument("--height", type=int)
+    cohort.add_argument("--threads", type=int, default=1)
+
+    slide = sub.add_parser("demo-slide", help="write one slide of the demo cohort")
+    slide.add_argument("--out", required=True, type=Path)
+    slide.add_argument("--slide-id", required=True)
+    slide.add_argument("--slides", type=int, required=True)
+    slide.add_argument("--seed", type=int, required=True)
+    slide.add_argument("--width", type=int)
+    slide.add_argument("--height", type=int)
+    slide.add_argument("--threads", type=int, default=1)
+
+    sheet = sub.add_parser("demo-sheet", help="write the demo cohort's sample sheet")
+    sheet.add_argument("--out", required=True, type=Path, help="the cohort directory")
+    sheet.add_argument("--sheet", required=True, type=Path)
+    sheet.add_argument("--slides", type=int, required=True)
+    sheet.add_argument("--seed", type=int, required=True)
+    sheet.add_argument("--threads", type=int, default=1)
+
+
+def _add_extract(sub):
+    p = sub.add_parser("extract", help="slide -> Zarr store of aligned multi-magnification patches")
+    p.add_argument("slide", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--slide-id", help="defaults to the file name without extension")
+    p.add_argument("--annotations", type=Path)
+    p.add_argument("--summary", type=Path, help="extraction summary JSON")
+    p.add_argument("--magnifications", type=float, nargs="+", default=[40, 20, 10, 5])
+    p.add_argument("--teacher-magnification", type=float, help="defaults to the highest magnification")
+    p.add_argument("--patch-size", type=int, default=256, help="patch side in px at the Teacher's magnification")
+    p.add_argument("--mpp", type=float, help="override the slide's microns per pixel")
+    p.add_argument("--objective-power", type=float, help="override the slide's objective power")
+    p.add_argument("--classes", nargs="+", default=DEFAULT_CLASSES)
+    p.add_argument("--class-map", type=_json, default=DEFAULT_CLASS_MAP, help="JSON: annotation name -> class")
+    p.add_argument("--min-tissue-fraction", type=float, default=0.5)
+    p.add_argument("--min-label-fraction", type=float, default=0.5)
+    p.add_argument("--tissue-method", default="hsv-otsu")
+    p.add_argument("--on-missing-magnification", choices=["skip", "error"], default="skip")
+    p.add_argument("--block-cells", type=int, default=8)
+    p.add_argument("--scheduler-address", help="dask distributed scheduler to use instead of local threads")
+    p.add_argument("--threads", type=int, default=1)
+
+
+def _add_train(sub):
+    for verb, help_text in (("train-teacher", "train the Teacher"), ("distill", "distil a Student from the Teacher")):
+        p = sub.add_parser(verb, help=help_text)
+        p.add_argument("--train-stores", nargs="+", required=True)
+        p.add_argument("--val-stores", nargs="+", required=True)
+        p.add_argument("--magnification", type=float, required=True)
+        p.add_argument("--classes", nargs="+", default=DEFAULT_CLASSES)
+        p.add_argument("--arch", default="smallcnn")
+        p.add_argument("--training", type=_json, default={}, help="JSON of the config's `training` section")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", required=True, type=Path)
+        p.add_argument("--history", required=True, type=Path)
+        p.add_argument("--threads", type=int, default=1)
+        if verb == "distill":
+            p.add_argument("--teacher", required=True, type=Path)
+            p.add_argument("--method", required=True)
+            p.add_argument("--weights", type=_json, required=True, help='JSON of named loss terms, e.g. {"ce": 1}')
+            p.add_argument("--student-input", choices=["native", "upsampled"], default="native")
+            p.add_argument("--distill-options", type=_json, default={})
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="whole-slide inference on test stores and metrics")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--stores", nargs="+", required=True)
+    p.add_argument("--predictions", required=True, type=Path)
+    p.add_argument("--metrics", required=True, type=Path)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1)
+
+    t = sub.add_parser("tables", help="comparison table and plot from metrics JSONs")
+    t.add_argument("--metrics", nargs="+", required=True)
+    t.add_argument("--csv", required=True, type=Path)
+    t.add_argument("--md", required=True, type=Path)
+    t.add_argument("--plot", required=True, type=Path)
+    t.add_argument("--baseline", default="ce")
+    t.add_argument("--threads", type=int, default=1)
+
+    h = sub.add_parser("heatmap", help="Gleason heatmap of one model on one slide")
+    h.add_argument("--store", required=True, type=Path)
+    h.add_argument("--predictions", required=True, type=Path)
+    h.add_argument("--out", required=True, type=Path)
+    h.add_argument("--title", default="")
+    h.add_argument("--threads", type=int, default=1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wsidistill", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+    _add_demo(sub)
+    _add_extract(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.verb == "demo-cohort":
+        from .demo import write_cohort
+
+        print(write_cohort(args.out, args.slides, args.seed, **_size(args)))
+    elif args.verb == "demo-slide":
+        from .demo import plan_cohort, write_slide
+
+        plan = {s.slide_id: s for s in plan_cohort(args.slides, args.seed)}
+        if args.slide_id not in plan:
+            raise ValueError(f"{args.slide_id} is not in a {args.slides}-slide demo cohort (ids: {sorted(plan)})")
+        write_slide(plan[args.slide_id], args.out, **_size(args))
+    elif args.verb == "demo-sheet":
+        from .demo import plan_cohort, write_sample_sheet
+
+        write_sample_sheet(plan_cohort(args.slides, args.seed), args.out, args.sheet)
+    elif args.verb == "extract":
+        from .patches.extract import ExtractionSettings, extract_slide
+
+        settings = ExtractionSettings(
+            classes=tuple(args.classes),
+            class_map=args.class_map,
+            magnifications=tuple(sorted(args.magnifications, reverse=True)),
+            teacher_magnification=args.teacher_magnification or max(args.magnifications),
+            patch_size=args.patch_size,
+            min_tissue_fraction=args.min_tissue_fraction,
+            min_label_fraction=args.min_label_fraction,
+            tissue_method=args.tissue_method,
+            on_missing_magnification=args.on_missing_magnification,
+            block_cells=args.block_cells,
+            scheduler_address=args.scheduler_address,
+        )
+        summary = extract_slide(
+            args.slide, args.out, settings, slide_id=args.slide_id or args.slide.stem, annotations=args.annotations,
+            mpp=args.mpp, objective_power=args.objective_power, threads=args.threads, summary_path=args.summary,
+        )
+        print(json.dumps({k: summary[k] for k in ("slide_id", "tissue_patches", "patches_per_class",
+                                                  "skipped_magnifications")}))
+    elif args.verb in ("train-teacher", "distill"):
+        from .train import TrainSettings, train
+
+        settings = TrainSettings(**{**args.training, "device": args.device})
+        is_student = args.verb == "distill"
+        train(
+            train_stores=args.train_stores, val_stores=args.val_stores, classes=args.classes,
+            magnification=args.magnification, arch=args.arch,
+            weights=args.weights if is_student else {"ce": 1.0}, settings=settings, seed=args.seed,
+            out_model=args.out, out_history=args.history, threads=args.threads,
+            teacher_path=args.teacher if is_student else None,
+            student_input=args.student_input if is_student else "native",
+            distill_options=args.distill_options if is_student else None,
+            method=args.method if is_student else "teacher",
+        )
+    elif args.verb == "evaluate":
+        from .evaluate import evaluate_model
+
+        metrics = evaluate_model(args.model, args.stores, args.predictions, args.metrics, batch_size=args.batch_size,
+                                 device=args.device, threads=args.threads)
+        print(f"{args.model}: kappa {metrics['quadratic_kappa']:.3f}, "
+              f"balanced accuracy {metrics['balanced_accuracy']:.3f} on {metrics['test_patches']} patches")
+    elif args.verb == "tables":
+        from .report.tables import write_comparison
+
+        write_comparison(args.metrics, args.csv, args.md, args.plot, baseline=args.baseline)
+    elif args.verb == "heatmap":
+        from .heatmaps import slide_heatmap
+
+        slide_heatmap(args.store, args.predictions, args.out, title=args.title)
+
+
+def _size(args) -> dict:
+    return {k: v for k, v in (("width", args.width), ("height", args.height)) if v is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .patches.extract import MagnificationUnavailable
+    from .slides.annotations import AnnotationError
+    from .slides.grid import GridError
+    from .slides.reader import SlideReadError
+    from .slides.samples import SampleSheetError
+
+    warnings.simplefilter("always")
+    try:
+        run(args)
+    except (SlideReadError, SampleSheetError, AnnotationError, GridError, MagnificationUnavailable) as err:
+        print(f"wsidistill {args.verb}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

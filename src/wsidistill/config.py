@@ -1,0 +1,49 @@
+"""Checks on a validated config that a JSON schema cannot express.
+
+The schema catches unknown keys, misspelt loss terms and wrong types; these
+checks catch combinations (a magnification that does not cut the patch into
+whole pixels, a baseline that is not a method) before any job starts.
+"""
+
+from __future__ import annotations
+
+from .slides.grid import GridError, patch_pixels
+
+TEACHER = "teacher"
+
+
+class ConfigError(ValueError):
+    """A config value that would make the workflow fail later; the message names the key."""
+
+
+def student_magnifications(config: dict) -> list[float]:
+    teacher = config["teacher"]["magnification"]
+    return sorted((m for m in config["magnifications"] if m < teacher), reverse=True)
+
+
+def check_config(config: dict) -> None:
+    teacher = config["teacher"]["magnification"]
+    magnifications = config["magnifications"]
+    if teacher not in magnifications:
+        raise ConfigError(f"`teacher.magnification` {teacher:g} must be one of `magnifications` {magnifications}")
+    for magnification in magnifications:
+        if magnification > teacher:
+            raise ConfigError(
+                f"`magnifications` contains {magnification:g}, above the Teacher's {teacher:g}x; "
+                "Students see lower magnifications only"
+            )
+        try:
+            patch_pixels(config["extraction"]["patch_size"], magnification, teacher)
+        except GridError as err:
+            raise ConfigError(f"`magnifications` contains unknown magnification {magnification:g}: {err}") from err
+    if not student_magnifications(config):
+        raise ConfigError("`magnifications` needs at least one magnification below `teacher.magnification`")
+    methods = config["methods"]
+    if TEACHER in methods:
+        raise ConfigError("`methods` may not contain a method named 'teacher': that name is the Teacher's")
+    baseline = config.get("baseline_method")
+    if baseline and baseline not in methods:
+        raise ConfigError(f"`baseline_method` {baseline!r} is not one of `methods` {sorted(methods)}")
+    unknown = sorted(set(config["annotation_classes"].values()) - set(config["classes"]))
+    if unknown:
+        raise ConfigError(f"`annotation_classes` maps to {unknown}, which are not in `classes` {config['classes']}")

@@ -1,0 +1,76 @@
+"""Reading patch stores back for training, evaluation and inference."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+from ..slides.grid import magnification_name
+
+
+def open_store(path: str | Path) -> zarr.Group:
+    return zarr.open_group(str(path), mode="r")
+
+
+@dataclass
+class PatchSet:
+    """Labelled patches of several slides, aligned across magnifications.
+
+    ``images[name]`` is (N, P, P, 3) uint8 for each magnification name; row i
+    of every array is the same tissue.
+    """
+
+    images: dict[str, np.ndarray]
+    labels: np.ndarray
+    slide_index: np.ndarray
+    slide_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_patches(stores: Sequence[str | Path], magnifications: Sequence[float], *, labelled_only: bool = True) -> PatchSet:
+    """Load the patches of ``stores`` at ``magnifications`` into memory.
+
+    The demo and SICAPv2-sized cohorts fit in memory; patches are kept as
+    uint8 and converted per batch.
+    """
+    names = [magnification_name(m) for m in magnifications]
+    images = {name: [] for name in names}
+    labels, slide_index, slide_ids = [], [], []
+    for index, path in enumerate(stores):
+        root = open_store(path)
+        slide_labels = root["labels"][:]
+        rows = np.flatnonzero(slide_labels >= 0) if labelled_only else np.arange(len(slide_labels))
+        slide_ids.append(root.attrs["slide_id"])
+        for name in names:
+            if name not in root:
+                raise KeyError(f"{path}: no {name} patches (skipped at extraction: {root.attrs['skipped_magnifications']})")
+            images[name].append(root[name]["images"][:][rows] if len(rows) else np.zeros((0, *root[name]["images"].shape[1:]), np.uint8))
+        labels.append(slide_labels[rows])
+        slide_index.append(np.full(len(rows), index))
+    return PatchSet(
+        images={name: np.concatenate(parts) for name, parts in images.items()},
+        labels=np.concatenate(labels).astype(np.int64),
+        slide_index=np.concatenate(slide_index),
+        slide_ids=slide_ids,
+    )
+
+
+def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [0, 1]."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    return tensor.permute(0, 3, 1, 2).float().div_(255)
+
+
+def iterate_store(path: str | Path, magnification: float, batch_size: int) -> Iterator[tuple[slice, np.ndarray]]:
+    """Stream every patch of one store in order, one batch in memory at a time."""
+    images = open_store(path)[magnification_name(magnification)]["images"]
+    for start in range(0, images.shape[0], batch_size):
+        stop = min(start + batch_size, images.shape[0])
+        yield slice(start, stop), images[start:stop]

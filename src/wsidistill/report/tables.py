@@ -1,0 +1,126 @@
+"""Comparison tables: methods x magnifications, mean ± std over seeds.
+
+The Teacher row sits at its own magnification.  Each Student cell is marked
+when a paired bootstrap over test slides (seeds pooled, same resampled
+slides for both models) finds it significantly different from the CE-only
+Student at the same magnification.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..io import save_figure, write_text
+from ..metrics import balanced_accuracy, format_mean_std, mean_std, paired_bootstrap, quadratic_kappa
+
+METRICS = {"kappa": ("quadratic_kappa", quadratic_kappa), "balanced_accuracy": ("balanced_accuracy", balanced_accuracy)}
+TEACHER = "teacher"
+
+
+def load_metrics(paths: list[str | Path]) -> list[dict]:
+    return [json.loads(Path(p).read_text()) for p in paths]
+
+
+def comparison_frame(results: list[dict], baseline: str | None = "ce", n_boot: int = 1000) -> pd.DataFrame:
+    """Long table: one row per (method, magnification) with mean, std and significance."""
+    rows = []
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for result in results:
+        groups.setdefault((result["method"], float(result["magnification"])), []).append(result)
+    for (method, magnification), runs in sorted(groups.items(), key=lambda kv: (kv[0][0] != TEACHER, kv[0][0], -kv[0][1])):
+        runs = sorted(runs, key=lambda r: r["seed"])
+        row = {"method": method, "magnification": magnification, "seeds": len(runs)}
+        for name, (key, metric) in METRICS.items():
+            row[f"{name}_mean"], row[f"{name}_std"] = mean_std([r[key] for r in runs])
+        reference = groups.get((baseline, magnification)) if baseline else None
+        if reference and method not in (baseline, TEACHER):
+            row.update(_against_baseline(runs, sorted(reference, key=lambda r: r["seed"]), n_boot))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _against_baseline(runs: list[dict], reference: list[dict], n_boot: int) -> dict:
+    paired = [(r, b) for r in runs for b in reference if b["seed"] == r["seed"]]
+    if not paired:
+        return {}
+    truth = np.concatenate([r["per_patch"]["truth"] for r, _ in paired])
+    ours = np.concatenate([r["per_patch"]["predicted"] for r, _ in paired])
+    theirs = np.concatenate([b["per_patch"]["predicted"] for _, b in paired])
+    slides = np.concatenate([r["per_patch"]["slide"] for r, _ in paired])
+    num_classes = len(runs[0]["classes"])
+    if len(truth) == 0 or len(np.unique(slides)) < 2:
+        return {}
+    test = paired_bootstrap(truth, ours, theirs, slides, quadratic_kappa, num_classes, n_boot=n_boot, seed=0)
+    return {"kappa_delta_vs_baseline": test["delta"], "kappa_delta_low": test["low"], "kappa_delta_high": test["high"],
+            "p_value_vs_baseline": test["p_value"], "significant_vs_baseline": bool(test["significant"])}
+
+
+def comparison_markdown(frame: pd.DataFrame, baseline: str = "ce") -> str:
+    """Two pivot tables (kappa, balanced accuracy) with the best Student per column in bold."""
+    magnifications = sorted(frame.magnification.unique(), reverse=True)
+    lines = []
+    for name, title in (("kappa", "Quadratic kappa"), ("balanced_accuracy", "Balanced accuracy")):
+        lines += [f"### {title} (mean ± std over seeds)", "",
+                  "| method | " + " | ".join(f"{m:g}x" for m in magnifications) + " |",
+                  "|---|" + "---|" * len(magnifications)]
+        students = frame[frame.method != TEACHER]
+        best = students.loc[students.groupby("magnification")[f"{name}_mean"].idxmax()] if len(students) else students
+        best_keys = set(zip(best.method, best.magnification))
+        for method in frame.method.unique():
+            cells = []
+            for magnification in magnifications:
+                match = frame[(frame.method == method) & (frame.magnification == magnification)]
+                if match.empty:
+                    cells.append("")
+                    continue
+                row = match.iloc[0]
+                text = format_mean_std(row[f"{name}_mean"], row[f"{name}_std"])
+                if (method, magnification) in best_keys and method != TEACHER:
+                    text = f"**{text}**"
+                if name == "kappa" and bool(row.get("significant_vs_baseline", False) is True):
+                    text += " ↑" if row["kappa_delta_vs_baseline"] > 0 else " ↓"
+                cells.append(text)
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    seeds = sorted(frame.seeds.unique())
+    lines += [f"Seeds per cell: {', '.join(map(str, seeds))}. Bold: best Student per magnification. "
+              f"↑/↓: kappa significantly above/below the `{baseline}` Student at that magnification "
+              "(paired bootstrap over test slides, 95% CI of the difference excludes 0).", ""]
+    return "\n".join(lines)
+
+
+def kappa_plot(frame: pd.DataFrame, path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    for method, rows in frame[frame.method != TEACHER].groupby("method"):
+        rows = rows.sort_values("magnification")
+        axis.errorbar(rows.magnification, rows.kappa_mean, yerr=rows.kappa_std, marker="o", capsize=3, label=method)
+    teacher = frame[frame.method == TEACHER]
+    for _, row in teacher.iterrows():
+        axis.errorbar([row.magnification], [row.kappa_mean], yerr=[row.kappa_std], marker="*", markersize=12,
+                      color="black", capsize=3, label=f"Teacher {row.magnification:g}x")
+        axis.axhline(row.kappa_mean, color="black", linestyle=":", linewidth=1)
+    axis.set_xscale("log", base=2)
+    ticks = sorted(frame.magnification.unique())
+    axis.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+    axis.set(xlabel="magnification", ylabel="test quadratic kappa (mean ± std)")
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    save_figure(figure, path, dpi=120)
+
+
+def write_comparison(metric_paths: list[str | Path], out_csv, out_md, out_png, baseline: str = "ce") -> pd.DataFrame:
+    frame = comparison_frame(load_metrics(metric_paths), baseline=baseline)
+    write_text(out_csv, frame.to_csv(index=False))
+    write_text(out_md, "# Comparison\n\n" + comparison_markdown(frame, baseline))
+    kappa_plot(frame, out_png)
+    return frame

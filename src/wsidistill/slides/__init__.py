@@ -1,0 +1,1 @@
+"""Slide reading, tissue detection, patch grids and annotations."""

@@ -1,0 +1,295 @@
+"""Training the Teacher and distilling Students, resumable epoch by epoch.
+
+One loop serves both: the Teacher is a CE-only model at the Teacher's
+magnification; a Student is trained at a lower magnification with a weighted
+sum of named loss terms from config (``{ce: 1, fm: 0.1, atplus: 10}``), the
+Teacher's targets computed from the same patch at the Teacher's magnification
+under the same augmentation.  Model selection is by validation quadratic kappa,
+as in the reference code.  Every epoch writes a checkpoint, so a killed job
+resumes from its last epoch and ends with the same weights as an uninterrupted
+run.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from . import __version__
+from .distill import Distiller, d4_transform, student_input_from, teacher_targets
+from .io import atomic_path, save_figure
+from .metrics import balanced_accuracy, quadratic_kappa
+from .models import build_model
+from .patches.dataset import PatchSet, load_patches, to_tensor
+from .slides.grid import magnification_name
+
+TEACHER_OUTPUT_STRIDE = 8
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int | None = None
+    augment: str = "d4"
+    device: str = "auto"
+    deterministic: bool = False
+
+    @classmethod
+    def from_config(cls, config: dict) -> TrainSettings:
+        training = config["training"]
+        return cls(
+            epochs=training["epochs"],
+            batch_size=training["batch_size"],
+            lr=training["lr"],
+            weight_decay=training["weight_decay"],
+            patience=training.get("patience"),
+            augment=training["augment"],
+            device=config.get("device", "auto"),
+            deterministic=training.get("deterministic", False),
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def augment_pair(images: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+    """Apply the same random D4 element per sample to aligned batches (Teacher and Student views)."""
+    elements = torch.randint(0, 8, (images[0].shape[0],), generator=generator)
+    out = [x.clone() for x in images]
+    for element in elements.unique().tolist():
+        rows = elements == element
+        for view, source in zip(out, images):
+            view[rows] = d4_transform(source[rows], element)
+    return out
+
+
+def student_output_stride(arch: str, magnification: float, teacher_magnification: float) -> int | None:
+    """Output stride that puts the Student's last-block grid on the Teacher's tissue cells.
+
+    Only the demo's ``smallcnn`` has a configurable stride; fixed-stride
+    backbones are aligned by interpolation in the loss instead.
+    """
+    if arch != "smallcnn":
+        return None
+    stride = TEACHER_OUTPUT_STRIDE * magnification / teacher_magnification
+    return max(1, int(round(stride)))
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    meta = checkpoint["meta"]
+    model = build_model(meta["arch"], meta["num_classes"], output_stride=meta.get("output_stride"))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(device).eval(), meta
+
+
+@torch.no_grad()
+def predict_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = to_tensor(images[start : start + batch_size], device)
+        out.append(torch.softmax(model(batch).logits.float(), dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def train(
+    *,
+    train_stores: list[str],
+    val_stores: list[str],
+    classes: list[str],
+    magnification: float,
+    arch: str,
+    weights: dict[str, float],
+    settings: TrainSettings,
+    seed: int,
+    out_model: str | Path,
+    out_history: str | Path,
+    teacher_path: str | Path | None = None,
+    student_input: str = "native",
+    distill_options: dict | None = None,
+    threads: int = 1,
+    method: str = "teacher",
+    progress: bool = True,
+) -> dict:
+    """Train one model and write its best checkpoint, history CSV and curve PNG."""
+    torch.set_num_threads(threads)
+    seed_everything(seed, settings.deterministic)
+    device = resolve_device(settings.device)
+    out_model = Path(out_model)
+    work_checkpoint = out_model.with_name("checkpoint.pt")
+
+    teacher, teacher_meta = (None, None)
+    if teacher_path is not None:
+        teacher, teacher_meta = load_model(teacher_path, device)
+        for parameter in teacher.parameters():
+            parameter.requires_grad_(False)
+    needs_teacher = any(term != "ce" for term in weights)
+    if needs_teacher and teacher is None:
+        raise ValueError(f"method {method!r} uses {sorted(weights)} and needs a Teacher checkpoint")
+    teacher_magnification = teacher_meta["magnification"] if teacher_meta else magnification
+    upsampled = student_input == "upsampled" and teacher is not None
+
+    view_magnifications = [magnification]
+    if teacher is not None and (needs_teacher or upsampled):
+        view_magnifications.append(teacher_magnification)
+    view_magnifications = list(dict.fromkeys(view_magnifications))
+    train_set = load_patches(train_stores, view_magnifications)
+    val_set = load_patches(val_stores, [teacher_magnification if upsampled else magnification])
+    if len(train_set) == 0:
+        raise ValueError(f"no labelled training patches in {train_stores}")
+
+    stride = None if upsampled else student_output_stride(arch, magnification, teacher_magnification)
+    if upsampled and arch == "smallcnn":
+        stride = TEACHER_OUTPUT_STRIDE
+    model = build_model(arch, len(classes), output_stride=stride).to(device)
+    distiller = Distiller(model, weights, teacher=teacher, num_classes=len(classes), options=distill_options).to(device)
+    trainable = [p for p in distiller.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+
+    history: list[dict] = []
+    best = {"kappa": -math.inf, "epoch": -1, "state_dict": None}
+    start_epoch = 0
+    if work_checkpoint.exists():
+        state = torch.load(work_checkpoint, map_location=device, weights_only=False)
+        distiller.load_state_dict(state["distiller"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
+        print(f"resuming {out_model} from epoch {start_epoch}", flush=True)
+
+    factor = teacher_magnification / magnification
+    student_name = magnification_name(magnification)
+    teacher_name = magnification_name(teacher_magnification)
+    epochs_without_gain = len(history) - 1 - best["epoch"] if history else 0
+    for epoch in range(start_epoch, settings.epochs):
+        if settings.patience is not None and epochs_without_gain >= settings.patience:
+            break
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(len(train_set), generator=generator).numpy()
+        distiller.train()
+        if teacher is not None:
+            teacher.eval()
+        totals: dict[str, float] = {}
+        batches = range(0, len(order), settings.batch_size)
+        for start in tqdm(batches, desc=f"{method} {student_name} seed{seed} epoch {epoch + 1}/{settings.epochs}",
+                          disable=not progress, leave=False):
+            rows = np.sort(order[start : start + settings.batch_size])
+            labels = torch.from_numpy(train_set.labels[rows]).to(device)
+            views = [to_tensor(train_set.images[magnification_name(m)][rows], device) for m in view_magnifications]
+            if settings.augment == "d4":
+                views = augment_pair(views, generator)
+            student_view = views[0]
+            targets = None
+            if teacher is not None and len(views) > 1:
+                teacher_view = views[1]
+                if needs_teacher:
+                    targets = teacher_targets(teacher, teacher_view, weights.keys(), **distiller.teacher_options)
+                if upsampled:
+                    student_view = student_input_from(teacher_view, "upsampled", factor)
+            loss, terms = distiller(student_view, labels, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for name, value in {"loss": float(loss), **terms}.items():
+                totals[name] = totals.get(name, 0.0) + value * len(rows)
+
+        val_probs = predict_probabilities(model, val_set.images[teacher_name if upsampled else student_name],
+                                          settings.batch_size, device) if len(val_set) else np.zeros((0, len(classes)))
+        val_pred = val_probs.argmax(1) if len(val_set) else np.zeros(0, int)
+        kappa = quadratic_kappa(val_set.labels, val_pred, len(classes)) if len(val_set) else float("nan")
+        row = {
+            "epoch": epoch,
+            **{f"train_{k}": v / len(order) for k, v in totals.items()},
+            "val_kappa": kappa,
+            "val_balanced_accuracy": balanced_accuracy(val_set.labels, val_pred, len(classes)) if len(val_set) else float("nan"),
+            "seconds": time.perf_counter() - started,
+        }
+        history.append(row)
+        score = kappa if not math.isnan(kappa) else -row["train_loss"]
+        if score > best["kappa"]:
+            best = {"kappa": score, "epoch": epoch,
+                    "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            epochs_without_gain = 0
+        else:
+            epochs_without_gain += 1
+        print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"), flush=True)
+        _write_history(history, out_history)
+        with atomic_path(work_checkpoint) as tmp:
+            torch.save({"distiller": distiller.state_dict(), "optimizer": optimizer.state_dict(),
+                        "torch_rng": torch.get_rng_state(), "history": history, "best": best, "epoch": epoch}, tmp)
+
+    meta = {
+        "arch": arch,
+        "num_classes": len(classes),
+        "classes": list(classes),
+        "magnification": magnification,
+        "teacher_magnification": teacher_magnification,
+        "output_stride": stride,
+        "input_magnification": teacher_magnification if upsampled else magnification,
+        "student_input": "upsampled" if upsampled else "native",
+        "method": method,
+        "weights": dict(weights),
+        "seed": seed,
+        "best_epoch": best["epoch"],
+        "val_kappa": best["kappa"],
+        "train_patches": len(train_set),
+        "val_patches": len(val_set),
+        "settings": asdict(settings),
+        "wsidistill_version": __version__,
+    }
+    with atomic_path(out_model) as tmp:
+        torch.save({"state_dict": best["state_dict"], "meta": meta}, tmp)
+    _plot_history(history, Path(out_history).with_suffix(".png"), title=f"{method} {student_name} seed {seed}")
+    work_checkpoint.unlink(missing_ok=True)
+    return meta
+
+
+def _write_history(history: list[dict], path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        pd.DataFrame(history).to_csv(tmp, index=False)
+
+
+def _plot_history(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = pd.DataFrame(history)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for column in [c for c in frame.columns if c.startswith("train_")]:
+        left.plot(frame.epoch, frame[column], label=column.removeprefix("train_"))
+    left.set(xlabel="epoch", ylabel="training loss", yscale="log")
+    left.legend(fontsize=7)
+    right.plot(frame.epoch, frame.val_kappa, marker="o", label="quadratic kappa")
+    right.plot(frame.epoch, frame.val_balanced_accuracy, marker="s", label="balanced accuracy")
+    right.set(xlabel="epoch", ylabel="validation", ylim=(min(0, frame.val_kappa.min()), 1))
+    right.legend(fontsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    save_figure(figure, path, dpi=110)

@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+
+from wsidistill.slides.grid import GridError, PatchGrid, magnification_name, patch_pixels
+
+
+def test_patch_pixels_scales_field_of_view():
+    assert [patch_pixels(256, m, 40) for m in (40, 20, 10, 5)] == [256, 128, 64, 32]
+    assert patch_pixels(512, 1.25, 10) == 64
+
+
+def test_patch_pixels_rejects_fractional_pixels():
+    with pytest.raises(GridError, match="whole pixels"):
+        patch_pixels(128, 3, 40)
+
+
+def test_magnification_name():
+    assert magnification_name(40) == "40x" and magnification_name(2.5) == "2.5x"
+
+
+def test_grid_covers_only_whole_cells_row_major():
+    grid = PatchGrid.for_slide((1000, 530), 256)
+    assert (grid.columns, grid.rows) == (3, 2)
+    assert grid.coords().tolist() == [[0, 0], [256, 0], [512, 0], [0, 256], [256, 256], [512, 256]]
+
+
+def test_tissue_fraction_counts_mask_pixels_per_cell():
+    grid = PatchGrid(cell=64, columns=2, rows=2)
+    mask = np.zeros((8, 8), bool)  # downsample 16: each cell is 4x4 mask pixels
+    mask[:4, :4] = True  # cell (0, 0) full
+    mask[4:6, 4:8] = True  # cell (1, 1) half
+    np.testing.assert_allclose(grid.tissue_fraction(mask, 16), [1, 0, 0, 0.5])

@@ -1,0 +1,59 @@
+import pytest
+
+from wsidistill.slides.samples import SampleSheetError, load_sample_sheet
+
+HEADER = "slide_id\tpath\tannotations\tpatient_id\tsplit\n"
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    for name in ("a.svs", "b.svs", "c.svs", "a.geojson"):
+        (tmp_path / name).write_bytes(b"x")
+    return tmp_path
+
+
+def write(cohort, rows):
+    path = cohort / "slides.tsv"
+    path.write_text(HEADER + "".join("\t".join(r) + "\n" for r in rows))
+    return path
+
+
+def test_valid_sheet_resolves_paths_against_its_directory(cohort):
+    sheet = load_sample_sheet(write(cohort, [("a", "a.svs", "a.geojson", "p1", "train"),
+                                             ("b", "b.svs", "", "p2", "test")]))
+    assert sheet.loc["a", "path"] == str(cohort / "a.svs")
+    assert sheet.loc["a", "annotations"] == str(cohort / "a.geojson")
+    assert sheet.loc["b", "annotations"] == ""
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([("a", "missing.svs", "", "p1", "train")], r"`path` files not found: \[.*missing\.svs"),
+        ([("a", "a.svs", "", "p1", "train"), ("a", "b.svs", "", "p2", "val")], r"duplicate slide_id values \['a'\]"),
+        ([("a", "a.svs", "", "p1", "training")], r"unknown split values \['training'\]"),
+        ([("a", "a.svs", "", "p1", "train"), ("b", "b.svs", "", "p1", "test")], r"patients \['p1'\].*more than one split"),
+        ([("a", "a.svs", "nope.geojson", "p1", "train")], r"`annotations` files not found"),
+    ],
+)
+def test_bad_sheets_are_caught_with_the_file_named(cohort, rows, message):
+    path = write(cohort, rows)
+    with pytest.raises(SampleSheetError, match=message) as err:
+        load_sample_sheet(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_columns_and_missing_sheet(cohort, tmp_path):
+    path = cohort / "slides.tsv"
+    path.write_text("slide_id\tpath\na\ta.svs\n")
+    with pytest.raises(SampleSheetError, match=r"missing columns \['patient_id', 'split'\]"):
+        load_sample_sheet(path)
+    with pytest.raises(SampleSheetError, match="not found.*Set `samples`"):
+        load_sample_sheet(tmp_path / "none.tsv")
+
+
+def test_mpp_override_must_be_positive(cohort):
+    path = cohort / "slides.tsv"
+    path.write_text("slide_id\tpath\tpatient_id\tsplit\tmpp\na\ta.svs\tp1\ttrain\t-1\nb\tb.svs\tp2\ttest\t0.5\n")
+    with pytest.raises(SampleSheetError, match=r"`mpp` must be a positive number \(slides \['a'\]\)"):
+        load_sample_sheet(path)

@@ -1,0 +1,129 @@
+"""End to end: the real Snakemake DAG on a tiny demo cohort, every distillation method."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+import zarr
+from PIL import Image
+
+ALL_TERMS_METHODS = {
+    "ce": {"ce": 1},
+    "atplus": {"ce": 1, "fm": 0.1, "atplus": 10},
+    "kd": {"ce": 1, "kd": 1},
+    "fm": {"ce": 1, "fm": 0.1},
+    "at": {"ce": 1, "at": 100},
+    "sr": {"ce": 1, "sr": 1},
+    "gradcam": {"ce": 1, "gradcam": 10},
+    "fma": {"ce": 1, "fma": 10},
+    "mip": {"ce": 1, "mip": 10},
+    "saliency": {"ce": 1, "saliency": 10},
+}
+
+
+def snakemake(workdir: Path, repo_root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(repo_root / "Snakefile"),
+               "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, repo_root):
+    workdir = tmp_path_factory.mktemp("workflow")
+    config = yaml.safe_load((repo_root / "config.yaml").read_text())
+    config["demo"].update(slides=6, seed=3, width=1024, height=768)
+    config["magnifications"] = [40, 10]
+    config["extraction"]["patch_size"] = 64
+    config["training"].update(epochs=2, batch_size=16)
+    config["methods"] = ALL_TERMS_METHODS
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, repo_root)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir, config
+
+
+def test_comparison_table_has_every_method_and_the_teacher(tiny_run):
+    workdir, config = tiny_run
+    table = pd.read_csv(workdir / "results/tables/comparison.csv")
+    assert set(table.method) == {"teacher", *ALL_TERMS_METHODS}
+    assert set(table[table.method == "teacher"].magnification) == {40}
+    assert set(table[table.method != "teacher"].magnification) == {10}
+    assert table.kappa_mean.between(-1, 1).all() and table.balanced_accuracy_mean.between(0, 1).all()
+    markdown = (workdir / "results/tables/comparison.md").read_text()
+    assert "| atplus |" in markdown and "| teacher |" in markdown and "10x" in markdown
+
+
+def test_metrics_are_computed_on_the_test_slides_labelled_patches(tiny_run):
+    workdir, _ = tiny_run
+    sheet = pd.read_csv(workdir / "resources/demo/slides.tsv", sep="\t")
+    test_ids = set(sheet.slide_id[sheet.split == "test"])
+    labelled = sum(int((zarr.open_group(str(workdir / f"results/patches/{s}.zarr"))["labels"][:] >= 0).sum())
+                   for s in test_ids)
+    metrics = json.loads((workdir / "results/metrics/atplus_10x/seed0.json").read_text())
+    assert metrics["test_patches"] == labelled > 0
+    assert set(metrics["per_patch"]["slide"]) <= test_ids
+    assert metrics["magnification"] == 10 and metrics["method"] == "atplus"
+
+
+def test_patch_stores_are_aligned_across_magnifications(tiny_run):
+    workdir, _ = tiny_run
+    store = zarr.open_group(str(next((workdir / "results/patches").glob("*.zarr"))))
+    n = store["coords"].shape[0]
+    assert store["40x/images"].shape == (n, 64, 64, 3)
+    assert store["10x/images"].shape == (n, 16, 16, 3)
+    assert store.attrs["classes"] == ["NC", "G3", "G4", "G5"]
+    assert store.attrs["objective_power"] == 40 and store.attrs["mpp"] == pytest.approx(0.25)
+
+
+def test_students_see_native_low_resolution(tiny_run):
+    import torch
+
+    workdir, _ = tiny_run
+    meta = torch.load(workdir / "results/models/atplus_10x/seed0/model.pt", weights_only=False)["meta"]
+    assert meta["student_input"] == "native" and meta["input_magnification"] == 10
+
+
+def test_a_heatmap_per_test_slide_and_model(tiny_run):
+    workdir, config = tiny_run
+    sheet = pd.read_csv(workdir / "resources/demo/slides.tsv", sep="\t")
+    models = ["teacher_40x"] + [f"{m}_10x" for m in ALL_TERMS_METHODS]
+    for slide in sheet.slide_id[sheet.split == "test"]:
+        for model in models:
+            image = np.asarray(Image.open(workdir / f"results/heatmaps/{slide}/{model}_seed0.png"))
+            assert image.shape[0] > 200 and image.shape[1] > 400
+            assert image[..., :3].std() > 10  # a picture, not a blank canvas
+
+
+def test_rerun_has_nothing_to_do(tiny_run, repo_root):
+    workdir, _ = tiny_run
+    result = snakemake(workdir, repo_root, "-n")
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c.update(magnifications=[40, 20, 7]), "unknown magnification 7"),
+        (lambda c: c["methods"].update(atplus={"ce": 1, "fm": 0.1, "atplsu": 10}), "atplsu"),
+        (lambda c: c.update(baseline_method="ce_only"), "`baseline_method` 'ce_only'"),
+        (lambda c: (c["demo"].update(enabled=False), c.update(samples="missing/slides.tsv")),
+         "sample sheet missing/slides.tsv not found"),
+        (lambda c: c["training"].update(epoch=3), "epoch"),
+    ],
+)
+def test_bad_config_stops_before_any_job(tmp_path, repo_root, change, message):
+    config = yaml.safe_load((repo_root / "config.yaml").read_text())
+    change(config)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, repo_root, "-n")
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()

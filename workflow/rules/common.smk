@@ -1,0 +1,131 @@
+import json
+import shlex
+from pathlib import Path
+
+import pandas as pd
+from snakemake.utils import validate
+
+from wsidistill.config import TEACHER, ConfigError, check_config, student_magnifications
+from wsidistill.slides.samples import SampleSheetError, load_sample_sheet
+
+validate(config, schema="../schemas/config.schema.yaml")
+try:
+    check_config(config)
+except ConfigError as err:
+    raise WorkflowError(f"config error: {err}")
+
+SHEET = Path(config["samples"])
+DEMO = config["demo"]
+DEMO_DIR = SHEET.parent
+TEACHER_MAG = config["teacher"]["magnification"]
+STUDENT_MAGS = student_magnifications(config)
+METHODS = config["methods"]
+SEEDS = config["seeds"]
+
+
+def mag_name(magnification):
+    return f"{magnification:g}x"
+
+
+def _load_samples():
+    if DEMO["enabled"]:
+        from wsidistill.demo import plan_cohort
+
+        plan = plan_cohort(DEMO["slides"], DEMO["seed"])
+        return pd.DataFrame(
+            {
+                "slide_id": [s.slide_id for s in plan],
+                "path": [str(DEMO_DIR / f"{s.slide_id}.svs") for s in plan],
+                "annotations": [str(DEMO_DIR / f"{s.slide_id}.geojson") for s in plan],
+                "patient_id": [s.patient_id for s in plan],
+                "split": [s.split for s in plan],
+            }
+        ).set_index("slide_id", drop=False)
+    try:
+        sheet = load_sample_sheet(SHEET)
+    except SampleSheetError as err:
+        raise WorkflowError(f"sample sheet error: {err}")
+    validate(sheet, schema="../schemas/samples.schema.yaml")
+    return sheet
+
+
+SAMPLES = _load_samples()
+for _split in ("train", "val", "test"):
+    if not (SAMPLES.split == _split).any():
+        raise WorkflowError(f"sample sheet {SHEET}: no slide in the {_split!r} split; every split needs one")
+
+MODELS = [f"{TEACHER}_{mag_name(TEACHER_MAG)}"] + [
+    f"{method}_{mag_name(mag)}" for method in METHODS for mag in STUDENT_MAGS
+]
+
+
+wildcard_constraints:
+    slide="|".join(map(str, SAMPLES.slide_id)),
+    method="|".join(METHODS),
+    model="|".join(MODELS),
+    mag=r"[0-9.]+",
+    seed=r"\d+",
+
+
+def stores(split):
+    return [f"results/patches/{s}.zarr" for s in SAMPLES.slide_id[SAMPLES.split == split]]
+
+
+def test_slides():
+    return list(SAMPLES.slide_id[SAMPLES.split == "test"])
+
+
+def extract_inputs(wildcards):
+    row = SAMPLES.loc[wildcards.slide]
+    inputs = {"slide": row["path"]}
+    if row.get("annotations"):
+        inputs["annotations"] = row["annotations"]
+    return inputs
+
+
+def extract_flags(wildcards, input):
+    """Extraction settings from config, plus this slide's sample-sheet overrides."""
+    extraction = config["extraction"]
+    row = SAMPLES.loc[wildcards.slide]
+    flags = [
+        "--magnifications", *map(str, config["magnifications"]),
+        "--teacher-magnification", str(TEACHER_MAG),
+        "--patch-size", str(extraction["patch_size"]),
+        "--classes", *config["classes"],
+        "--class-map", json.dumps(config["annotation_classes"]),
+        "--min-tissue-fraction", str(extraction["min_tissue_fraction"]),
+        "--min-label-fraction", str(extraction["min_label_fraction"]),
+        "--tissue-method", extraction["tissue_method"],
+        "--on-missing-magnification", extraction["on_missing_magnification"],
+        "--block-cells", str(extraction["block_cells"]),
+    ]
+    if "annotations" in input.keys():
+        flags += ["--annotations", input.annotations]
+    for column, flag in (("mpp", "--mpp"), ("objective_power", "--objective-power")):
+        value = row.get(column)
+        if value is not None and not pd.isna(value) and value != "":
+            flags += [flag, str(value)]
+    if config["dask"]["scheduler_address"]:
+        flags += ["--scheduler-address", config["dask"]["scheduler_address"]]
+    return shlex.join(flags)
+
+
+def training_flags(arch_section):
+    return shlex.join(
+        [
+            "--classes", *config["classes"],
+            "--arch", config[arch_section]["arch"],
+            "--training", json.dumps(config["training"]),
+            "--device", config["device"],
+        ]
+    )
+
+
+def model_path(model, seed):
+    return f"results/models/{model}/seed{seed}/model.pt"
+
+
+def final_outputs():
+    outputs = ["results/tables/comparison.md"]
+    outputs += [f"results/heatmaps/{slide}/{model}_seed{SEEDS[0]}.png" for slide in test_slides() for model in MODELS]
+    return outputs

@@ -1,0 +1,43 @@
+if DEMO["enabled"]:
+
+    rule demo_slide:
+        output:
+            slide=f"{DEMO_DIR}/{{slide}}.svs",
+            annotations=f"{DEMO_DIR}/{{slide}}.geojson",
+        log:
+            "results/logs/demo/{slide}.log",
+        benchmark:
+            "results/benchmarks/demo/{slide}.tsv"
+        params:
+            out=DEMO_DIR,
+            slides=DEMO["slides"],
+            seed=DEMO["seed"],
+            size=" ".join(f"--{k} {DEMO[k]}" for k in ("width", "height") if DEMO.get(k)),
+        threads: 1
+        resources:
+            mem_mb=1500,
+            runtime=10,
+        shell:
+            "wsidistill demo-slide --out {params.out:q} --slide-id {wildcards.slide} --slides {params.slides} "
+            "--seed {params.seed} {params.size} --threads {threads} > {log:q} 2>&1"
+
+    rule demo_sheet:
+        input:
+            expand(f"{DEMO_DIR}/{{slide}}.svs", slide=SAMPLES.slide_id),
+        output:
+            str(SHEET),
+        log:
+            "results/logs/demo/sheet.log",
+        benchmark:
+            "results/benchmarks/demo/sheet.tsv"
+        params:
+            out=DEMO_DIR,
+            slides=DEMO["slides"],
+            seed=DEMO["seed"],
+        threads: 1
+        resources:
+            mem_mb=500,
+            runtime=5,
+        shell:
+            "wsidistill demo-sheet --out {params.out:q} --sheet {output:q} --slides {params.slides} "
+            "--seed {params.seed} --threads {threads} > {log:q} 2>&1"

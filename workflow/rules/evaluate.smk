@@ -1,0 +1,22 @@
+rule evaluate:
+    input:
+        model="results/models/{model}/seed{seed}/model.pt",
+        stores=stores("test"),
+    output:
+        predictions=directory("results/predictions/{model}/seed{seed}.zarr"),
+        metrics="results/metrics/{model}/seed{seed}.json",
+    log:
+        "results/logs/evaluate/{model}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{model}/seed{seed}.tsv"
+    params:
+        device=config["device"],
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "wsidistill evaluate --model {input.model:q} --stores {input.stores:q} "
+        "--predictions {output.predictions:q} --metrics {output.metrics:q} --device {params.device} "
+        "--threads {threads} > {log:q} 2>&1"

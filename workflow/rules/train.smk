@@ -1,0 +1,52 @@
+rule train_teacher:
+    input:
+        train=stores("train"),
+        val=stores("val"),
+    output:
+        model=f"results/models/{TEACHER}_{{mag}}x/seed{{seed}}/model.pt",
+        history=f"results/models/{TEACHER}_{{mag}}x/seed{{seed}}/history.csv",
+    log:
+        f"results/logs/train/{TEACHER}_{{mag}}x/seed{{seed}}.log",
+    benchmark:
+        f"results/benchmarks/train/{TEACHER}_{{mag}}x/seed{{seed}}.tsv"
+    params:
+        flags=training_flags("teacher"),
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=6000,
+        runtime=240,
+    shell:
+        "wsidistill train-teacher --train-stores {input.train:q} --val-stores {input.val:q} "
+        "--magnification {wildcards.mag} --seed {wildcards.seed} {params.flags} "
+        "--out {output.model:q} --history {output.history:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule distill:
+    input:
+        train=stores("train"),
+        val=stores("val"),
+        teacher=model_path(f"{TEACHER}_{mag_name(TEACHER_MAG)}", "{seed}"),
+    output:
+        model="results/models/{method}_{mag}x/seed{seed}/model.pt",
+        history="results/models/{method}_{mag}x/seed{seed}/history.csv",
+    log:
+        "results/logs/distill/{method}_{mag}x/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/distill/{method}_{mag}x/seed{seed}.tsv"
+    params:
+        flags=training_flags("student"),
+        weights=lambda wildcards: json.dumps(METHODS[wildcards.method]),
+        options=json.dumps(config["distill_options"]),
+        student_input=config["student"]["input"],
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=6000,
+        runtime=240,
+    shell:
+        "wsidistill distill --train-stores {input.train:q} --val-stores {input.val:q} --teacher {input.teacher:q} "
+        "--method {wildcards.method} --weights {params.weights:q} --magnification {wildcards.mag} "
+        "--student-input {params.student_input} --distill-options {params.options:q} "
+        "--seed {wildcards.seed} {params.flags} "
+        "--out {output.model:q} --history {output.history:q} --threads {threads} > {log:q} 2>&1"
