@@ -1,0 +1,19 @@
+"""Inter-resolution knowledge distillation: attention maps, loss terms, Teacher targets, Distiller."""
+
+from .d4 import d4_inverse, d4_targets, d4_transform
+from .distiller import DEFAULT_OPTIONS, Distiller
+from .inputs import student_input_from
+from .targets import teacher_targets
+from .terms import MAP_TERMS, TERMS
+
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "MAP_TERMS",
+    "TERMS",
+    "Distiller",
+    "d4_inverse",
+    "d4_targets",
+    "d4_transform",
+    "student_input_from",
+    "teacher_targets",
+]

@@ -1,0 +1,179 @@
+"""Distillation loss terms: one small pure function per term.
+
+Conventions: Student tensors carry gradients; Teacher tensors are detached here (the Teacher is
+never trained). A Teacher map or feature on another grid is resampled to the Student's grid with
+:func:`~wsidistill.distill.attention.align_map` (area average when shrinking, bilinear when
+enlarging) before any normalisation.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import align_map, minmax_normalise
+
+Match = Literal["l2", "bce", "dice"]
+
+
+def rmse(student: Tensor, teacher: Tensor) -> Tensor:
+    """Root mean squared error over all elements: ``sqrt(mean((s - t)^2))``."""
+    return (student - teacher).pow(2).mean().sqrt()
+
+
+def rmse_per_sample(student: Tensor, teacher: Tensor) -> Tensor:
+    """Per-sample RMSE averaged over the batch: ``mean_b sqrt(mean_{c,i,j}(s_b - t_b)^2)``."""
+    return (student - teacher).pow(2).flatten(1).mean(dim=1).sqrt().mean()
+
+
+def ce(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    class_weights: Tensor | None = None,
+) -> Tensor:
+    """Cross-entropy ``-sum_c q_c w_c log softmax(z)_c`` with ``q = (1 - e) onehot(y) + e / C``.
+
+    Label smoothing: Szegedy et al., "Rethinking the Inception architecture", CVPR 2016. With
+    class weights the batch mean is normalised by the weights of the samples' labels (PyTorch).
+    """
+    return F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=label_smoothing)
+
+
+def kd(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float = 4.0,
+    t2_scaling: bool = True,
+    form: Literal["kl", "cross_entropy"] = "kl",
+) -> Tensor:
+    """Knowledge distillation on softened probabilities ``p = softmax(z / T)``.
+
+    ``form="kl"``: ``T^2 KL(p_t || p_s)``, batch mean (zero when the Student matches).
+    ``form="cross_entropy"``: ``T^2 sum_c -p_t,c log p_s,c``, Hinton's soft-target cross-entropy,
+    which exceeds the KL by the Teacher's entropy (same gradients). ``t2_scaling=False`` drops the
+    ``T^2``; the reference code uses ``T=1``, cross-entropy, no ``T^2``.
+    Hinton, Vinyals & Dean, "Distilling the knowledge in a neural network", 2015.
+    """
+    teacher_p = torch.softmax(teacher_logits.detach() / temperature, dim=1)
+    student_logp = torch.log_softmax(student_logits / temperature, dim=1)
+    loss = -(teacher_p * student_logp).sum(dim=1)
+    if form == "kl":
+        loss = loss + (teacher_p * torch.log_softmax(teacher_logits.detach() / temperature, dim=1)).sum(dim=1)
+    elif form != "cross_entropy":
+        raise ValueError(f"kd form must be 'kl' or 'cross_entropy', got {form!r}")
+    return loss.mean() * (temperature**2 if t2_scaling else 1.0)
+
+
+def fm(student_features: Tensor, teacher_features: Tensor, *, regressor: nn.Module | None = None) -> Tensor:
+    """Feature matching: RMSE between last-block features, ``sqrt(mean((r(F_s) - F_t)^2))``.
+
+    As in the AT+ reference code (del Amor et al., EUSIPCO 2023). When channel counts differ, ``r``
+    is a learned 1x1 convolution (FitNets hint regressor: Romero et al., ICLR 2015); otherwise the
+    identity. The Teacher features are resampled to the Student's grid.
+    """
+    if regressor is not None:
+        student_features = regressor(student_features)
+    teacher_features = align_map(teacher_features.detach(), student_features.shape[-2:])
+    return rmse(student_features, teacher_features)
+
+
+def _normalised_map_rmse(student_map: Tensor, teacher_map: Tensor, start_dim: int, eps: float) -> Tensor:
+    """Per-sample RMSE of min-max normalised maps, the Teacher's resampled to the Student's grid."""
+    teacher_map = align_map(teacher_map.detach(), student_map.shape[-2:])
+    return rmse_per_sample(
+        minmax_normalise(student_map, eps, start_dim), minmax_normalise(teacher_map, eps, start_dim)
+    )
+
+
+def atplus(student_map: Tensor, teacher_map: Tensor, *, start_dim: int = 1, eps: float = 1e-8) -> Tensor:
+    """AT+: ``mean_b sqrt(mean_{c,i,j} (N(M_s) - N(M_t))^2)`` on AT+ maps ``(B, C, H, W)``.
+
+    ``N`` is min-max normalisation per sample over classes and space (``start_dim=1``, the
+    reference code) or per sample and class (``start_dim=2``).
+    del Amor et al., "Attention to detail: inter-resolution knowledge distillation", EUSIPCO 2023.
+    """
+    return _normalised_map_rmse(student_map, teacher_map, start_dim, eps)
+
+
+def gradcam(student_map: Tensor, teacher_map: Tensor, *, start_dim: int = 1, eps: float = 1e-8) -> Tensor:
+    """Grad-CAM matching: the AT+ loss on Grad-CAM maps (ReLU after the channel sum).
+
+    Maps: Selvaraju et al., ICCV 2017; matching as in del Amor et al., EUSIPCO 2023.
+    """
+    return _normalised_map_rmse(student_map, teacher_map, start_dim, eps)
+
+
+def at(student_map: Tensor, teacher_map: Tensor) -> Tensor:
+    """Attention transfer: ``mean_b || Q_s / ||Q_s||_2 - Q_t / ||Q_t||_2 ||_2`` on ``at_map`` outputs.
+
+    Zagoruyko & Komodakis, "Paying more attention to attention", ICLR 2017. Maps are
+    re-normalised after resampling the Teacher's to the Student's grid.
+    """
+    teacher_map = align_map(teacher_map.detach(), student_map.shape[-2:])
+    student_q = F.normalize(student_map.flatten(1), dim=1)
+    teacher_q = F.normalize(teacher_map.flatten(1), dim=1)
+    return (student_q - teacher_q).norm(dim=1).mean()
+
+
+def sr(
+    student_pooled: Tensor,
+    teacher_logits: Tensor,
+    teacher_weight: Tensor,
+    teacher_bias: Tensor | None,
+    *,
+    regressor: nn.Module | None = None,
+) -> Tensor:
+    """Softmax regression: the Student's pooled feature through the frozen Teacher classifier.
+
+    ``sqrt(mean((W_t r(GAP(F_s)) + b_t - z_t)^2))``, ``r`` a learned linear map when channel
+    counts differ (else identity). Yang et al., "Knowledge distillation via softmax regression
+    representation learning", ICLR 2021; RMSE and the "last" variant as in the AT+ reference code.
+    """
+    if regressor is not None:
+        student_pooled = regressor(student_pooled)
+    logits = F.linear(student_pooled, teacher_weight.detach(), None if teacher_bias is None else teacher_bias.detach())
+    return rmse(logits, teacher_logits.detach())
+
+
+def match_maps(
+    student_map: Tensor, teacher_map: Tensor, *, match: Match = "l2", eps: float = 1e-8
+) -> Tensor:
+    """Match ``(B, C, H, W)`` maps after per-sample-and-map min-max normalisation ``N``.
+
+    ``"l2"``: per-sample RMSE. ``"bce"``: ``-mean(N_t log N_s + (1 - N_t) log(1 - N_s))``.
+    ``"dice"``: soft Dice ``1 - mean_{b,c} (2 sum N_s N_t + eps) / (sum N_s + sum N_t + eps)``
+    (Milletari et al., V-Net, 3DV 2016): the Teacher's normalised map as a soft segmentation target.
+    """
+    teacher = minmax_normalise(align_map(teacher_map.detach(), student_map.shape[-2:]), eps, start_dim=2)
+    student = minmax_normalise(student_map, eps, start_dim=2)
+    if match == "l2":
+        return rmse_per_sample(student, teacher)
+    if match == "bce":
+        return F.binary_cross_entropy(student.clamp(eps, 1 - eps), teacher)
+    if match == "dice":
+        overlap = (student * teacher).flatten(2).sum(dim=2)
+        total = student.flatten(2).sum(dim=2) + teacher.flatten(2).sum(dim=2)
+        return 1 - ((2 * overlap + eps) / (total + eps)).mean()
+    raise ValueError(f"map match must be 'l2', 'bce' or 'dice', got {match!r}")
+
+
+def fma(student_map: Tensor, teacher_map: Tensor, *, match: Match = "l2", eps: float = 1e-8) -> Tensor:
+    """Feature-map-average matching (maps from :func:`~wsidistill.distill.attention.fma_map`)."""
+    return match_maps(student_map, teacher_map, match=match, eps=eps)
+
+
+def mip(student_map: Tensor, teacher_map: Tensor, *, match: Match = "l2", eps: float = 1e-8) -> Tensor:
+    """Maximum-intensity-projection matching (maps from :func:`~wsidistill.distill.attention.mip_map`)."""
+    return match_maps(student_map, teacher_map, match=match, eps=eps)
+
+
+def saliency(student_map: Tensor, teacher_map: Tensor, *, match: Match = "l2", eps: float = 1e-8) -> Tensor:
+    """Saliency matching (maps from :func:`~wsidistill.distill.attention.saliency_map`), the
+    Teacher's input-resolution map area-averaged to the Student's input grid."""
+    return match_maps(student_map, teacher_map, match=match, eps=eps)

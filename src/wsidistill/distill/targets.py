@@ -1,0 +1,40 @@
+"""Everything the distillation terms need from the frozen Teacher, computed in one pass."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .terms import MAP_TERMS, attention_map, check_terms
+
+TEACHER_OPTIONS = ("at_p",)
+
+
+def teacher_targets(teacher: nn.Module, teacher_input: Tensor, terms: Iterable[str], **options) -> dict[str, Tensor]:
+    """Detached Teacher targets for ``terms``, each a per-sample tensor with the batch dim first.
+
+    Always ``"logits"`` ``(B, C)`` and ``"features"`` (last block, ``(B, K, H, W)``); plus, per map
+    term in use, the unnormalised map on the Teacher's own grid under the term's name (``"atplus"``,
+    ``"gradcam"``: ``(B, C, H, W)``; ``"at"``, ``"fma"``, ``"mip"``: ``(B, 1, H, W)``;
+    ``"saliency"``: ``(B, C, H_in, W_in)``). The loss resamples to the Student's grid. This dict
+    is what a Teacher-target cache stores per patch. Options: ``at_p`` (default 2).
+    The Teacher must be in eval mode (its batch-norm statistics stay fixed).
+    """
+    terms = check_terms(terms)
+    unknown = sorted(set(options) - set(TEACHER_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown teacher_targets option(s) {unknown}; valid: {list(TEACHER_OPTIONS)}")
+    if teacher.training:
+        raise ValueError("the Teacher must be in eval mode: call teacher.eval()")
+    map_terms = [t for t in MAP_TERMS if t in terms]
+    images = teacher_input.detach().requires_grad_("saliency" in map_terms)
+    with torch.set_grad_enabled("saliency" in map_terms):
+        output = teacher(images)
+        targets = {"logits": output.logits, "features": list(output.features.values())[-1]}
+        for term in map_terms:
+            targets[term] = attention_map(
+                term, output, teacher.classifier.weight, images, create_graph=False, **options
+            )
+    return {name: value.detach() for name, value in targets.items()}
