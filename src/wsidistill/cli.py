@@ -113,12 +113,37 @@ def _add_evaluate(sub):
     t.add_argument("--baseline", default="ce")
     t.add_argument("--threads", type=int, default=1)
 
+    c = sub.add_parser("cost", help="pixels, FLOPs and measured throughput per magnification")
+    c.add_argument("--models", nargs="+", required=True, help="NAME=PATH, the Teacher first")
+    c.add_argument("--stores", nargs="+", required=True)
+    c.add_argument("--csv", required=True, type=Path)
+    c.add_argument("--md", required=True, type=Path)
+    c.add_argument("--threads", type=int, default=1)
+
     h = sub.add_parser("heatmap", help="Gleason heatmap of one model on one slide")
     h.add_argument("--store", required=True, type=Path)
     h.add_argument("--predictions", required=True, type=Path)
     h.add_argument("--out", required=True, type=Path)
     h.add_argument("--title", default="")
     h.add_argument("--threads", type=int, default=1)
+
+
+def _add_figures(sub):
+    p = sub.add_parser("panel", help="annotation beside several models' class maps on one slide")
+    p.add_argument("--store", required=True, type=Path)
+    p.add_argument("--predictions", nargs="+", required=True, help="TITLE=PREDICTIONS.zarr, in panel order")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--threads", type=int, default=1)
+
+    g = sub.add_parser("slide-grades", help="Gleason score and grade group per test slide and model")
+    g.add_argument("--predictions", nargs="+", required=True, help="MODEL=PREDICTIONS.zarr")
+    g.add_argument("--stores", nargs="+", required=True)
+    g.add_argument("--out", required=True, type=Path)
+    g.add_argument("--threads", type=int, default=1)
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in items)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extract(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_figures(sub)
     return parser
 
 
@@ -195,10 +221,22 @@ def run(args: argparse.Namespace) -> None:
         from .report.tables import write_comparison
 
         write_comparison(args.metrics, args.csv, args.md, args.plot, baseline=args.baseline)
+    elif args.verb == "cost":
+        from .report.cost import write_cost
+
+        write_cost(_pairs(args.models), args.stores, args.csv, args.md, threads=args.threads)
     elif args.verb == "heatmap":
         from .heatmaps import slide_heatmap
 
         slide_heatmap(args.store, args.predictions, args.out, title=args.title)
+    elif args.verb == "panel":
+        from .heatmaps import comparison_panel
+
+        comparison_panel(args.store, _pairs(args.predictions), args.out)
+    elif args.verb == "slide-grades":
+        from .report.slides import write_slide_grades
+
+        write_slide_grades(_pairs(args.predictions), args.stores, args.out)
 
 
 def _size(args) -> dict:

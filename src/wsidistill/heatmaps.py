@@ -44,7 +44,8 @@ def class_overlay(classes_per_patch: np.ndarray, coords: np.ndarray, cell: int, 
 
 
 def _show_overlay(axis, thumbnail, overlay, cell, grid, downsample, title):
-    axis.imshow(thumbnail)
+    # Grey tissue underneath keeps the overlay's hues equal to the legend's.
+    axis.imshow(thumbnail.mean(axis=-1), cmap="gray", vmin=0, vmax=255)
     extent = (0, grid["columns"] * cell / downsample, grid["rows"] * cell / downsample, 0)
     axis.imshow(overlay, extent=extent, interpolation="nearest")
     axis.set_xlim(0, thumbnail.shape[1])
@@ -57,23 +58,75 @@ def legend_handles(classes):
     return [Patch(facecolor=c, edgecolor="black", label=n) for n, c in zip(classes, class_colors(classes))]
 
 
-def slide_heatmap(store_path: str | Path, predictions_path: str | Path, out_png: str | Path, *, title: str) -> None:
-    """Predicted-class map of one model on one slide, next to the annotation."""
+def _slide_layers(store_path):
     store = open_store(store_path)
-    slide_id = store.attrs["slide_id"]
-    group = zarr.open_group(str(predictions_path), mode="r")[slide_id]
-    classes = store.attrs["classes"]
-    cell, grid = store.attrs["cell_level0"], store.attrs["grid"]
-    thumbnail, downsample = store["thumbnail"][:], store.attrs["thumbnail_downsample"]
-    coords = store["coords"][:]
-    probabilities = group["probabilities"][:]
-    predicted = probabilities.argmax(1) if len(probabilities) else np.zeros(0, int)
-    figure, axes = plt.subplots(1, 2, figsize=(10, 5.2 * thumbnail.shape[0] / thumbnail.shape[1] + 0.8))
-    _show_overlay(axes[0], thumbnail, class_overlay(store["labels"][:].astype(int), coords, cell, grid, classes),
-                  cell, grid, downsample, "annotation (patch labels)")
-    _show_overlay(axes[1], thumbnail, class_overlay(predicted, coords, cell, grid, classes),
-                  cell, grid, downsample, f"prediction: {title}")
-    figure.legend(handles=legend_handles(classes), loc="lower center", ncol=len(classes), frameon=False)
-    figure.suptitle(slide_id)
-    figure.tight_layout(rect=(0, 0.06, 1, 1))
-    save_figure(figure, out_png, dpi=110)
+    return store, {
+        "slide_id": store.attrs["slide_id"], "classes": store.attrs["classes"], "cell": store.attrs["cell_level0"],
+        "grid": store.attrs["grid"], "thumbnail": store["thumbnail"][:], "downsample": store.attrs["thumbnail_downsample"],
+        "coords": store["coords"][:], "labels": store["labels"][:].astype(int),
+    }
+
+
+def _probabilities(predictions_path, slide_id) -> np.ndarray:
+    return zarr.open_group(str(predictions_path), mode="r")[slide_id]["probabilities"][:]
+
+
+def _argmax(probabilities: np.ndarray) -> np.ndarray:
+    return probabilities.argmax(1) if len(probabilities) else np.zeros(0, int)
+
+
+def _figure_height(thumbnail, width, rows=1):
+    return rows * width * thumbnail.shape[0] / thumbnail.shape[1] + 1.0
+
+
+def slide_heatmap(store_path: str | Path, predictions_path: str | Path, out_png: str | Path, *, title: str) -> None:
+    """One model on one slide: annotation, predicted class map and one probability map per class."""
+    _, s = _slide_layers(store_path)
+    probabilities = _probabilities(predictions_path, s["slide_id"])
+    classes, n = s["classes"], len(s["classes"])
+    figure = plt.figure(figsize=(2.6 * n, _figure_height(s["thumbnail"], 1.3 * n) + _figure_height(s["thumbnail"], 2.6)))
+    grid_spec = figure.add_gridspec(2, 2 * n, height_ratios=[2, 1])
+    top = [figure.add_subplot(grid_spec[0, :n]), figure.add_subplot(grid_spec[0, n:])]
+    overlay_args = (s["coords"], s["cell"], s["grid"], classes)
+    _show_overlay(top[0], s["thumbnail"], class_overlay(s["labels"], *overlay_args), s["cell"], s["grid"],
+                  s["downsample"], "annotation (patch labels)")
+    _show_overlay(top[1], s["thumbnail"], class_overlay(_argmax(probabilities), *overlay_args), s["cell"], s["grid"],
+                  s["downsample"], f"prediction: {title}")
+    for index, (name, color) in enumerate(zip(classes, class_colors(classes))):
+        axis = figure.add_subplot(grid_spec[1, 2 * index : 2 * index + 2])
+        values = probabilities[:, index] if len(probabilities) else np.zeros(0)
+        overlay = probability_overlay(values, s["coords"], s["cell"], s["grid"], color)
+        _show_overlay(axis, s["thumbnail"], overlay, s["cell"], s["grid"], s["downsample"], f"P({name})")
+    figure.legend(handles=legend_handles(classes), loc="lower center", ncol=n, frameon=False)
+    figure.suptitle(s["slide_id"])
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    save_figure(figure, out_png, dpi=100)
+
+
+def probability_overlay(values, coords, cell, grid, color) -> np.ndarray:
+    """RGBA grid image in the class colour with opacity proportional to the probability."""
+    import matplotlib.colors as mcolors
+
+    rgba = np.zeros((grid["rows"], grid["columns"], 4), np.float32)
+    if len(coords):
+        rows, columns = coords[:, 1] // cell, coords[:, 0] // cell
+        rgba[rows, columns, :3] = mcolors.to_rgb(color)
+        rgba[rows, columns, 3] = 0.9 * np.asarray(values)
+    return rgba
+
+
+def comparison_panel(store_path: str | Path, predictions: dict[str, str | Path], out_png: str | Path) -> None:
+    """Side by side: the annotation, then each model's predicted class map, in the same colours."""
+    _, s = _slide_layers(store_path)
+    overlay_args = (s["coords"], s["cell"], s["grid"], s["classes"])
+    panels = [("annotation", s["labels"])] + [
+        (title, _argmax(_probabilities(path, s["slide_id"]))) for title, path in predictions.items()
+    ]
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), _figure_height(s["thumbnail"], 3.2)))
+    for axis, (title, classes_per_patch) in zip(np.atleast_1d(axes), panels):
+        _show_overlay(axis, s["thumbnail"], class_overlay(classes_per_patch, *overlay_args), s["cell"], s["grid"],
+                      s["downsample"], title)
+    figure.legend(handles=legend_handles(s["classes"]), loc="lower center", ncol=len(s["classes"]), frameon=False)
+    figure.suptitle(s["slide_id"])
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
+    save_figure(figure, out_png, dpi=100)

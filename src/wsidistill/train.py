@@ -215,7 +215,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            for name, value in {"loss": float(loss), **terms}.items():
+            for name, value in {"loss": loss.item(), **terms}.items():
                 totals[name] = totals.get(name, 0.0) + value * len(rows)
 
         val_probs = predict_probabilities(model, val_set.images[teacher_name if upsampled else student_name],
@@ -251,6 +251,7 @@ def train(
         "teacher_magnification": teacher_magnification,
         "output_stride": stride,
         "input_magnification": teacher_magnification if upsampled else magnification,
+        "patch_side": int(train_set.images[teacher_name if upsampled else student_name].shape[1]),
         "student_input": "upsampled" if upsampled else "native",
         "method": method,
         "weights": dict(weights),

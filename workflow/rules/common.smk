@@ -58,6 +58,12 @@ MODELS = [f"{TEACHER}_{mag_name(TEACHER_MAG)}"] + [
     f"{method}_{mag_name(mag)}" for method in METHODS for mag in STUDENT_MAGS
 ]
 
+#: Side-by-side panel: the Teacher, then the chosen Students at the lowest magnification.
+PANEL_MODELS = MODELS[:1] + [f"{m}_{mag_name(STUDENT_MAGS[-1])}" for m in config["panel_methods"] if m in METHODS]
+
+#: One model per magnification for the cost table: the Teacher, then the baseline Student at each.
+COST_MODELS = MODELS[:1] + [f"{config['baseline_method']}_{mag_name(mag)}" for mag in STUDENT_MAGS]
+
 
 wildcard_constraints:
     slide="|".join(map(str, SAMPLES.slide_id)),
@@ -126,6 +132,7 @@ def model_path(model, seed):
 
 
 def final_outputs():
-    outputs = ["results/tables/comparison.md"]
+    outputs = ["results/tables/comparison.md", "results/tables/cost.md", "results/tables/slides.csv"]
+    outputs += [f"results/heatmaps/{slide}/panel.png" for slide in test_slides()]
     outputs += [f"results/heatmaps/{slide}/{model}_seed{SEEDS[0]}.png" for slide in test_slides() for model in MODELS]
     return outputs

@@ -21,6 +21,28 @@ rule tables:
         "--baseline {params.baseline} --threads {threads} > {log:q} 2>&1"
 
 
+rule cost:
+    input:
+        models=[model_path(m, SEEDS[0]) for m in COST_MODELS],
+        stores=stores("test"),
+    output:
+        csv=report("results/tables/cost.csv", caption="../report/cost.rst", category="Cost"),
+        md="results/tables/cost.md",
+    log:
+        "results/logs/cost.log",
+    benchmark:
+        "results/benchmarks/cost.tsv"
+    params:
+        models=lambda wildcards, input: " ".join(f"{m}={p}" for m, p in zip(COST_MODELS, input.models)),
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    shell:
+        "wsidistill cost --models {params.models} --stores {input.stores:q} --csv {output.csv:q} --md {output.md:q} "
+        "--threads {threads} > {log:q} 2>&1"
+
+
 rule heatmap:
     input:
         store="results/patches/{slide}.zarr",
@@ -44,3 +66,51 @@ rule heatmap:
     shell:
         "wsidistill heatmap --store {input.store:q} --predictions {input.predictions:q} --out {output:q} "
         "--title '{wildcards.model} seed {wildcards.seed}' --threads {threads} > {log:q} 2>&1"
+
+
+rule panel:
+    input:
+        store="results/patches/{slide}.zarr",
+        predictions=[f"results/predictions/{m}/seed{SEEDS[0]}.zarr" for m in PANEL_MODELS],
+    output:
+        report(
+            "results/heatmaps/{slide}/panel.png",
+            caption="../report/panel.rst",
+            category="Heatmaps",
+            subcategory="{slide}",
+            labels={"slide": "{slide}", "model": "panel", "seed": str(SEEDS[0])},
+        ),
+    log:
+        "results/logs/panel/{slide}.log",
+    benchmark:
+        "results/benchmarks/panel/{slide}.tsv"
+    params:
+        pairs=lambda wildcards, input: " ".join(f"{m}={p}" for m, p in zip(PANEL_MODELS, input.predictions)),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "wsidistill panel --store {input.store:q} --predictions {params.pairs} --out {output:q} "
+        "--threads {threads} > {log:q} 2>&1"
+
+
+rule slide_grades:
+    input:
+        predictions=[f"results/predictions/{m}/seed{SEEDS[0]}.zarr" for m in MODELS],
+        stores=stores("test"),
+    output:
+        report("results/tables/slides.csv", caption="../report/slides.rst", category="Slide grades"),
+    log:
+        "results/logs/slide_grades.log",
+    benchmark:
+        "results/benchmarks/slide_grades.tsv"
+    params:
+        pairs=lambda wildcards, input: " ".join(f"{m}={p}" for m, p in zip(MODELS, input.predictions)),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "wsidistill slide-grades --predictions {params.pairs} --stores {input.stores:q} --out {output:q} "
+        "--threads {threads} > {log:q} 2>&1"

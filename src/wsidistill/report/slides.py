@@ -1,0 +1,57 @@
+"""Slide-level grading: Gleason score and ISUP grade group per test slide and model.
+
+The predicted grade comes from the model's class map over every tissue patch;
+the reference grade is derived the same way from the annotation's patch
+labels, so the two differ only by the model's errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from ..grading import grade_from_patch_labels
+from ..io import write_text
+from ..metrics import quadratic_kappa
+from ..patches.dataset import open_store
+
+GRADE_GROUPS = 6  # 0 (benign) .. 5
+
+
+def _grade_fields(prefix: str, grade) -> dict:
+    return {f"{prefix}_primary": grade.primary, f"{prefix}_secondary": grade.secondary,
+            f"{prefix}_score": grade.score, f"{prefix}_grade_group": grade.grade_group}
+
+
+def slide_grades(predictions: dict[str, str | Path], stores: list[str | Path]) -> pd.DataFrame:
+    """One row per (model, slide), then one summary row per model."""
+    references = {}
+    for store_path in stores:
+        store = open_store(store_path)
+        references[store.attrs["slide_id"]] = (store.attrs["classes"], store["labels"][:])
+    rows = []
+    for model, path in predictions.items():
+        root = zarr.open_group(str(path), mode="r")
+        for slide_id, (classes, labels) in references.items():
+            probabilities = root[slide_id]["probabilities"][:]
+            predicted = probabilities.argmax(1) if len(probabilities) else np.zeros(0, int)
+            rows.append({"model": model, "slide_id": slide_id,
+                         **_grade_fields("true", grade_from_patch_labels(labels, classes)),
+                         **_grade_fields("predicted", grade_from_patch_labels(predicted, classes))})
+    frame = pd.DataFrame(rows)
+    summaries = []
+    for model, group in frame.groupby("model", sort=False):
+        truth, predicted = group.true_grade_group.to_numpy(int), group.predicted_grade_group.to_numpy(int)
+        summaries.append({"model": model, "slide_id": "ALL",
+                          "grade_group_accuracy": float((truth == predicted).mean()),
+                          "grade_group_kappa": quadratic_kappa(truth, predicted, GRADE_GROUPS)})
+    return pd.concat([frame, pd.DataFrame(summaries)], ignore_index=True)
+
+
+def write_slide_grades(predictions: dict[str, str | Path], stores: list[str | Path], out_csv) -> pd.DataFrame:
+    frame = slide_grades(predictions, stores)
+    write_text(out_csv, frame.to_csv(index=False))
+    return frame

@@ -1,0 +1,65 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from wsidistill.train import TrainSettings, train
+
+SETTINGS = TrainSettings(epochs=4, batch_size=16, lr=1e-3)
+
+
+def train_command(stores, out: Path, epochs: int) -> list[str]:
+    return [str(Path(sys.executable).parent / "wsidistill"), "train-teacher",
+            "--train-stores", *map(str, stores["train"]), "--val-stores", *map(str, stores["val"]),
+            "--magnification", "40", "--training", f'{{"epochs": {epochs}, "batch_size": 16}}',
+            "--seed", "7", "--out", str(out / "model.pt"), "--history", str(out / "history.csv"), "--threads", "1"]
+
+
+def test_killed_training_resumes_from_its_last_epoch_and_matches_an_uninterrupted_run(demo_stores, tmp_path):
+    uninterrupted, resumed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(train_command(demo_stores, uninterrupted, 4), check=True, capture_output=True)
+
+    process = subprocess.Popen(train_command(demo_stores, resumed, 4), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    history = resumed / "history.csv"
+    while not (history.exists() and len(pd.read_csv(history)) >= 2):
+        assert process.poll() is None, "training finished before it could be killed"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (resumed / "checkpoint.pt").exists() and not (resumed / "model.pt").exists()
+    epochs_done = len(pd.read_csv(history))
+
+    rerun = subprocess.run(train_command(demo_stores, resumed, 4), capture_output=True, text=True, check=True)
+    assert f"resuming {resumed / 'model.pt'} from epoch {epochs_done}" in rerun.stdout
+    assert "epoch 0:" not in rerun.stdout
+
+    a = torch.load(uninterrupted / "model.pt", weights_only=False)
+    b = torch.load(resumed / "model.pt", weights_only=False)
+    assert a["meta"]["best_epoch"] == b["meta"]["best_epoch"]
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+    pd.testing.assert_frame_equal(pd.read_csv(uninterrupted / "history.csv").drop(columns="seconds"),
+                                  pd.read_csv(history).drop(columns="seconds"))
+    assert not (resumed / "checkpoint.pt").exists()
+
+
+def test_student_distillation_writes_history_and_selects_by_validation_kappa(demo_stores, tmp_path):
+    common = dict(train_stores=demo_stores["train"], val_stores=demo_stores["val"], classes=["NC", "G3", "G4", "G5"],
+                  arch="smallcnn", settings=SETTINGS, seed=0)
+    train(magnification=40, weights={"ce": 1}, out_model=tmp_path / "t/model.pt", out_history=tmp_path / "t/h.csv",
+          progress=False, **common)
+    meta = train(magnification=10, weights={"ce": 1, "fm": 0.1, "atplus": 10}, teacher_path=tmp_path / "t/model.pt",
+                 out_model=tmp_path / "s/model.pt", out_history=tmp_path / "s/h.csv", method="atplus",
+                 progress=False, **common)
+    history = pd.read_csv(tmp_path / "s/h.csv")
+    assert {"train_ce", "train_fm", "train_atplus", "val_kappa"} <= set(history.columns)
+    assert len(history) == SETTINGS.epochs
+    assert meta["best_epoch"] == int(history.val_kappa.idxmax())
+    assert meta["input_magnification"] == 10 and meta["output_stride"] == 2
+    assert (tmp_path / "s/h.png").stat().st_size > 1000
