@@ -57,6 +57,7 @@ def _add_extract(sub):
     p.add_argument("--slide-id", help="defaults to the file name without extension")
     p.add_argument("--annotations", type=Path)
     p.add_argument("--summary", type=Path, help="extraction summary JSON")
+    p.add_argument("--qc", type=Path, help="quality-control PNG: thumbnail, tissue mask and kept patches")
     p.add_argument("--magnifications", type=float, nargs="+", default=[40, 20, 10, 5])
     p.add_argument("--teacher-magnification", type=float, help="defaults to the highest magnification")
     p.add_argument("--patch-size", type=int, default=256, help="patch side in px at the Teacher's magnification")
@@ -93,6 +94,18 @@ def _add_train(sub):
             p.add_argument("--weights", type=_json, required=True, help='JSON of named loss terms, e.g. {"ce": 1}')
             p.add_argument("--student-input", choices=["native", "upsampled"], default="native")
             p.add_argument("--distill-options", type=_json, default={})
+            p.add_argument("--teacher-cache", type=Path, help="Teacher-target cache (`wsidistill teacher-cache`)")
+
+    c = sub.add_parser("teacher-cache", help="the Teacher's targets for every training patch and D4 element, once")
+    c.add_argument("--teacher", required=True, type=Path)
+    c.add_argument("--train-stores", nargs="+", required=True)
+    c.add_argument("--terms", nargs="+", required=True, help="union of the loss terms of every method")
+    c.add_argument("--distill-options", type=_json, default={}, help="JSON; only `at_p` reaches the Teacher")
+    c.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    c.add_argument("--batch-size", type=int, default=64)
+    c.add_argument("--device", default="auto")
+    c.add_argument("--out", required=True, type=Path)
+    c.add_argument("--threads", type=int, default=1)
 
 
 def _add_evaluate(sub):
@@ -142,6 +155,17 @@ def _add_figures(sub):
     g.add_argument("--threads", type=int, default=1)
 
 
+def _add_attention(sub):
+    a = sub.add_parser("attention", help="Teacher-Student AT+ attention panels and agreement table")
+    a.add_argument("--teacher", required=True, type=Path)
+    a.add_argument("--students", nargs="+", required=True, help="NAME=MODEL.pt")
+    a.add_argument("--stores", nargs="+", required=True)
+    a.add_argument("--out-dir", required=True, type=Path)
+    a.add_argument("--panel-students", nargs="+", default=[], help="Student names shown in the panels")
+    a.add_argument("--samples-per-class", type=int, default=3)
+    a.add_argument("--threads", type=int, default=1)
+
+
 def _pairs(items: list[str]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items)
 
@@ -154,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_figures(sub)
+    _add_attention(sub)
     return parser
 
 
@@ -193,23 +218,41 @@ def run(args: argparse.Namespace) -> None:
             args.slide, args.out, settings, slide_id=args.slide_id or args.slide.stem, annotations=args.annotations,
             mpp=args.mpp, objective_power=args.objective_power, threads=args.threads, summary_path=args.summary,
         )
+        if args.qc:
+            from .heatmaps import extraction_qc
+
+            extraction_qc(args.out, args.qc)
         print(json.dumps({k: summary[k] for k in ("slide_id", "tissue_patches", "patches_per_class",
                                                   "skipped_magnifications")}))
     elif args.verb in ("train-teacher", "distill"):
+        from .distill.cache import StaleCacheError
         from .train import TrainSettings, train
 
         settings = TrainSettings(**{**args.training, "device": args.device})
         is_student = args.verb == "distill"
-        train(
-            train_stores=args.train_stores, val_stores=args.val_stores, classes=args.classes,
-            magnification=args.magnification, arch=args.arch,
-            weights=args.weights if is_student else {"ce": 1.0}, settings=settings, seed=args.seed,
-            out_model=args.out, out_history=args.history, threads=args.threads,
-            teacher_path=args.teacher if is_student else None,
-            student_input=args.student_input if is_student else "native",
-            distill_options=args.distill_options if is_student else None,
-            method=args.method if is_student else "teacher",
+        try:
+            train(
+                train_stores=args.train_stores, val_stores=args.val_stores, classes=args.classes,
+                magnification=args.magnification, arch=args.arch,
+                weights=args.weights if is_student else {"ce": 1.0}, settings=settings, seed=args.seed,
+                out_model=args.out, out_history=args.history, threads=args.threads,
+                teacher_path=args.teacher if is_student else None,
+                student_input=args.student_input if is_student else "native",
+                distill_options=args.distill_options if is_student else None,
+                method=args.method if is_student else "teacher",
+                teacher_cache=args.teacher_cache if is_student else None,
+            )
+        except StaleCacheError as err:
+            raise SystemExit(f"wsidistill {args.verb}: error: {err}") from None
+    elif args.verb == "teacher-cache":
+        from .distill.cache import build_teacher_cache
+
+        summary = build_teacher_cache(
+            args.teacher, args.train_stores, args.out, args.terms, dtype=args.dtype, batch_size=args.batch_size,
+            teacher_options={k: v for k, v in args.distill_options.items() if k == "at_p"},
+            device=args.device, threads=args.threads,
         )
+        print(json.dumps(summary))
     elif args.verb == "evaluate":
         from .evaluate import evaluate_model
 
@@ -233,6 +276,14 @@ def run(args: argparse.Namespace) -> None:
         from .heatmaps import comparison_panel
 
         comparison_panel(args.store, _pairs(args.predictions), args.out)
+    elif args.verb == "attention":
+        import torch
+
+        from .report.attention import attention_study
+
+        torch.set_num_threads(args.threads)
+        attention_study(args.teacher, _pairs(args.students), args.stores, args.out_dir,
+                        panel_students=args.panel_students, samples_per_class=args.samples_per_class)
     elif args.verb == "slide-grades":
         from .report.slides import write_slide_grades
 

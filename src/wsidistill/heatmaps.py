@@ -130,3 +130,26 @@ def comparison_panel(store_path: str | Path, predictions: dict[str, str | Path],
     figure.suptitle(s["slide_id"])
     figure.tight_layout(rect=(0, 0.08, 1, 1))
     save_figure(figure, out_png, dpi=100)
+
+
+def extraction_qc(store_path: str | Path, out_png: str | Path) -> None:
+    """Quality control of extraction: thumbnail, tissue-mask outline and kept cells coloured by label."""
+    _, s = _slide_layers(store_path)
+    store = open_store(store_path)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, _figure_height(s["thumbnail"], 5)))
+    left.imshow(s["thumbnail"])
+    left.contour(store["tissue_mask"][:], levels=[0.5], colors="lime", linewidths=0.8)
+    left.set_title(f"tissue mask ({store.attrs['tissue_method']})", fontsize=9)
+    left.axis("off")
+    labels = np.where(s["labels"] >= 0, s["labels"], -1)
+    overlay = class_overlay(labels, s["coords"], s["cell"], s["grid"], s["classes"])
+    unlabelled = s["labels"] < 0
+    if unlabelled.any():
+        rows, columns = s["coords"][unlabelled, 1] // s["cell"], s["coords"][unlabelled, 0] // s["cell"]
+        overlay[rows, columns] = (0.2, 0.4, 1.0, 0.35)
+    _show_overlay(right, s["thumbnail"], overlay, s["cell"], s["grid"], s["downsample"],
+                  f"{len(s['coords'])} tissue patches (blue: unlabelled)")
+    figure.legend(handles=legend_handles(s["classes"]), loc="lower center", ncol=len(s["classes"]), frameon=False)
+    figure.suptitle(s["slide_id"])
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
+    save_figure(figure, out_png, dpi=100)

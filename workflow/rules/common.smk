@@ -61,6 +61,9 @@ MODELS = [f"{TEACHER}_{mag_name(TEACHER_MAG)}"] + [
 #: Side-by-side panel: the Teacher, then the chosen Students at the lowest magnification.
 PANEL_MODELS = MODELS[:1] + [f"{m}_{mag_name(STUDENT_MAGS[-1])}" for m in config["panel_methods"] if m in METHODS]
 
+#: Attention panels: CE-only, FM and AT+ Students (those configured) at the lowest magnification.
+ATTENTION_PANEL = [f"{m}_{mag_name(STUDENT_MAGS[-1])}" for m in (config["baseline_method"], "fm", "atplus") if m in METHODS]
+
 #: One model per magnification for the cost table: the Teacher, then the baseline Student at each.
 COST_MODELS = MODELS[:1] + [f"{config['baseline_method']}_{mag_name(mag)}" for mag in STUDENT_MAGS]
 
@@ -134,5 +137,6 @@ def model_path(model, seed):
 def final_outputs():
     outputs = ["results/tables/comparison.md", "results/tables/cost.md", "results/tables/slides.csv"]
     outputs += [f"results/heatmaps/{slide}/panel.png" for slide in test_slides()]
+    outputs += ["results/attention/agreement.md"]
     outputs += [f"results/heatmaps/{slide}/{model}_seed{SEEDS[0]}.png" for slide in test_slides() for model in MODELS]
     return outputs

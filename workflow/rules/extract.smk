@@ -4,6 +4,7 @@ rule extract:
     output:
         store=directory("results/patches/{slide}.zarr"),
         summary="results/patches/{slide}.json",
+        qc=report("results/patches/{slide}.qc.png", caption="../report/qc.rst", category="Extraction QC"),
     log:
         "results/logs/extract/{slide}.log",
     benchmark:
@@ -15,5 +16,5 @@ rule extract:
         mem_mb=2000,
         runtime=60,
     shell:
-        "wsidistill extract {input.slide:q} --out {output.store:q} --summary {output.summary:q} "
+        "wsidistill extract {input.slide:q} --out {output.store:q} --summary {output.summary:q} --qc {output.qc:q} "
         "--slide-id {wildcards.slide} {params.flags} --threads {threads} > {log:q} 2>&1"

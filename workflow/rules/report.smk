@@ -114,3 +114,34 @@ rule slide_grades:
     shell:
         "wsidistill slide-grades --predictions {params.pairs} --stores {input.stores:q} --out {output:q} "
         "--threads {threads} > {log:q} 2>&1"
+
+
+rule attention:
+    input:
+        teacher=model_path(MODELS[0], SEEDS[0]),
+        students=[model_path(m, SEEDS[0]) for m in MODELS[1:]],
+        stores=stores("test"),
+    output:
+        csv=report("results/attention/agreement.csv", caption="../report/agreement.rst", category="Attention"),
+        md="results/attention/agreement.md",
+        panels=report(
+            expand("results/attention/{cls}.png", cls=config["classes"]),
+            caption="../report/attention.rst",
+            category="Attention",
+        ),
+    log:
+        "results/logs/attention.log",
+    benchmark:
+        "results/benchmarks/attention.tsv"
+    params:
+        students=lambda wildcards, input: " ".join(f"{m}={p}" for m, p in zip(MODELS[1:], input.students)),
+        panel=" ".join(ATTENTION_PANEL),
+        out_dir=lambda wildcards, output: Path(output.md).parent,
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "wsidistill attention --teacher {input.teacher:q} --students {params.students} --stores {input.stores:q} "
+        "--out-dir {params.out_dir:q} --panel-students {params.panel} --threads {threads} > {log:q} 2>&1"

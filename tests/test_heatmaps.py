@@ -1,0 +1,55 @@
+import numpy as np
+import zarr
+from PIL import Image
+
+from wsidistill.heatmaps import class_overlay, comparison_panel, grid_image, slide_heatmap
+from wsidistill.report.palette import class_rgb
+
+CLASSES = ["NC", "G3", "G4", "G5"]
+
+
+def test_class_regions_sit_where_the_layout_puts_them():
+    # A 4x3 grid of 100 px cells: left half G3, right half G5, one cell without tissue.
+    grid = {"columns": 4, "rows": 3}
+    coords = np.array([[x * 100, y * 100] for y in range(3) for x in range(4) if (x, y) != (3, 2)])
+    layout = np.where(coords[:, 0] < 200, 1, 3)
+    overlay = class_overlay(layout, coords, 100, grid, CLASSES)
+    rgb = class_rgb(CLASSES)
+    for (x, y), label in zip(coords, layout):
+        np.testing.assert_allclose(overlay[y // 100, x // 100, :3], rgb[label])
+        assert overlay[y // 100, x // 100, 3] > 0
+    assert overlay[2, 3, 3] == 0  # no tissue: transparent
+
+
+def test_grid_image_places_values_by_level0_coordinates():
+    image = grid_image(np.array([1.0, 2.0]), np.array([[0, 0], [256, 512]]), 256, {"columns": 2, "rows": 3})
+    assert image[0, 0] == 1 and image[2, 1] == 2 and np.isnan(image[1, 1])
+
+
+def one_class_predictions(store_path, out, class_index):
+    store = zarr.open_group(str(store_path), mode="r")
+    n = store["coords"].shape[0]
+    probabilities = np.zeros((n, len(CLASSES)), np.float32)
+    probabilities[:, class_index] = 1
+    root = zarr.open_group(str(out), mode="w")
+    root.create_group(store.attrs["slide_id"]).create_array("probabilities", data=probabilities)
+    return out
+
+
+def test_a_model_that_always_predicts_one_class_gives_a_single_colour_map(demo_stores, tmp_path):
+    store_path = demo_stores["test"][0]
+    predictions = one_class_predictions(store_path, tmp_path / "p.zarr", 2)
+    store = zarr.open_group(str(store_path), mode="r")
+    overlay = class_overlay(np.full(store["coords"].shape[0], 2), store["coords"][:], store.attrs["cell_level0"],
+                            store.attrs["grid"], CLASSES)
+    visible = overlay[overlay[..., 3] > 0, :3]
+    assert len(visible) == store["coords"].shape[0]
+    assert np.unique(visible, axis=0).shape[0] == 1
+    slide_heatmap(store_path, predictions, tmp_path / "h.png", title="constant G4")
+    comparison_panel(store_path, {"a": predictions, "b": predictions}, tmp_path / "panel.png")
+    image = np.asarray(Image.open(tmp_path / "h.png").convert("RGB")).astype(int)
+    # The G4 colour blended over grey tissue dominates the prediction panel: orange, red > green > blue.
+    right = image[: image.shape[0] // 2, image.shape[1] // 2 :]
+    orange = (right[..., 0] - right[..., 2] > 60) & (right[..., 1] > right[..., 2])
+    assert orange.sum() > 0.02 * right[..., 0].size
+    assert Image.open(tmp_path / "panel.png").size[0] > Image.open(tmp_path / "panel.png").size[1]
