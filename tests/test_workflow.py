@@ -38,10 +38,10 @@ def snakemake(workdir: Path, repo_root: Path, *args: str) -> subprocess.Complete
 def tiny_run(tmp_path_factory, repo_root):
     workdir = tmp_path_factory.mktemp("workflow")
     config = yaml.safe_load((repo_root / "config.yaml").read_text())
-    config["demo"].update(slides=6, seed=3, width=1024, height=768)
+    config["demo"].update(slides=6, seed=3, width=768, height=512)
     config["magnifications"] = [40, 10]
-    config["extraction"]["patch_size"] = 64
-    config["training"].update(epochs=2, batch_size=16)
+    config["extraction"]["patch_size"] = 32
+    config["training"].update(epochs=1, batch_size=32)
     config["methods"] = ALL_TERMS_METHODS
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(workdir, repo_root)
@@ -76,8 +76,8 @@ def test_patch_stores_are_aligned_across_magnifications(tiny_run):
     workdir, _ = tiny_run
     store = zarr.open_group(str(next((workdir / "results/patches").glob("*.zarr"))))
     n = store["coords"].shape[0]
-    assert store["40x/images"].shape == (n, 64, 64, 3)
-    assert store["10x/images"].shape == (n, 16, 16, 3)
+    assert store["40x/images"].shape == (n, 32, 32, 3)
+    assert store["10x/images"].shape == (n, 8, 8, 3)
     assert store.attrs["classes"] == ["NC", "G3", "G4", "G5"]
     assert store.attrs["objective_power"] == 40 and store.attrs["mpp"] == pytest.approx(0.25)
 
@@ -99,6 +99,24 @@ def test_a_heatmap_per_test_slide_and_model(tiny_run):
             image = np.asarray(Image.open(workdir / f"results/heatmaps/{slide}/{model}_seed0.png"))
             assert image.shape[0] > 200 and image.shape[1] > 400
             assert image[..., :3].std() > 10  # a picture, not a blank canvas
+        assert (workdir / f"results/heatmaps/{slide}/panel.png").stat().st_size > 10_000
+
+
+def test_report_tables_cost_grades_and_attention(tiny_run):
+    workdir, _ = tiny_run
+    cost = pd.read_csv(workdir / "results/tables/cost.csv")
+    assert cost.model.tolist() == ["teacher_40x", "ce_10x"]
+    assert cost.pixel_ratio_vs_teacher.tolist() == [1, 16]
+    assert (cost.gflops_per_patch > 0).all() and (cost.cpu_patches_per_second > 0).all()
+    grades = pd.read_csv(workdir / "results/tables/slides.csv")
+    summary = grades[grades.slide_id == "ALL"]
+    assert len(summary) == 1 + len(ALL_TERMS_METHODS)
+    assert summary.grade_group_accuracy.between(0, 1).all()
+    agreement = pd.read_csv(workdir / "results/attention/agreement.csv")
+    assert set(agreement.method) == set(ALL_TERMS_METHODS)
+    assert agreement.mean_correlation.between(-1, 1).all()
+    for cls in ("NC", "G3", "G4", "G5"):
+        assert (workdir / f"results/attention/{cls}.png").stat().st_size > 5_000
 
 
 def test_rerun_has_nothing_to_do(tiny_run, repo_root):

@@ -56,6 +56,10 @@ def _add_extract(sub):
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--slide-id", help="defaults to the file name without extension")
     p.add_argument("--annotations", type=Path)
+    p.add_argument("--label-mask", type=Path, help="PANDA-style label mask TIFF (instead of --annotations)")
+    p.add_argument("--label-mask-classes", type=_json,
+                   help='JSON: mask value -> class or null, default Radboud {"0": null, "1": "NC", "2": "NC", "3": "G3", ...}')
+    p.add_argument("--tissue-mask", type=Path, help="PNG/JPEG/TIFF tissue mask (nonzero = tissue) replacing detection")
     p.add_argument("--summary", type=Path, help="extraction summary JSON")
     p.add_argument("--qc", type=Path, help="quality-control PNG: thumbnail, tissue mask and kept patches")
     p.add_argument("--magnifications", type=float, nargs="+", default=[40, 20, 10, 5])
@@ -71,6 +75,14 @@ def _add_extract(sub):
     p.add_argument("--on-missing-magnification", choices=["skip", "error"], default="skip")
     p.add_argument("--block-cells", type=int, default=8)
     p.add_argument("--scheduler-address", help="dask distributed scheduler to use instead of local threads")
+    p.add_argument("--threads", type=int, default=1)
+
+
+def _add_importers(sub):
+    p = sub.add_parser("import-sicapv2", help="SICAPv2's patches and partitions -> one patch store per slide")
+    p.add_argument("root", type=Path, help="the SICAPv2 folder (images/, partition/, wsi_labels.xlsx)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--magnifications", type=float, nargs="+", default=[10, 5, 2.5])
     p.add_argument("--threads", type=int, default=1)
 
 
@@ -133,21 +145,16 @@ def _add_evaluate(sub):
     c.add_argument("--md", required=True, type=Path)
     c.add_argument("--threads", type=int, default=1)
 
-    h = sub.add_parser("heatmap", help="Gleason heatmap of one model on one slide")
+    h = sub.add_parser("heatmaps", help="Gleason heatmaps of several models on one slide, and their panel")
     h.add_argument("--store", required=True, type=Path)
-    h.add_argument("--predictions", required=True, type=Path)
-    h.add_argument("--out", required=True, type=Path)
-    h.add_argument("--title", default="")
+    h.add_argument("--predictions", nargs="+", required=True, help="MODEL=PREDICTIONS.zarr")
+    h.add_argument("--out", nargs="+", required=True, type=Path, help="one PNG per model, in the same order")
+    h.add_argument("--panel", nargs="*", default=[], help="models shown beside the annotation, in order")
+    h.add_argument("--panel-out", type=Path, help="PNG of the side-by-side panel")
     h.add_argument("--threads", type=int, default=1)
 
 
 def _add_figures(sub):
-    p = sub.add_parser("panel", help="annotation beside several models' class maps on one slide")
-    p.add_argument("--store", required=True, type=Path)
-    p.add_argument("--predictions", nargs="+", required=True, help="TITLE=PREDICTIONS.zarr, in panel order")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--threads", type=int, default=1)
-
     g = sub.add_parser("slide-grades", help="Gleason score and grade group per test slide and model")
     g.add_argument("--predictions", nargs="+", required=True, help="MODEL=PREDICTIONS.zarr")
     g.add_argument("--stores", nargs="+", required=True)
@@ -175,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True)
     _add_demo(sub)
     _add_extract(sub)
+    _add_importers(sub)
     _add_train(sub)
     _add_evaluate(sub)
     _add_figures(sub)
@@ -213,9 +221,12 @@ def run(args: argparse.Namespace) -> None:
             on_missing_magnification=args.on_missing_magnification,
             block_cells=args.block_cells,
             scheduler_address=args.scheduler_address,
+            **({"label_mask_classes": {int(k): v for k, v in args.label_mask_classes.items()}}
+               if args.label_mask_classes else {}),
         )
         summary = extract_slide(
             args.slide, args.out, settings, slide_id=args.slide_id or args.slide.stem, annotations=args.annotations,
+            label_mask=args.label_mask, tissue_mask=args.tissue_mask,
             mpp=args.mpp, objective_power=args.objective_power, threads=args.threads, summary_path=args.summary,
         )
         if args.qc:
@@ -224,6 +235,10 @@ def run(args: argparse.Namespace) -> None:
             extraction_qc(args.out, args.qc)
         print(json.dumps({k: summary[k] for k in ("slide_id", "tissue_patches", "patches_per_class",
                                                   "skipped_magnifications")}))
+    elif args.verb == "import-sicapv2":
+        from .patches.sicapv2 import import_sicapv2
+
+        print(import_sicapv2(args.root, args.out, magnifications=tuple(args.magnifications), threads=args.threads))
     elif args.verb in ("train-teacher", "distill"):
         from .distill.cache import StaleCacheError
         from .train import TrainSettings, train
@@ -268,14 +283,16 @@ def run(args: argparse.Namespace) -> None:
         from .report.cost import write_cost
 
         write_cost(_pairs(args.models), args.stores, args.csv, args.md, threads=args.threads)
-    elif args.verb == "heatmap":
-        from .heatmaps import slide_heatmap
+    elif args.verb == "heatmaps":
+        from .heatmaps import comparison_panel, slide_heatmap
 
-        slide_heatmap(args.store, args.predictions, args.out, title=args.title)
-    elif args.verb == "panel":
-        from .heatmaps import comparison_panel
-
-        comparison_panel(args.store, _pairs(args.predictions), args.out)
+        predictions = _pairs(args.predictions)
+        if len(args.out) != len(predictions):
+            raise ValueError(f"{len(predictions)} predictions but {len(args.out)} --out paths")
+        for (model, path), out in zip(predictions.items(), args.out):
+            slide_heatmap(args.store, path, out, title=model)
+        if args.panel_out:
+            comparison_panel(args.store, {m: predictions[m] for m in args.panel}, args.panel_out)
     elif args.verb == "attention":
         import torch
 
@@ -297,6 +314,7 @@ def _size(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .patches.extract import MagnificationUnavailable
+    from .patches.sicapv2 import SicapError
     from .slides.annotations import AnnotationError
     from .slides.grid import GridError
     from .slides.reader import SlideReadError
@@ -305,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("always")
     try:
         run(args)
-    except (SlideReadError, SampleSheetError, AnnotationError, GridError, MagnificationUnavailable) as err:
+    except (SlideReadError, SampleSheetError, AnnotationError, GridError, MagnificationUnavailable, SicapError) as err:
         print(f"wsidistill {args.verb}: error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -6,6 +6,7 @@ import pandas as pd
 from snakemake.utils import validate
 
 from wsidistill.config import TEACHER, ConfigError, check_config, student_magnifications
+from wsidistill.slides.annotations import AnnotationError, check_annotation_classes
 from wsidistill.slides.samples import SampleSheetError, load_sample_sheet
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -43,7 +44,9 @@ def _load_samples():
         ).set_index("slide_id", drop=False)
     try:
         sheet = load_sample_sheet(SHEET)
-    except SampleSheetError as err:
+        if "annotations" in sheet:
+            check_annotation_classes([p for p in sheet.annotations if p], config["annotation_classes"])
+    except (SampleSheetError, AnnotationError) as err:
         raise WorkflowError(f"sample sheet error: {err}")
     validate(sheet, schema="../schemas/samples.schema.yaml")
     return sheet
@@ -87,8 +90,9 @@ def test_slides():
 def extract_inputs(wildcards):
     row = SAMPLES.loc[wildcards.slide]
     inputs = {"slide": row["path"]}
-    if row.get("annotations"):
-        inputs["annotations"] = row["annotations"]
+    for column in ("annotations", "label_mask"):
+        if row.get(column):
+            inputs[column] = row[column]
     return inputs
 
 
@@ -110,6 +114,10 @@ def extract_flags(wildcards, input):
     ]
     if "annotations" in input.keys():
         flags += ["--annotations", input.annotations]
+    if "label_mask" in input.keys():
+        flags += ["--label-mask", input.label_mask]
+        if config.get("label_mask_classes"):
+            flags += ["--label-mask-classes", json.dumps(config["label_mask_classes"])]
     for column, flag in (("mpp", "--mpp"), ("objective_power", "--objective-power")):
         value = row.get(column)
         if value is not None and not pd.isna(value) and value != "":
@@ -135,8 +143,9 @@ def model_path(model, seed):
 
 
 def final_outputs():
-    outputs = ["results/tables/comparison.md", "results/tables/cost.md", "results/tables/slides.csv"]
+    outputs = ["results/tables/comparison.md", "results/tables/cost.md", "results/tables/slides.csv",
+               "results/attention/agreement.md"]
     outputs += [f"results/heatmaps/{slide}/panel.png" for slide in test_slides()]
-    outputs += ["results/attention/agreement.md"]
-    outputs += [f"results/heatmaps/{slide}/{model}_seed{SEEDS[0]}.png" for slide in test_slides() for model in MODELS]
+    if DEMO["enabled"]:
+        outputs.append(str(SHEET))
     return outputs

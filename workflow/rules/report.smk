@@ -43,56 +43,33 @@ rule cost:
         "--threads {threads} > {log:q} 2>&1"
 
 
-rule heatmap:
+rule heatmaps:
     input:
         store="results/patches/{slide}.zarr",
-        predictions="results/predictions/{model}/seed{seed}.zarr",
+        predictions=[f"results/predictions/{m}/seed{SEEDS[0]}.zarr" for m in MODELS],
     output:
-        report(
-            "results/heatmaps/{slide}/{model}_seed{seed}.png",
+        maps=report(
+            expand("results/heatmaps/{{slide}}/{model}_seed{seed}.png", model=MODELS, seed=SEEDS[0]),
             caption="../report/heatmap.rst",
             category="Heatmaps",
             subcategory="{slide}",
-            labels={"slide": "{slide}", "model": "{model}", "seed": "{seed}"},
         ),
+        panel=report("results/heatmaps/{slide}/panel.png", caption="../report/panel.rst", category="Heatmaps",
+                     subcategory="{slide}"),
     log:
-        "results/logs/heatmap/{slide}/{model}_seed{seed}.log",
+        "results/logs/heatmaps/{slide}.log",
     benchmark:
-        "results/benchmarks/heatmap/{slide}/{model}_seed{seed}.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    shell:
-        "wsidistill heatmap --store {input.store:q} --predictions {input.predictions:q} --out {output:q} "
-        "--title '{wildcards.model} seed {wildcards.seed}' --threads {threads} > {log:q} 2>&1"
-
-
-rule panel:
-    input:
-        store="results/patches/{slide}.zarr",
-        predictions=[f"results/predictions/{m}/seed{SEEDS[0]}.zarr" for m in PANEL_MODELS],
-    output:
-        report(
-            "results/heatmaps/{slide}/panel.png",
-            caption="../report/panel.rst",
-            category="Heatmaps",
-            subcategory="{slide}",
-            labels={"slide": "{slide}", "model": "panel", "seed": str(SEEDS[0])},
-        ),
-    log:
-        "results/logs/panel/{slide}.log",
-    benchmark:
-        "results/benchmarks/panel/{slide}.tsv"
+        "results/benchmarks/heatmaps/{slide}.tsv"
     params:
-        pairs=lambda wildcards, input: " ".join(f"{m}={p}" for m, p in zip(PANEL_MODELS, input.predictions)),
+        pairs=lambda wildcards, input: " ".join(f"{m}={p}" for m, p in zip(MODELS, input.predictions)),
+        panel=" ".join(PANEL_MODELS),
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=1500,
+        runtime=20,
     shell:
-        "wsidistill panel --store {input.store:q} --predictions {params.pairs} --out {output:q} "
-        "--threads {threads} > {log:q} 2>&1"
+        "wsidistill heatmaps --store {input.store:q} --predictions {params.pairs} --panel {params.panel} "
+        "--out {output.maps:q} --panel-out {output.panel:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule slide_grades:
