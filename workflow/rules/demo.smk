@@ -4,6 +4,8 @@ if DEMO["enabled"]:
         output:
             slide=f"{DEMO_DIR}/{{slide}}.svs",
             annotations=f"{DEMO_DIR}/{{slide}}.geojson",
+        conda:
+            "../../environment.yml"
         log:
             "results/logs/demo/{slide}.log",
         benchmark:
@@ -26,6 +28,8 @@ if DEMO["enabled"]:
             expand(f"{DEMO_DIR}/{{slide}}.svs", slide=SAMPLES.slide_id),
         output:
             str(SHEET),
+        conda:
+            "../../environment.yml"
         log:
             "results/logs/demo/sheet.log",
         benchmark:

@@ -5,6 +5,8 @@ rule evaluate:
     output:
         predictions=directory("results/predictions/{model}/seed{seed}.zarr"),
         metrics="results/metrics/{model}/seed{seed}.json",
+    conda:
+        "../../environment.yml"
     log:
         "results/logs/evaluate/{model}/seed{seed}.log",
     benchmark:

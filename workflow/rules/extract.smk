@@ -5,6 +5,8 @@ rule extract:
         store=directory("results/patches/{slide}.zarr"),
         summary="results/patches/{slide}.json",
         qc=report("results/patches/{slide}.qc.png", caption="../report/qc.rst", category="Extraction QC"),
+    conda:
+        "../../environment.yml"
     log:
         "results/logs/extract/{slide}.log",
     benchmark:

@@ -6,6 +6,8 @@ rule tables:
         md="results/tables/comparison.md",
         plot=report("results/tables/kappa_vs_magnification.png", caption="../report/kappa_plot.rst",
                     category="Comparison"),
+    conda:
+        "../../environment.yml"
     log:
         "results/logs/tables.log",
     benchmark:
@@ -28,6 +30,8 @@ rule cost:
     output:
         csv=report("results/tables/cost.csv", caption="../report/cost.rst", category="Cost"),
         md="results/tables/cost.md",
+    conda:
+        "../../environment.yml"
     log:
         "results/logs/cost.log",
     benchmark:
@@ -56,6 +60,8 @@ rule heatmaps:
         ),
         panel=report("results/heatmaps/{slide}/panel.png", caption="../report/panel.rst", category="Heatmaps",
                      subcategory="{slide}"),
+    conda:
+        "../../environment.yml"
     log:
         "results/logs/heatmaps/{slide}.log",
     benchmark:
@@ -78,6 +84,8 @@ rule slide_grades:
         stores=stores("test"),
     output:
         report("results/tables/slides.csv", caption="../report/slides.rst", category="Slide grades"),
+    conda:
+        "../../environment.yml"
     log:
         "results/logs/slide_grades.log",
     benchmark:
@@ -106,6 +114,8 @@ rule attention:
             caption="../report/attention.rst",
             category="Attention",
         ),
+    conda:
+        "../../environment.yml"
     log:
         "results/logs/attention.log",
     benchmark:
