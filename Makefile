@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: install demo test report dry-run lint clean
+.PHONY: install demo test test-setup report dry-run lint clean
 
 # Reinstall when the package metadata changes (a stale .venv) or the venv is missing.
 $(STAMP): pyproject.toml
@@ -30,7 +30,13 @@ dry-run: $(STAMP)
 lint: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint
 
-test: $(STAMP)
+# --- test set-up (tests/test_slurm.py): Debian's slurm-wlm, slurmdbd, munge and MariaDB for a
+# single-node SLURM that the test starts and stops itself. Idempotent; needs root to install.
+test-setup:
+	bash tests/slurm/install.sh
+# --- end of test set-up
+
+test: $(STAMP) test-setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 clean:
