@@ -1,22 +1,51 @@
 """One reader for every slide format, with resolution always carried with its unit.
 
-OpenSlide reads SVS, NDPI, MRXS, generic TIFF and DICOM; tiatoolbox's
-``WSIReader`` is the fallback for formats OpenSlide refuses.  Magnification
-comes from the objective power; without it, it is derived from the MPP
-(magnification ~ 10 / MPP) and the derivation is recorded, never hidden.
+OpenSlide opens SVS, NDPI, MRXS, generic TIFF and DICOM and supplies the
+metadata; tiatoolbox's ``WSIReader`` is the fallback for files OpenSlide does
+not recognise (OME-TIFF, plain images).  Magnification comes from the
+objective power; without it, it is derived from the MPP (magnification ~ 10 /
+MPP) and the derivation is recorded, never hidden.
+
+Pixels of Aperio SVS and generic tiled TIFF slides are read straight from the
+file (:class:`TiffTiles`): each tile's bytes with one ``pread``, decoded once by
+libjpeg-turbo with the file's JPEG tables and colourspace.  That is the same
+decode OpenSlide does, without its per-region ARGB compositing and tile cache,
+and it is where extraction spends most of its time.  Every other format is read
+through OpenSlide (or tiatoolbox).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import threading
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
+import cv2
+import imagecodecs
 import numpy as np
 import openslide
+import tifffile
 
 #: Microns per pixel of a 10x objective; magnification ~ MPP_AT_10X * 10 / mpp.
 MPP_AT_10X = 1.0
+
+#: OpenSlide vendors whose TIFF tile grid is the image itself (no overlaps, offsets or stitching).
+DIRECT_VENDORS = ("aperio", "generic-tiff")
+
+#: TIFF compressions :class:`TiffTiles` decodes; tiles in any other go through OpenSlide.
+DIRECT_COMPRESSIONS = frozenset(
+    tifffile.COMPRESSION[name]
+    for name in ("NONE", "LZW", "JPEG", "ADOBE_DEFLATE", "DEFLATE", "ZSTD", "PACKBITS")
+)
+
+#: Suffixes OpenSlide does not read but tiatoolbox does; other unrecognised files are errors.
+TIATOOLBOX_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".jp2", ".png", ".jpg", ".jpeg")
+
+#: Rows of the coarsest level read at once for the thumbnail: memory stays bounded on slides without a pyramid.
+THUMBNAIL_STRIP_PIXELS = 16 << 20
 
 
 class SlideReadError(RuntimeError):
@@ -36,15 +65,17 @@ class SlideInfo:
     mpp_source: str
     objective_power: float
     objective_power_source: str
+    pixel_reader: str
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _float_property(properties, key: str) -> float | None:
+def _positive(value) -> float | None:
+    """``value`` as a positive finite float, or None for anything a scanner might leave instead."""
     try:
-        value = float(properties[key])
-    except (KeyError, ValueError):
+        value = float(value)
+    except (TypeError, ValueError):
         return None
     return value if value > 0 and math.isfinite(value) else None
 
@@ -79,6 +110,154 @@ def resolve_resolution(
     return float(mpp), mpp_source, float(objective_power), power_source
 
 
+class TiffTiles:
+    """One level of a tiled TIFF, decoded tile by tile straight from the file.
+
+    ``fill`` is what lies outside the image and in tiles a scanner left empty
+    (white for slides, 0 = background for label masks).  Reads are thread-safe:
+    ``os.pread`` has no file position and the decoders hold no state.
+    """
+
+    def __init__(self, path: Path, fd: int, page: tifffile.TiffPage, fill: int):
+        self.path = path
+        self._fd = fd
+        self.width, self.height = int(page.imagewidth), int(page.imagelength)
+        self.tile_width, self.tile_height = int(page.tilewidth), int(page.tilelength)
+        self.samples = int(page.samplesperpixel)
+        self.fill = fill
+        self._across = -(-self.width // self.tile_width)
+        self._offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+        self._bytecounts = np.asarray(page.databytecounts, dtype=np.int64)
+        if page.compression == tifffile.COMPRESSION.JPEG:
+            # Aperio writes RGB (not YCbCr) JPEG tiles and says so only in the TIFF tag; without
+            # a JFIF marker libjpeg would assume YCbCr and shift every colour.
+            rgb = page.photometric == tifffile.PHOTOMETRIC.RGB and not page.is_jfif
+            self._decode = partial(imagecodecs.jpeg8_decode, tables=page.jpegtables,
+                                   colorspace=imagecodecs.JPEG8.CS.RGB if rgb else None)
+            self._decodes_into = self.samples == 3
+        else:
+            decode = page.decode
+            self._decode = lambda data: decode(data, 0)[0][0]
+            self._decodes_into = False
+
+    @staticmethod
+    def readable(page: tifffile.TiffPage, samples: tuple[int, ...]) -> bool:
+        return (page.is_tiled and page.compression in DIRECT_COMPRESSIONS and page.dtype == np.uint8
+                and page.samplesperpixel in samples and page.imagedepth == 1
+                and page.planarconfig == tifffile.PLANARCONFIG.CONTIG)
+
+    def tile(self, column: int, row: int, out: np.ndarray | None = None) -> np.ndarray | None:
+        """One decoded tile (tile_height, tile_width, samples), into ``out`` if given; None for an empty one."""
+        index = row * self._across + column
+        count = int(self._bytecounts[index])
+        if not count:
+            return None
+        data = os.pread(self._fd, count, int(self._offsets[index]))
+        if len(data) < count:
+            raise SlideReadError(f"{self.path}: the file is truncated (tile {column},{row} ends past its end). "
+                                 "Re-copy or re-export it.")
+        try:
+            tile = self._decode(data, out=out) if out is not None else self._decode(data)
+        except Exception as err:  # imagecodecs raises one error class per codec
+            raise SlideReadError(f"{self.path}: tile {column},{row} cannot be decoded ({err}). The file is corrupt: "
+                                 "re-export or re-copy it, or remove it from the sample sheet.") from err
+        return tile.reshape(tile.shape[0], tile.shape[1], -1)
+
+    def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """(height, width, samples) pixels from (x, y) in this level's pixels."""
+        return self.read_rectangles(np.array([[x, y]]), width, height)[0]
+
+    def read_rectangles(self, corners: np.ndarray, width: int, height: int | None = None) -> np.ndarray:
+        """(n, height, width, samples): the rectangles at ``corners`` (n, 2), in this level's pixels.
+
+        Every tile under any rectangle is decoded once, however many
+        rectangles it feeds; tiles under none are not decoded at all.
+        """
+        height = width if height is None else height
+        corners = np.asarray(corners, dtype=np.int64)
+        tw, th = self.tile_width, self.tile_height
+        out = np.empty((len(corners), height, width, self.samples), np.uint8)
+        feeds = {}  # (column, row) -> rectangles it covers
+        for i, (x, y) in enumerate(corners):
+            x0, y0 = max(x, 0), max(y, 0)
+            x1, y1 = min(x + width, self.width), min(y + height, self.height)
+            if (x0, y0, x1, y1) != (x, y, x + width, y + height):
+                out[i] = self.fill  # partly outside the image
+            for row in range(y0 // th, -(-y1 // th)):
+                for column in range(x0 // tw, -(-x1 // tw)):
+                    feeds.setdefault((column, row), []).append(i)
+        whole = width == tw and height == th and self._decodes_into
+        for (column, row), rectangles in feeds.items():
+            tx, ty = column * tw, row * th
+            if whole and len(rectangles) == 1 and tuple(corners[rectangles[0]]) == (tx, ty) \
+                    and tx + tw <= self.width and ty + th <= self.height:
+                if self.tile(column, row, out=out[rectangles[0]]) is None:  # a rectangle that is the tile
+                    out[rectangles[0]] = self.fill
+                continue
+            tile = self.tile(column, row)
+            for i in rectangles:
+                x, y = corners[i]
+                sx0, sy0 = max(x, tx, 0), max(y, ty, 0)
+                sx1, sy1 = min(x + width, tx + tw, self.width), min(y + height, ty + th, self.height)
+                target = out[i, sy0 - y : sy1 - y, sx0 - x : sx1 - x]
+                target[:] = self.fill if tile is None else tile[sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx]
+        return out
+
+
+def tiff_levels(path: Path, fd: int, level_dimensions, *, samples=(3,), fill=255) -> list[TiffTiles] | None:
+    """A :class:`TiffTiles` per level whose page tifffile finds and can decode, else None."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = list(tif.pages) + [level.keyframe for series in tif.series for level in series.levels]
+            by_size = {}
+            for page in pages:
+                if isinstance(page, tifffile.TiffPage) and TiffTiles.readable(page, samples):
+                    by_size.setdefault((int(page.imagewidth), int(page.imagelength)), page)
+            if not all(tuple(d) in by_size for d in level_dimensions):
+                return None
+            return [TiffTiles(path, fd, by_size[tuple(d)], fill) for d in level_dimensions]
+    except (tifffile.TiffFileError, ValueError, OSError):
+        return None
+
+
+class TiffPyramid:
+    """Every decodable tiled level of a TIFF, largest first: label and tissue masks.
+
+    Masks are read by value, so only their first sample counts (PANDA stores its
+    labels in the red channel of an RGB TIFF).  Raises ValueError naming the
+    file when it has no tiled level this reader can decode.
+    """
+
+    def __init__(self, path: str | Path, *, fill: int = 0):
+        self.path = Path(path)
+        self._fd = os.open(self.path, os.O_RDONLY)
+        try:
+            with tifffile.TiffFile(self.path) as tif:
+                pages = [p for p in tif.pages if isinstance(p, tifffile.TiffPage)]
+                pages += [level.keyframe for series in tif.series for level in series.levels]
+                readable = {(int(p.imagewidth), int(p.imagelength)): p for p in reversed(pages)
+                            if TiffTiles.readable(p, (1, 3, 4))}
+        except (tifffile.TiffFileError, OSError) as err:
+            os.close(self._fd)
+            raise ValueError(f"{self.path}: not a readable TIFF ({err})") from err
+        if not readable:
+            os.close(self._fd)
+            raise ValueError(f"{self.path}: no tiled 8-bit level this reader decodes. Convert it to a tiled pyramidal "
+                             "TIFF, e.g. `vips tiffsave MASK out.tiff --tile --pyramid --compression deflate`.")
+        self.levels = [TiffTiles(self.path, self._fd, readable[size], fill)
+                       for size in sorted(readable, key=lambda s: s[0] * s[1], reverse=True)]
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.levels[0].width, self.levels[0].height
+
+    def __enter__(self) -> TiffPyramid:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self._fd)
+
+
 class Slide:
     """An open whole-slide image; use as a context manager."""
 
@@ -86,30 +265,66 @@ class Slide:
         self.path = Path(path)
         if not self.path.exists():
             raise SlideReadError(f"{self.path}: file not found. Check the `path` column of the sample sheet.")
+        self._osr = self._tia = None
+        self._tia_lock = threading.Lock()
         try:
             self._osr = openslide.OpenSlide(str(self.path))
+        except openslide.OpenSlideUnsupportedFormatError as err:
+            self._tia = self._open_with_tiatoolbox(err)
         except (openslide.OpenSlideError, OSError) as err:
             raise SlideReadError(
                 f"{self.path}: cannot be read as a whole-slide image ({err}). "
                 "The file may be truncated or corrupt: re-export or re-copy it, or remove it from the sample sheet."
             ) from err
-        props = self._osr.properties
-        slide_mpp = _float_property(props, openslide.PROPERTY_NAME_MPP_X)
-        slide_power = _float_property(props, openslide.PROPERTY_NAME_OBJECTIVE_POWER)
+        if self._osr is not None:
+            props = self._osr.properties
+            vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
+            slide_mpp = _positive(props.get(openslide.PROPERTY_NAME_MPP_X))
+            slide_power = _positive(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER))
+            level_dimensions = tuple(tuple(d) for d in self._osr.level_dimensions)
+            level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
+        else:
+            info = self._tia.info
+            vendor = f"tiatoolbox {type(self._tia).__name__}"
+            slide_mpp = _positive(info.mpp[0] if info.mpp is not None else None)
+            slide_power = _positive(info.objective_power)
+            level_dimensions = tuple(tuple(int(v) for v in d) for d in info.level_dimensions)
+            level_downsamples = tuple(float(d) for d in info.level_downsamples)
         resolved = resolve_resolution(
             self.path, slide_mpp, slide_power, mpp_override=mpp, power_override=objective_power
         )
+        self._fd = os.open(self.path, os.O_RDONLY)
+        direct = vendor in DIRECT_VENDORS or (self._tia is not None and self.path.suffix in (".tif", ".tiff"))
+        self._tiles = tiff_levels(self.path, self._fd, level_dimensions) if direct else None
         self.info = SlideInfo(
             path=str(self.path),
-            vendor=props.get(openslide.PROPERTY_NAME_VENDOR, "unknown"),
-            dimensions=tuple(self._osr.dimensions),
-            level_dimensions=tuple(tuple(d) for d in self._osr.level_dimensions),
-            level_downsamples=tuple(float(d) for d in self._osr.level_downsamples),
+            vendor=vendor,
+            dimensions=level_dimensions[0],
+            level_dimensions=level_dimensions,
+            level_downsamples=level_downsamples,
             mpp=resolved[0],
             mpp_source=resolved[1],
             objective_power=resolved[2],
             objective_power_source=resolved[3],
+            pixel_reader="tiff tiles" if self._tiles else ("openslide" if self._osr is not None else "tiatoolbox"),
         )
+
+    def _open_with_tiatoolbox(self, openslide_error: Exception):
+        name = self.path.name.lower()
+        if not name.endswith(TIATOOLBOX_SUFFIXES):
+            raise SlideReadError(
+                f"{self.path}: not a slide format OpenSlide reads ({openslide_error}). The file may be truncated or "
+                "corrupt: re-export or re-copy it, or remove it from the sample sheet."
+            )
+        from tiatoolbox.wsicore.wsireader import WSIReader
+
+        try:
+            return WSIReader.open(self.path)
+        except Exception as err:  # tiatoolbox raises many unrelated types for unreadable files
+            raise SlideReadError(
+                f"{self.path}: neither OpenSlide ({openslide_error}) nor tiatoolbox ({err}) can read it. "
+                "Convert it to a pyramidal TIFF or SVS, or remove it from the sample sheet."
+            ) from err
 
     def __enter__(self) -> Slide:
         return self
@@ -118,7 +333,9 @@ class Slide:
         self.close()
 
     def close(self) -> None:
-        self._osr.close()
+        if self._osr is not None:
+            self._osr.close()
+        os.close(self._fd)
 
     def downsample_for(self, magnification: float) -> float:
         """Level-0 pixels per output pixel at ``magnification`` (objective power units)."""
@@ -129,28 +346,65 @@ class Slide:
         candidates = [i for i, d in enumerate(self.info.level_downsamples) if d <= downsample * 1.001]
         return max(candidates, key=lambda i: self.info.level_downsamples[i]) if candidates else 0
 
+    def tile_size(self, level: int) -> tuple[int, int] | None:
+        """(width, height) of the file's tiles at ``level`` in that level's pixels, when known."""
+        if self._tiles:
+            return self._tiles[level].tile_width, self._tiles[level].tile_height
+        if self._osr is not None:
+            props = self._osr.properties
+            width = _positive(props.get(f"openslide.level[{level}].tile-width"))
+            height = _positive(props.get(f"openslide.level[{level}].tile-height"))
+            if width and height:
+                return int(width), int(height)
+        return None
+
     def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         """RGB uint8 (height, width, 3) at ``level``; (x, y) are level-0 coordinates."""
+        return self.read_rectangles(level, np.array([[x, y]]), width, height)[0]
+
+    def read_rectangles(self, level: int, corners: np.ndarray, width: int, height: int | None = None) -> np.ndarray:
+        """RGB uint8 (n, height, width, 3) at ``level``: rectangles whose top-left ``corners`` are level-0 (x, y).
+
+        Straight from the TIFF each tile is decoded once for all rectangles;
+        otherwise their bounding region is read once and cut.
+        """
+        height = width if height is None else height
+        downsample = self.info.level_downsamples[level]
+        corners = np.asarray(corners, dtype=np.int64)
+        if self._tiles:
+            return self._tiles[level].read_rectangles(np.round(corners / downsample).astype(np.int64), width, height)
+        x0, y0 = corners.min(axis=0)
+        offsets = np.round((corners - (x0, y0)) / downsample).astype(np.int64)
+        region_w, region_h = offsets.max(axis=0) + (width, height)
+        region = self._read_region(level, int(x0), int(y0), int(region_w), int(region_h))
+        return np.stack([region[oy : oy + height, ox : ox + width] for ox, oy in offsets])
+
+    def _read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        if self._tia is not None:
+            with self._tia_lock:
+                image = self._tia.read_rect((x, y), (width, height), resolution=level, units="level")
+            return np.ascontiguousarray(image[..., :3])
         try:
-            rgba = np.asarray(self._osr.read_region((int(x), int(y)), level, (int(width), int(height))))
+            rgba = np.asarray(self._osr.read_region((x, y), level, (width, height)))
         except openslide.OpenSlideError as err:
             raise SlideReadError(f"{self.path}: failed to decode region at ({x}, {y}) level {level}: {err}") from err
         return _rgba_on_white(rgba)
 
     def thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, float]:
-        """An RGB thumbnail and its level-0 downsample factor."""
-        level = self._osr.level_count - 1
-        w, h = self.info.level_dimensions[level]
-        image = self.read_region(level, 0, 0, w, h)
+        """An RGB thumbnail and its level-0 downsample factor, read in strips so memory stays bounded."""
+        level = len(self.info.level_dimensions) - 1
+        width, height = self.info.level_dimensions[level]
+        scale = max(1.0, max(width, height) / max_side)
+        out_w, out_h = max(1, round(width / scale)), max(1, round(height / scale))
+        rows_per_strip = max(1, int(THUMBNAIL_STRIP_PIXELS // (3 * width * scale)))  # output rows per strip
+        strips = []
         downsample = self.info.level_downsamples[level]
-        scale = max(w, h) / max_side
-        if scale > 1:
-            import cv2
-
-            new_size = (max(1, round(w / scale)), max(1, round(h / scale)))
-            image = cv2.resize(image, new_size, interpolation=cv2.INTER_AREA)
-            downsample *= w / new_size[0]
-        return image, downsample
+        for out_y in range(0, out_h, rows_per_strip):
+            out_rows = min(rows_per_strip, out_h - out_y)
+            y0, y1 = round(out_y * height / out_h), round((out_y + out_rows) * height / out_h)
+            strip = self.read_region(level, 0, round(y0 * downsample), width, y1 - y0)
+            strips.append(strip if scale == 1 else cv2.resize(strip, (out_w, out_rows), interpolation=cv2.INTER_AREA))
+        return np.concatenate(strips), downsample * width / out_w
 
 
 def _rgba_on_white(rgba: np.ndarray) -> np.ndarray:

@@ -1,0 +1,89 @@
+"""PANDA-style label masks: per-patch class fractions from a pyramidal mask TIFF, read at a coarse level."""
+
+import re
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from wsidistill.demo import plan_cohort, write_slide
+from wsidistill.patches.extract import ExtractionSettings, extract_slide
+from wsidistill.slides.annotations import RADBOUD_CLASSES, AnnotationError, majority_labels
+
+SETTINGS = ExtractionSettings(
+    classes=("NC", "G3", "G4", "G5"),
+    class_map={"Benign": "NC", "Gleason 3": "G3", "Gleason 4": "G4", "Gleason 5": "G5"},
+    magnifications=(40, 10),
+    teacher_magnification=40,
+    patch_size=64,
+    min_tissue_fraction=0.25,
+)
+
+
+@pytest.fixture(scope="module")
+def panda(tmp_path_factory):
+    out = tmp_path_factory.mktemp("panda")
+    files = write_slide(plan_cohort(6, 2)[0], out, width=1024, height=768, label_mask=True)
+    summary = extract_slide(files["slide"], out / "s.zarr", SETTINGS, slide_id="s", label_mask=files["mask"],
+                            progress=False)
+    return files, summary, zarr.open_group(str(out / "s.zarr"), mode="r")
+
+
+def full_resolution_fractions(mask: np.ndarray, coords: np.ndarray, cell: int) -> np.ndarray:
+    lut = np.array([SETTINGS.classes.index(RADBOUD_CLASSES[v]) if RADBOUD_CLASSES.get(v) else 4 for v in range(256)])
+    out = np.zeros((len(coords), 4))
+    for i, (x, y) in enumerate(coords):
+        out[i] = np.bincount(lut[mask[y : y + cell, x : x + cell]].ravel(), minlength=5)[:4] / cell**2
+    return out
+
+
+def test_class_fractions_follow_the_mask_and_labels_the_majority_rule(panda):
+    files, summary, root = panda
+    mask = tifffile.imread(files["mask"], level=0)
+    fractions = root["class_fractions"][:]
+    expected = full_resolution_fractions(mask, root["coords"][:], 64)
+    assert len(fractions) > 20 and (expected.max(1) > 0.5).sum() > 10  # tumour and benign both present
+    np.testing.assert_allclose(fractions, expected, atol=0.1)  # 16x16 samples per patch at mask level 1
+    np.testing.assert_array_equal(root["labels"][:], majority_labels(fractions, SETTINGS.min_label_fraction))
+    assert root.attrs["label_mask"] == str(files["mask"]) and root.attrs["annotations"] is None
+    assert summary["patches_per_class"]["unlabelled"] < len(fractions)
+
+
+def test_panda_rgb_mask_at_another_scale_gives_the_same_fractions(panda, tmp_path):
+    """PANDA keeps labels in the red channel of an RGB TIFF; any mask scale that covers the slide works."""
+    files, _, root = panda
+    half = tifffile.imread(files["mask"], level=0)[::2, ::2]
+    rgb = np.stack([half, np.zeros_like(half), np.zeros_like(half)], axis=-1)
+    tifffile.imwrite(tmp_path / "rgb_mask.tiff", rgb, tile=(128, 128), compression="zlib", photometric="rgb")
+    extract_slide(files["slide"], tmp_path / "s.zarr", SETTINGS, slide_id="s", label_mask=tmp_path / "rgb_mask.tiff",
+                  progress=False)
+    fractions = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["class_fractions"][:]
+    np.testing.assert_allclose(fractions, root["class_fractions"][:], atol=0.1)
+
+
+def test_unmapped_mask_values_are_ignored_with_a_warning_in_the_summary(panda, tmp_path):
+    files, _, _ = panda
+    settings = ExtractionSettings(**{**SETTINGS.__dict__, "label_mask_classes": {0: None, 1: "NC"}})
+    unmapped = sorted(set(np.unique(tifffile.imread(files["mask"], level=1)).tolist()) - {0, 1})
+    assert unmapped
+    with pytest.warns(UserWarning, match=rf"label mask values {re.escape(str(unmapped))} are not in `label_mask_cl"):
+        summary = extract_slide(files["slide"], tmp_path / "s.zarr", settings, slide_id="s", label_mask=files["mask"],
+                                progress=False)
+    assert any("label mask values" in w for w in summary["warnings"])
+    assert sum(summary["patches_per_class"][c] for c in ("G3", "G4", "G5")) == 0
+
+
+def test_label_mask_errors_name_the_file_and_the_fix(panda, tmp_path):
+    files, _, _ = panda
+    settings = ExtractionSettings(**{**SETTINGS.__dict__, "label_mask_classes": {3: "Gleason3"}})
+    with pytest.raises(AnnotationError, match=r"_mask\.tiff: label mask value 3 maps to 'Gleason3'.*label_mask_cl"):
+        extract_slide(files["slide"], tmp_path / "a.zarr", settings, slide_id="s", label_mask=files["mask"],
+                      progress=False)
+    with pytest.raises(AnnotationError, match=r"give either GeoJSON annotations or a label mask"):
+        extract_slide(files["slide"], tmp_path / "b.zarr", SETTINGS, slide_id="s", label_mask=files["mask"],
+                      annotations=files["annotations"], progress=False)
+    flat = tmp_path / "flat.tiff"
+    tifffile.imwrite(flat, np.zeros((768, 1024), np.uint8))  # not tiled
+    with pytest.raises(AnnotationError, match=r"flat\.tiff: no tiled 8-bit level.*vips tiffsave"):
+        extract_slide(files["slide"], tmp_path / "c.zarr", SETTINGS, slide_id="s", label_mask=flat, progress=False)
+    assert not any((tmp_path / n).exists() for n in ("a.zarr", "b.zarr", "c.zarr"))

@@ -1,0 +1,101 @@
+import numpy as np
+import openslide
+import pytest
+
+from wsidistill.demo import plan_cohort, write_slide
+from wsidistill.slides import reader
+from wsidistill.slides.reader import Slide, SlideReadError, resolve_resolution
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reader")
+    plan = plan_cohort(6, 0)[0]
+    return {variant: write_slide(plan, out / variant, width=1024, height=768, variant=variant)["slide"]
+            for variant in ("svs40", "svs20", "nometa", "tiff")}
+
+
+def openslide_rgb(path, level, x, y, width, height):
+    with openslide.OpenSlide(str(path)) as osr:
+        return np.asarray(osr.read_region((x, y), level, (width, height)))[..., :3]
+
+
+@pytest.mark.parametrize("variant", ["svs40", "tiff"])
+def test_direct_tiles_decode_as_openslide_does(slides, variant):
+    """The fast path (tiles straight from the TIFF) gives OpenSlide's pixels, at every level and odd offsets."""
+    with Slide(slides[variant]) as slide:
+        assert slide.info.pixel_reader == "tiff tiles"
+        assert slide.tile_size(0) == (256, 256)
+        rng = np.random.default_rng(0)
+        for level, downsample in enumerate(slide.info.level_downsamples):
+            width, height = slide.info.level_dimensions[level]
+            w, h = min(300, width), min(200, height)
+            x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+            ours = slide.read_region(level, round(x * downsample), round(y * downsample), w, h)
+            theirs = openslide_rgb(slides[variant], level, round(x * downsample), round(y * downsample), w, h)
+            differing = (np.abs(ours.astype(int) - theirs) > 0).any(-1).mean()
+            assert differing <= 0.01, f"level {level}: {differing:.2%} of pixels differ from OpenSlide's"
+
+
+def test_rectangles_sharing_tiles_decode_each_tile_once(slides, monkeypatch):
+    with Slide(slides["svs40"]) as slide:
+        full = slide.read_region(0, 0, 0, 1024, 768)
+        decoded = []
+        tile = reader.TiffTiles.tile
+        monkeypatch.setattr(reader.TiffTiles, "tile",
+                            lambda self, c, r, **kw: decoded.append((c, r)) or tile(self, c, r, **kw))
+        corners = np.array([[0, 0], [100, 50], [300, 0], [900, 700]])  # the last one runs off the image
+        rectangles = slide.read_rectangles(0, corners, 200, 100)
+    assert sorted(decoded) == [(0, 0), (1, 0), (3, 2)]  # 256 px tiles, each once, only those under a rectangle
+    for (x, y), rectangle in zip(corners[:3], rectangles):
+        np.testing.assert_array_equal(rectangle, full[y : y + 100, x : x + 200])
+    np.testing.assert_array_equal(rectangles[3][:68, :124], full[700:, 900:])
+    assert (rectangles[3][68:] == 255).all() and (rectangles[3][:, 124:] == 255).all()
+
+
+def test_native_magnification_comes_from_metadata_or_is_derived_and_recorded(slides):
+    with Slide(slides["svs20"]) as slide:
+        assert (slide.info.objective_power, slide.info.objective_power_source) == (20, "metadata")
+        assert slide.best_level_for(slide.downsample_for(40)) == 0  # never coarser than asked
+    with Slide(slides["tiff"]) as slide:  # generic TIFF: MPP only
+        assert (slide.info.objective_power, slide.info.objective_power_source) == (40, "derived from mpp")
+    with pytest.raises(SlideReadError, match=r"nometa.*neither microns per pixel nor objective power.*`mpp`"):
+        Slide(slides["nometa"])
+    with Slide(slides["nometa"], mpp=0.5) as slide:
+        assert (slide.info.mpp, slide.info.mpp_source) == (0.5, "sample sheet")
+        assert (slide.info.objective_power, slide.info.objective_power_source) == (20, "derived from mpp")
+
+
+def test_overrides_win_over_metadata():
+    assert resolve_resolution("s.svs", 0.25, 40, power_override=20) == (0.25, "metadata", 20, "sample sheet")
+
+
+def test_thumbnail_read_in_strips_matches_one_read(slides, monkeypatch):
+    with Slide(slides["svs40"]) as slide:
+        whole, downsample = slide.thumbnail(16)
+        monkeypatch.setattr(reader, "THUMBNAIL_STRIP_PIXELS", 64 * 3 * 4 * 2)  # two output rows per strip
+        strips, strip_downsample = slide.thumbnail(16)
+    assert whole.shape == (12, 16, 3) and downsample == strip_downsample == 64
+    np.testing.assert_array_equal(strips, whole)
+
+
+def test_missing_and_unrecognised_files_name_themselves(tmp_path):
+    with pytest.raises(SlideReadError, match=r"absent\.svs: file not found"):
+        Slide(tmp_path / "absent.svs")
+    bogus = tmp_path / "bogus.svs"
+    bogus.write_bytes(b"II*\x00" + b"\x00" * 100)
+    with pytest.raises(SlideReadError, match=r"bogus\.svs: not a slide format OpenSlide reads.*corrupt"):
+        Slide(bogus)
+
+
+def test_formats_openslide_refuses_fall_back_to_tiatoolbox(tmp_path):
+    """A plain PNG (no pyramid, no metadata) opens through tiatoolbox once its resolution is given."""
+    import cv2
+
+    image = np.full((300, 400, 3), 255, np.uint8)
+    image[50:250, 100:300] = (200, 100, 180)
+    cv2.imwrite(str(tmp_path / "field.png"), image[..., ::-1])
+    with Slide(tmp_path / "field.png", mpp=0.5) as slide:
+        assert slide.info.pixel_reader == "tiatoolbox" and slide.info.dimensions == (400, 300)
+        assert slide.info.objective_power == 20
+        np.testing.assert_array_equal(slide.read_region(0, 90, 40, 30, 20), image[40:60, 90:120])
