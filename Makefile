@@ -30,10 +30,12 @@ dry-run: $(STAMP)
 lint: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint
 
-# --- test set-up (tests/test_slurm.py): Debian's slurm-wlm, slurmdbd, munge and MariaDB for a
-# single-node SLURM that the test starts and stops itself. Idempotent; needs root to install.
+# --- test set-up, idempotent, needs root to install: Debian's slurm-wlm, slurmdbd, munge and MariaDB
+# for tests/test_slurm.py (a single-node SLURM the test starts and stops itself), and Chromium for
+# tests/test_report.py (the Snakemake report opened in a real headless browser).
 test-setup:
 	bash tests/slurm/install.sh
+	bash tests/report/install_chromium.sh
 # --- end of test set-up
 
 test: $(STAMP) test-setup

@@ -1,6 +1,10 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("NC", "G3", "G4", "G5")
@@ -29,3 +33,48 @@ def demo_stores(tmp_path_factory) -> dict[str, list[Path]]:
                       progress=False)
         stores[slide.split].append(store)
     return stores
+
+
+#: Every loss term of both designs, each in a method of its own, for the end-to-end run.
+ALL_TERMS_METHODS = {
+    "ce": {"ce": 1},
+    "atplus": {"ce": 1, "fm": 0.1, "atplus": 10},
+    "kd": {"ce": 1, "kd": 1},
+    "fm": {"ce": 1, "fm": 0.1},
+    "at": {"ce": 1, "at": 100},
+    "sr": {"ce": 1, "sr": 1},
+    "gradcam": {"ce": 1, "gradcam": 10},
+    "fma": {"ce": 1, "fma": 10},
+    "mip": {"ce": 1, "mip": 10},
+    "saliency": {"ce": 1, "saliency": 10},
+}
+
+
+@pytest.fixture(scope="session")
+def run_snakemake(repo_root):
+    """Run the repository's workflow in ``workdir`` with its config.yaml, the venv's tools on PATH."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+    def run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+        command = [str(bin_dir / "snakemake"), "--snakefile", str(repo_root / "Snakefile"), "--directory",
+                   str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, repo_root, run_snakemake) -> tuple[Path, dict]:
+    """The real workflow, end to end, on a tiny demo cohort with every distillation method."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    config = yaml.safe_load((repo_root / "config.yaml").read_text())
+    config["demo"].update(slides=6, seed=3, width=768, height=512)
+    config["magnifications"] = [40, 10]
+    config["extraction"]["patch_size"] = 32
+    config["training"].update(epochs=1, batch_size=32)
+    config["methods"] = ALL_TERMS_METHODS
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(workdir)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir, config

@@ -134,6 +134,7 @@ def _add_evaluate(sub):
     t.add_argument("--metrics", nargs="+", required=True)
     t.add_argument("--csv", required=True, type=Path)
     t.add_argument("--md", required=True, type=Path)
+    t.add_argument("--html", required=True, type=Path)
     t.add_argument("--plot", required=True, type=Path)
     t.add_argument("--baseline", default="ce")
     t.add_argument("--threads", type=int, default=1)
@@ -278,7 +279,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.verb == "tables":
         from .report.tables import write_comparison
 
-        write_comparison(args.metrics, args.csv, args.md, args.plot, baseline=args.baseline)
+        write_comparison(args.metrics, args.csv, args.md, args.html, args.plot, baseline=args.baseline)
     elif args.verb == "cost":
         from .report.cost import write_cost
 

@@ -4,6 +4,7 @@ rule tables:
     output:
         csv=report("results/tables/comparison.csv", caption="../report/comparison.rst", category="Comparison"),
         md="results/tables/comparison.md",
+        html=report("results/tables/comparison.html", caption="../report/comparison.rst", category="Comparison"),
         plot=report("results/tables/kappa_vs_magnification.png", caption="../report/kappa_plot.rst",
                     category="Comparison"),
     conda:
@@ -19,7 +20,7 @@ rule tables:
         mem_mb=1000,
         runtime=10,
     shell:
-        "wsidistill tables --metrics {input:q} --csv {output.csv:q} --md {output.md:q} --plot {output.plot:q} "
+        "wsidistill tables --metrics {input:q} --csv {output.csv:q} --md {output.md:q} --html {output.html:q} --plot {output.plot:q} "
         "--baseline {params.baseline} --threads {threads} > {log:q} 2>&1"
 
 

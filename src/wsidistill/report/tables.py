@@ -8,6 +8,7 @@ Student at the same magnification.
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -59,38 +60,75 @@ def _against_baseline(runs: list[dict], reference: list[dict], n_boot: int) -> d
             "p_value_vs_baseline": test["p_value"], "significant_vs_baseline": bool(test["significant"])}
 
 
+def comparison_cells(frame: pd.DataFrame, name: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of one pivot (methods x magnifications) for metric ``name``, best Student in bold."""
+    magnifications = sorted(frame.magnification.unique(), reverse=True)
+    students = frame[frame.method != TEACHER]
+    best = students.loc[students.groupby("magnification")[f"{name}_mean"].idxmax()] if len(students) else students
+    best_keys = set(zip(best.method, best.magnification))
+    rows = []
+    for method in frame.method.unique():
+        cells = [method]
+        for magnification in magnifications:
+            match = frame[(frame.method == method) & (frame.magnification == magnification)]
+            if match.empty:
+                cells.append("")
+                continue
+            row = match.iloc[0]
+            text = format_mean_std(row[f"{name}_mean"], row[f"{name}_std"])
+            if (method, magnification) in best_keys and method != TEACHER:
+                text = f"**{text}**"
+            significant = row.get("significant_vs_baseline")
+            if name == "kappa" and pd.notna(significant) and bool(significant):
+                text += " ↑" if row["kappa_delta_vs_baseline"] > 0 else " ↓"
+            cells.append(text)
+        rows.append(cells)
+    return ["method", *(f"{m:g}x" for m in magnifications)], rows
+
+
+TITLES = {"kappa": "Quadratic kappa", "balanced_accuracy": "Balanced accuracy"}
+
+
+def _legend(frame: pd.DataFrame, baseline: str) -> str:
+    seeds = ", ".join(map(str, sorted(frame.seeds.unique())))
+    return (f"Seeds per cell: {seeds}. Bold: best Student per magnification. ↑/↓: kappa significantly "
+            f"above/below the `{baseline}` Student at that magnification (paired bootstrap over test slides, "
+            "95% CI of the difference excludes 0).")
+
+
 def comparison_markdown(frame: pd.DataFrame, baseline: str = "ce") -> str:
     """Two pivot tables (kappa, balanced accuracy) with the best Student per column in bold."""
-    magnifications = sorted(frame.magnification.unique(), reverse=True)
     lines = []
-    for name, title in (("kappa", "Quadratic kappa"), ("balanced_accuracy", "Balanced accuracy")):
-        lines += [f"### {title} (mean ± std over seeds)", "",
-                  "| method | " + " | ".join(f"{m:g}x" for m in magnifications) + " |",
-                  "|---|" + "---|" * len(magnifications)]
-        students = frame[frame.method != TEACHER]
-        best = students.loc[students.groupby("magnification")[f"{name}_mean"].idxmax()] if len(students) else students
-        best_keys = set(zip(best.method, best.magnification))
-        for method in frame.method.unique():
-            cells = []
-            for magnification in magnifications:
-                match = frame[(frame.method == method) & (frame.magnification == magnification)]
-                if match.empty:
-                    cells.append("")
-                    continue
-                row = match.iloc[0]
-                text = format_mean_std(row[f"{name}_mean"], row[f"{name}_std"])
-                if (method, magnification) in best_keys and method != TEACHER:
-                    text = f"**{text}**"
-                if name == "kappa" and bool(row.get("significant_vs_baseline", False) is True):
-                    text += " ↑" if row["kappa_delta_vs_baseline"] > 0 else " ↓"
-                cells.append(text)
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    for name, title in TITLES.items():
+        header, rows = comparison_cells(frame, name)
+        lines += [f"### {title} (mean ± std over seeds)", "", "| " + " | ".join(header) + " |",
+                  "|---|" + "---|" * (len(header) - 1)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
         lines.append("")
-    seeds = sorted(frame.seeds.unique())
-    lines += [f"Seeds per cell: {', '.join(map(str, seeds))}. Bold: best Student per magnification. "
-              f"↑/↓: kappa significantly above/below the `{baseline}` Student at that magnification "
-              "(paired bootstrap over test slides, 95% CI of the difference excludes 0).", ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, _legend(frame, baseline), ""])
+
+
+def comparison_html(frame: pd.DataFrame, baseline: str = "ce") -> str:
+    """The same tables as a standalone page: Snakemake's report displays HTML, not CSV or Markdown."""
+    def cell(text: str, tag: str = "td") -> str:
+        text = html.escape(text)
+        if text.startswith("**"):
+            end = text.index("**", 2)
+            text = f"<b>{text[2:end]}</b>{text[end + 2:]}"
+        return f"<{tag}>{text}</{tag}>"
+
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Comparison</title><style>"
+             "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}"
+             "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}td:first-child{text-align:left}"
+             "</style></head><body>"]
+    for name, title in TITLES.items():
+        header, rows = comparison_cells(frame, name)
+        parts.append(f"<h3>{title} (mean ± std over seeds)</h3><table><tr>"
+                     + "".join(cell(h, "th") for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(cell(c) for c in row) + "</tr>" for row in rows]
+        parts.append("</table>")
+    parts.append(f"<p>{html.escape(_legend(frame, baseline))}</p></body></html>")
+    return "\n".join(parts)
 
 
 def kappa_plot(frame: pd.DataFrame, path: str | Path) -> None:
@@ -118,9 +156,11 @@ def kappa_plot(frame: pd.DataFrame, path: str | Path) -> None:
     save_figure(figure, path, dpi=120)
 
 
-def write_comparison(metric_paths: list[str | Path], out_csv, out_md, out_png, baseline: str = "ce") -> pd.DataFrame:
+def write_comparison(metric_paths: list[str | Path], out_csv, out_md, out_html, out_png,
+                     baseline: str = "ce") -> pd.DataFrame:
     frame = comparison_frame(load_metrics(metric_paths), baseline=baseline)
     write_text(out_csv, frame.to_csv(index=False))
     write_text(out_md, "# Comparison\n\n" + comparison_markdown(frame, baseline))
+    write_text(out_html, comparison_html(frame, baseline))
     kappa_plot(frame, out_png)
     return frame

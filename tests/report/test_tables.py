@@ -1,0 +1,35 @@
+import numpy as np
+import pandas as pd
+
+from wsidistill.report.tables import comparison_frame, comparison_html, comparison_markdown
+
+
+def result(method, magnification, seed, predicted, truth, slides):
+    from wsidistill.metrics import summarise
+
+    return {"method": method, "magnification": magnification, "seed": seed, "classes": ["NC", "G3", "G4", "G5"],
+            **summarise(np.array(truth), np.array(predicted), 4),
+            "per_patch": {"truth": truth, "predicted": predicted, "slide": slides}}
+
+
+def test_table_marks_best_and_significance_and_reports_mean_std():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, 400).tolist()
+    slides = [f"s{i % 8}" for i in range(400)]
+    results = []
+    for seed in (0, 1):
+        noisy = [t if rng.random() < 0.3 else int(rng.integers(0, 4)) for t in truth]
+        good = [t if rng.random() < 0.95 else int(rng.integers(0, 4)) for t in truth]
+        results += [result("teacher", 40, seed, truth, truth, slides), result("ce", 10, seed, noisy, truth, slides),
+                    result("atplus", 10, seed, good, truth, slides)]
+    frame = comparison_frame(results, n_boot=200)
+    atplus = frame[frame.method == "atplus"].iloc[0]
+    assert atplus.seeds == 2 and atplus.significant_vs_baseline and atplus.kappa_delta_vs_baseline > 0
+    kappas = [r["quadratic_kappa"] for r in results if r["method"] == "atplus"]
+    assert np.isclose(atplus.kappa_mean, np.mean(kappas)) and np.isclose(atplus.kappa_std, np.std(kappas, ddof=1))
+    markdown = comparison_markdown(frame)
+    atplus_line = next(line for line in markdown.splitlines() if line.startswith("| atplus"))
+    assert "**" in atplus_line and "↑" in atplus_line
+    page = comparison_html(frame)
+    assert "<b>" in page and "<td>teacher</td>" in page and "↑" in page
+    assert pd.isna(frame[frame.method == "ce"].iloc[0].get("significant_vs_baseline", np.nan))
