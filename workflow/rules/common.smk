@@ -142,6 +142,18 @@ def model_path(model, seed):
     return f"results/models/{model}/seed{seed}/model.pt"
 
 
+#: Teacher-target cache: the union of the terms of every method that needs the Teacher.
+CACHE_TERMS = sorted({term for weights in METHODS.values() for term, weight in weights.items() if weight and term != "ce"})
+
+
+def teacher_cache_path(seed):
+    return f"results/cache/{TEACHER}_{mag_name(TEACHER_MAG)}/seed{seed}.zarr"
+
+
+def uses_teacher_cache(method):
+    return config["teacher"].get("cache", True) and any(w and t != "ce" for t, w in METHODS[method].items())
+
+
 def final_outputs():
     outputs = ["results/tables/comparison.md", "results/tables/cost.md", "results/tables/slides.csv",
                "results/attention/agreement.md"]

@@ -5,6 +5,8 @@ rule train_teacher:
     output:
         model=f"results/models/{TEACHER}_{{mag}}x/seed{{seed}}/model.pt",
         history=f"results/models/{TEACHER}_{{mag}}x/seed{{seed}}/history.csv",
+    conda:
+        "../../environment.yml"
     log:
         f"results/logs/train/{TEACHER}_{{mag}}x/seed{{seed}}.log",
     benchmark:
@@ -22,14 +24,44 @@ rule train_teacher:
         "--out {output.model:q} --history {output.history:q} --threads {threads} > {log:q} 2>&1"
 
 
+rule teacher_cache:
+    input:
+        train=stores("train"),
+        teacher=model_path(f"{TEACHER}_{mag_name(TEACHER_MAG)}", "{seed}"),
+    output:
+        cache=directory(teacher_cache_path("{seed}")),
+    conda:
+        "../../environment.yml"
+    log:
+        f"results/logs/cache/{TEACHER}_{mag_name(TEACHER_MAG)}/seed{{seed}}.log",
+    benchmark:
+        f"results/benchmarks/cache/{TEACHER}_{mag_name(TEACHER_MAG)}/seed{{seed}}.tsv"
+    params:
+        terms=shlex.join(CACHE_TERMS),
+        options=json.dumps(config["distill_options"]),
+        device=config["device"],
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=6000,
+        runtime=120,
+    shell:
+        "wsidistill teacher-cache --teacher {input.teacher:q} --train-stores {input.train:q} --terms {params.terms} "
+        "--distill-options {params.options:q} --device {params.device} --out {output.cache:q} "
+        "--threads {threads} > {log:q} 2>&1"
+
+
 rule distill:
     input:
         train=stores("train"),
         val=stores("val"),
         teacher=model_path(f"{TEACHER}_{mag_name(TEACHER_MAG)}", "{seed}"),
+        cache=lambda wildcards: teacher_cache_path(wildcards.seed) if uses_teacher_cache(wildcards.method) else [],
     output:
         model="results/models/{method}_{mag}x/seed{seed}/model.pt",
         history="results/models/{method}_{mag}x/seed{seed}/history.csv",
+    conda:
+        "../../environment.yml"
     log:
         "results/logs/distill/{method}_{mag}x/seed{seed}.log",
     benchmark:
@@ -39,6 +71,9 @@ rule distill:
         weights=lambda wildcards: json.dumps(METHODS[wildcards.method]),
         options=json.dumps(config["distill_options"]),
         student_input=config["student"]["input"],
+        cache=lambda wildcards, input: (
+            f"--teacher-cache {shlex.quote(input.cache)}" if uses_teacher_cache(wildcards.method) else ""
+        ),
     threads: 2
     resources:
         gpu=1,
@@ -47,6 +82,6 @@ rule distill:
     shell:
         "wsidistill distill --train-stores {input.train:q} --val-stores {input.val:q} --teacher {input.teacher:q} "
         "--method {wildcards.method} --weights {params.weights:q} --magnification {wildcards.mag} "
-        "--student-input {params.student_input} --distill-options {params.options:q} "
+        "--student-input {params.student_input} --distill-options {params.options:q} {params.cache} "
         "--seed {wildcards.seed} {params.flags} "
         "--out {output.model:q} --history {output.history:q} --threads {threads} > {log:q} 2>&1"

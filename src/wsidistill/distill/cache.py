@@ -1,0 +1,457 @@
+"""Teacher-target cache: the frozen Teacher's targets for every training patch under every D4 element.
+
+The Teacher is frozen, so what the distillation terms need from it (:func:`teacher_targets`: logits,
+last-block features, attention maps) is a fixed function of the patch. The cache runs the Teacher
+once on each of the eight D4 transforms (:func:`d4_transform`, elements ``0..7``) of each training
+patch and stores the result, so a Student trained with per-sample D4 augmentation reads exactly the
+targets an on-the-fly Teacher forward pass would give (no equivariance of the Teacher is assumed:
+``d4_targets`` would be an approximation, the cache is not). One cache per Teacher serves every
+Student method and magnification distilled from it.
+
+Layout of ``{cache}.zarr`` (Zarr v3)::
+
+    {key} (8, N, ...)   one array per target key in use (``logits`` (C,), ``features`` (K, H, W),
+                        ``atplus`` (C, H, W), ...; see :func:`teacher_targets`); axis 0 is the D4
+                        element, axis 1 the row of the training PatchSet (``load_patches`` of the
+                        same stores, labelled patches, in store order); chunks ``(1, r, ...)`` with
+                        ``r`` rows of about ``CHUNK_BYTES`` (one row for 128 px smallcnn features),
+                        Blosc-LZ4 compressed; float32 (exact) or float16
+    attrs               format, version, keys, terms, teacher_options, dtype, teacher (path, sha256,
+                        arch, magnification), stores (path, slide_id, rows per store), fingerprint
+
+The fingerprint covers, per store and in order, the slide id, the selected rows' labels and
+coordinates, the shape of the Teacher-magnification images and a content sample of them; with the
+Teacher checkpoint's SHA-256 it lets :meth:`TeacherCache.open` refuse a stale cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from torch import Tensor
+
+from .d4 import d4_transform
+from .distiller import DEFAULT_OPTIONS
+from .targets import TEACHER_OPTIONS, teacher_targets
+from .terms import TARGET_KEYS, check_terms
+
+CACHE_FORMAT = "wsidistill-teacher-cache"
+CACHE_VERSION = 1
+D4_ELEMENTS = 8
+#: Target bytes per chunk: one row of smallcnn features (256 x 16 x 16 float32) per chunk, so a batch
+#: reads only its own rows; small arrays get many rows per chunk.
+CHUNK_BYTES = 256 << 10
+#: Served arrays are read into memory when the cache is opened, smallest first, while their total stays
+#: under this (the demo's features: 2 MiB a patch, 3.3 GB for 1,550 patches, fit); the others are read
+#: per batch from their chunk files, ~10% slower a step (docs/performance.md).
+DEFAULT_MEMORY_BYTES = 4 << 30
+#: Chunks zarr decodes per batch of its codec pipeline: one batch's rows at once, not one by one.
+_READ_CONFIG = {"codec_pipeline.batch_size": 64}
+#: LZ4 with byte shuffle: on trained smallcnn features (~70% zeros) 0.38 of the raw size, decoded at
+#: ~0.1 ms a 256 KiB row (zstd: 0.28, ~0.25 ms), so a batch's reads stay small beside its step.
+COMPRESSOR = {"name": "blosc", "configuration": {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}}
+DTYPES = ("float32", "float16")
+REBUILD = "delete it and rebuild it (`wsidistill teacher-cache`, or Snakemake rule teacher_cache)"
+
+
+class StaleCacheError(ValueError):
+    """A Teacher-target cache that does not match the stores, Teacher or terms of a training run."""
+
+
+def target_keys(terms: Iterable[str]) -> list[str]:
+    """Teacher-target entries the terms read (``fm`` -> ``features``, ``kd``/``sr`` -> ``logits``, map
+    terms -> their map), in a fixed order; ``ce`` reads none."""
+    terms = check_terms(terms)
+    keys = {TARGET_KEYS[t] for t in terms} - {None}
+    order = ["logits", "features", *[t for t in TARGET_KEYS if TARGET_KEYS[t] == t]]
+    return [k for k in order if k in keys]
+
+
+def teacher_options_with_defaults(options: dict | None) -> dict:
+    """The :func:`teacher_targets` options, defaults filled in (``at_p`` 2), for comparison."""
+    return {name: float((options or {}).get(name, DEFAULT_OPTIONS[name])) for name in TEACHER_OPTIONS}
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_stores(stores: Sequence[str | Path], magnification_name: str) -> list[dict]:
+    """Per store: path, slide id, labelled rows and a digest of what fixes the rows and their pixels.
+
+    Rows are selected as :func:`~wsidistill.patches.dataset.load_patches` does (labelled only).
+    The digest covers the slide id, the rows' labels and coordinates, the shape of the images at
+    ``magnification_name`` and the pixels of the first and last selected rows (one or two chunk
+    reads): cheap enough to check every time a Student starts.
+    """
+    entries = []
+    for path in stores:
+        root = zarr.open_group(str(path), mode="r")
+        labels = root["labels"][:]
+        rows = np.flatnonzero(labels >= 0)
+        if magnification_name not in root:
+            raise KeyError(f"{path}: no {magnification_name} patches")
+        images = root[magnification_name]["images"]
+        digest = hashlib.sha256()
+        digest.update(str(root.attrs["slide_id"]).encode())
+        digest.update(np.ascontiguousarray(labels[rows]).tobytes())
+        digest.update(np.ascontiguousarray(root["coords"][:][rows]).tobytes())
+        digest.update(repr((tuple(images.shape), str(images.dtype))).encode())
+        for row in dict.fromkeys(rows[[0, -1]].tolist() if len(rows) else []):
+            digest.update(np.ascontiguousarray(images[row]).tobytes())
+        entries.append({"path": str(path), "slide_id": str(root.attrs["slide_id"]), "rows": int(len(rows)),
+                        "digest": digest.hexdigest()})
+    return entries
+
+
+def fingerprint(entries: list[dict]) -> str:
+    return hashlib.sha256("\n".join(f"{e['slide_id']}:{e['rows']}:{e['digest']}" for e in entries).encode()).hexdigest()
+
+
+def _chunk_rows(row_bytes: int, n_rows: int) -> int:
+    """Rows per chunk: a power of two near ``CHUNK_BYTES`` of data, at least one row."""
+    rows = max(1, CHUNK_BYTES // max(1, row_bytes))
+    return int(min(1 << (rows.bit_length() - 1), max(1, n_rows)))
+
+
+class _ChunkWriter:
+    """Appends rows of one D4 element to an array and writes whole chunks only."""
+
+    def __init__(self, array: zarr.Array, element: int) -> None:
+        self.array, self.element, self.start = array, element, 0
+        self.rows = array.chunks[1]
+        self.parts: list[np.ndarray] = []
+
+    def append(self, block: np.ndarray) -> None:
+        self.parts.append(block)
+        pending = sum(len(p) for p in self.parts)
+        whole = pending // self.rows * self.rows
+        if whole:
+            self._write(whole)
+
+    def close(self) -> None:
+        pending = sum(len(p) for p in self.parts)
+        if pending:
+            self._write(pending)
+
+    def _write(self, count: int) -> None:
+        data = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
+        self.array[self.element, self.start : self.start + count] = data[:count]
+        self.start += count
+        self.parts = [data[count:]] if count < len(data) else []
+
+
+def build_teacher_cache(
+    teacher_path: str | Path,
+    stores: Sequence[str | Path],
+    out: str | Path,
+    terms: Iterable[str],
+    *,
+    teacher_options: dict | None = None,
+    dtype: str = "float32",
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    threads: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Run the Teacher on the 8 D4 transforms of every training patch of ``stores``; write ``out``.
+
+    ``terms``: the union of the terms of every method that will read the cache (``ce`` needs
+    nothing). ``teacher_options`` as ``Distiller.teacher_options`` (``at_p``). ``dtype`` float32
+    keeps the targets exact; float16 halves the size and rounds them (relative error ~5e-4).
+    Written atomically. Returns a summary (rows, keys, bytes, seconds).
+    """
+    from tqdm import tqdm
+
+    from ..io import atomic_path
+    from ..patches.dataset import load_patches, to_tensor
+    from ..slides.grid import magnification_name
+    from ..train import load_model, resolve_device
+
+    if dtype not in DTYPES:
+        raise ValueError(f"cache dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    terms = tuple(dict.fromkeys(check_terms(terms)))
+    keys = target_keys(terms)
+    if not keys:
+        raise ValueError(f"terms {list(terms)} read no Teacher target: nothing to cache")
+    teacher_options = teacher_options_with_defaults(teacher_options)
+    torch.set_num_threads(threads)
+    device = resolve_device(str(device))
+    started = time.perf_counter()
+    teacher, meta = load_model(teacher_path, device)
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    name = magnification_name(meta["magnification"])
+    entries = describe_stores(stores, name)
+    images = load_patches(stores, [meta["magnification"]]).images[name]
+    n_rows = len(images)
+    if n_rows == 0:
+        raise ValueError(f"no labelled training patches in {list(map(str, stores))}")
+
+    with atomic_path(out) as tmp:
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        arrays: dict[str, zarr.Array] = {}
+        for k in range(D4_ELEMENTS):
+            writers: dict[str, _ChunkWriter] = {}
+            for start in tqdm(range(0, n_rows, batch_size), desc=f"teacher cache D4 element {k}",
+                              disable=not progress, leave=False):
+                batch = d4_transform(to_tensor(images[start : start + batch_size], device), k)
+                targets = teacher_targets(teacher, batch, terms, **teacher_options)
+                for key in keys:
+                    value = targets[key].float().cpu().numpy().astype(dtype, copy=False)
+                    if key not in arrays:
+                        row_bytes = int(np.prod(value.shape[1:])) * np.dtype(dtype).itemsize
+                        rows = _chunk_rows(row_bytes, n_rows)
+                        arrays[key] = root.create_array(key, shape=(D4_ELEMENTS, n_rows, *value.shape[1:]),
+                                                        chunks=(1, rows, *value.shape[1:]), dtype=dtype,
+                                                        compressors=COMPRESSOR)
+                    writers.setdefault(key, _ChunkWriter(arrays[key], k)).append(value)
+            for writer in writers.values():
+                writer.close()
+        root.attrs.update(
+            {
+                "format": CACHE_FORMAT,
+                "version": CACHE_VERSION,
+                "keys": keys,
+                "terms": list(terms),
+                "teacher_options": teacher_options,
+                "dtype": dtype,
+                "d4": "element k: torch.rot90 by k % 4 quarter turns on (H, W), then flip W if k >= 4",
+                "teacher": {"path": str(teacher_path), "sha256": file_sha256(teacher_path), "arch": meta["arch"],
+                            "magnification": meta["magnification"]},
+                "stores": entries,
+                "fingerprint": fingerprint(entries),
+                "rows": n_rows,
+            }
+        )
+    nbytes = {key: int(np.prod(a.shape)) * np.dtype(dtype).itemsize for key, a in arrays.items()}
+    return {"cache": str(out), "rows": n_rows, "keys": keys, "dtype": dtype, "nbytes": nbytes,
+            "disk_bytes": sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()),
+            "seconds": time.perf_counter() - started}
+
+
+class _ChunkFiles:
+    """Rows of one array read straight from its chunk files in a local store.
+
+    Zarr's reader spends ~0.5 ms of Python per chunk; a batch of 32 one-row chunks read here costs the
+    file reads and the decompression only (~9 ms for 32 rows of 256 KiB on the 2-core dev machine).
+    Used for plain arrays (no sharding) whose codecs are ``bytes`` then at most one of
+    ``blosc``/``zstd``; other arrays are read through zarr.
+    """
+
+    def __init__(self, array: zarr.Array, path: Path) -> None:
+        from numcodecs import Blosc, Zstd
+        from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+
+        codecs = list(array.metadata.codecs)
+        if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
+            raise NotImplementedError(f"codecs {codecs}")
+        if array.dtype.itemsize > 1 and codecs[0].endian is not None and codecs[0].endian.value != "little":
+            raise NotImplementedError("big-endian chunks")
+        self.decompressor = None
+        if len(codecs) == 2:
+            if isinstance(codecs[1], BloscCodec):
+                self.decompressor = Blosc()
+            elif isinstance(codecs[1], ZstdCodec):
+                self.decompressor = Zstd()
+            else:
+                raise NotImplementedError(f"codec {codecs[1]}")
+        self.path, self.encoding = path, array.metadata.chunk_key_encoding
+        self.shape, self.chunk_shape = tuple(array.shape), tuple(array.chunks)
+        self.dtype = array.dtype.newbyteorder("<")
+        self.fill_value = array.metadata.fill_value
+
+    def chunk(self, element: int, index: int) -> np.ndarray:
+        """Chunk ``index`` along the rows of D4 element ``element``: ``chunk_shape[1:]``."""
+        key = self.encoding.encode_chunk_key((element, index) + (0,) * (len(self.chunk_shape) - 2))
+        try:
+            data = (self.path / key).read_bytes()
+        except FileNotFoundError:  # never written: every value is the fill value
+            return np.full(self.chunk_shape[1:], self.fill_value, self.dtype)
+        if self.decompressor is not None:
+            data = self.decompressor.decode(data)
+        return np.frombuffer(data, self.dtype).reshape(self.chunk_shape[1:])
+
+    def read(self, element: int, row: int) -> np.ndarray:
+        rows = self.chunk_shape[1]
+        return self.chunk(element, row // rows)[row % rows]
+
+    def read_all(self) -> np.ndarray:
+        """The whole array, each chunk read once."""
+        out = np.empty(self.shape, self.dtype)
+        rows = self.chunk_shape[1]
+        for element in range(self.shape[0]):
+            for start in range(0, self.shape[1], rows):
+                stop = min(start + rows, self.shape[1])
+                out[element, start:stop] = self.chunk(element, start // rows)[: stop - start]
+        return out
+
+
+class TeacherCache:
+    """Read side of a Teacher-target cache: ``read(elements, rows)`` gives ``teacher_targets``' dict.
+
+    Open with :meth:`open`, which checks the cache against the training run and serves only the keys
+    its terms read. Arrays that fit in ``memory_bytes`` (all but the features, usually) are read into
+    memory once; the others are read per batch, row by row, straight from their chunk files
+    (:class:`_ChunkFiles`), or through zarr for a layout that reader does not handle.
+    """
+
+    def __init__(self, path: str | Path, *, keys: Iterable[str] | None = None,
+                 memory_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"no Teacher-target cache at {self.path}: build it with `wsidistill teacher-cache`")
+        self.root = zarr.open_group(str(self.path), mode="r")
+        attrs = dict(self.root.attrs)
+        if attrs.get("format") != CACHE_FORMAT or attrs.get("version") != CACHE_VERSION:
+            raise StaleCacheError(
+                f"{self.path} is not a version-{CACHE_VERSION} Teacher-target cache "
+                f"(format {attrs.get('format')!r}, version {attrs.get('version')!r}): rebuild it"
+            )
+        self.attrs = attrs
+        #: Every key the cache holds; ``arrays`` holds the ones :meth:`read` serves.
+        self.keys: list[str] = list(attrs["keys"])
+        self.rows: int = int(attrs["rows"])
+        served = self.keys if keys is None else [k for k in self.keys if k in set(keys)]
+        missing = sorted(set(keys or ()) - set(self.keys))
+        if missing:
+            raise StaleCacheError(
+                f"Teacher-target cache {self.path} lacks {missing} (it holds {self.keys}, built for terms "
+                f"{attrs['terms']}); {REBUILD} with the union of every method's terms"
+            )
+        self.arrays: dict[str, zarr.Array | np.ndarray] = {key: self.root[key] for key in served}
+        self._files: dict[str, _ChunkFiles] = {}
+        for key in served:
+            try:
+                self._files[key] = _ChunkFiles(self.arrays[key], self.path / key)
+            except NotImplementedError:
+                pass
+        budget = memory_bytes
+        with zarr.config.set(_READ_CONFIG):
+            for key in sorted(served, key=lambda k: self.arrays[k].nbytes):
+                if self.arrays[key].nbytes <= budget:
+                    budget -= self.arrays[key].nbytes
+                    files = self._files.pop(key, None)
+                    self.arrays[key] = files.read_all() if files is not None else self.arrays[key][:]
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        stores: Sequence[str | Path],
+        teacher_path: str | Path | None = None,
+        terms: Iterable[str] = (),
+        teacher_options: dict | None = None,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    ) -> TeacherCache:
+        """Open ``path`` for a run on ``stores`` with ``terms``, serving only the keys those terms read;
+        StaleCacheError if it does not match the run."""
+        terms = tuple(terms)
+        cls(path, memory_bytes=0).check(stores=stores, teacher_path=teacher_path, terms=terms,
+                                        teacher_options=teacher_options)
+        return cls(path, keys=target_keys(terms), memory_bytes=memory_bytes)
+
+    def check(
+        self,
+        *,
+        stores: Sequence[str | Path],
+        teacher_path: str | Path | None = None,
+        terms: Iterable[str] = (),
+        teacher_options: dict | None = None,
+    ) -> None:
+        """StaleCacheError naming what differs: the stores, the Teacher, the terms or their options."""
+        rebuild = REBUILD
+        cached = self.attrs["stores"]
+        current = describe_stores(stores, self._teacher_magnification_name())
+        if fingerprint(current) != self.attrs["fingerprint"]:
+            ids = [e["slide_id"] for e in current]
+            cached_ids = [e["slide_id"] for e in cached]
+            if ids != cached_ids:
+                detail = f"slides {cached_ids} in the cache, {ids} now"
+            else:
+                changed = [c["slide_id"] for c, e in zip(current, cached) if (c["rows"], c["digest"]) != (e["rows"], e["digest"])]
+                detail = f"patches of {changed} changed since the cache was built"
+            raise StaleCacheError(f"Teacher-target cache {self.path} is stale: {detail}; {rebuild}")
+        if teacher_path is not None:
+            digest = file_sha256(teacher_path)
+            if digest != self.attrs["teacher"]["sha256"]:
+                raise StaleCacheError(
+                    f"Teacher-target cache {self.path} was built from another Teacher "
+                    f"({self.attrs['teacher']['path']}, sha256 {self.attrs['teacher']['sha256'][:12]}), "
+                    f"not {teacher_path} (sha256 {digest[:12]}); {rebuild}"
+                )
+        missing = sorted(set(target_keys(terms)) - set(self.keys))
+        if missing:
+            raise StaleCacheError(
+                f"Teacher-target cache {self.path} lacks {missing} (it holds {self.keys}, built for terms "
+                f"{self.attrs['terms']}); {rebuild} with the union of every method's terms"
+            )
+        options = teacher_options_with_defaults(teacher_options)
+        if "at" in self.keys and options != teacher_options_with_defaults(self.attrs["teacher_options"]):
+            raise StaleCacheError(
+                f"Teacher-target cache {self.path} was built with Teacher options {self.attrs['teacher_options']}, "
+                f"this run uses {options}; {rebuild}"
+            )
+
+    def _teacher_magnification_name(self) -> str:
+        from ..slides.grid import magnification_name
+
+        return magnification_name(self.attrs["teacher"]["magnification"])
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def read(self, elements: Tensor | np.ndarray | Sequence[int], rows: np.ndarray | Sequence[int],
+             device: torch.device | str = "cpu") -> dict[str, Tensor]:
+        """Targets of ``rows`` under D4 ``elements`` (one per row), as float32 tensors, batch first.
+
+        Equal to ``teacher_targets(teacher, d4_transform(x_i, elements[i]))`` for each row ``i``.
+        """
+        elements = np.asarray(elements, dtype=np.int64).reshape(-1)
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(elements) != len(rows):
+            raise ValueError(f"{len(elements)} D4 elements for {len(rows)} rows")
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.rows or elements.min() < 0 or elements.max() >= D4_ELEMENTS):
+            raise IndexError(f"rows must be in 0..{self.rows - 1} and elements in 0..7")
+        out = {}
+        for key, array in self.arrays.items():
+            if isinstance(array, np.ndarray):
+                values = array[elements, rows]
+            elif key in self._files:
+                files = self._files[key]
+                values = np.stack([files.read(int(e), int(r)) for e, r in zip(elements, rows)])
+            else:
+                values = np.empty((len(rows), *array.shape[2:]), array.dtype)
+                with zarr.config.set(_READ_CONFIG):
+                    for element in np.unique(elements):
+                        where = np.flatnonzero(elements == element)
+                        order = where[np.argsort(rows[where], kind="stable")]
+                        values[order] = array.oindex[int(element), rows[order]]
+            out[key] = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(device)
+        return out
+
+    @property
+    def on_disk(self) -> list[str]:
+        """Served keys read per batch from the store (the others are in memory)."""
+        return [key for key, array in self.arrays.items() if not isinstance(array, np.ndarray)]
+
+    def iterate(self, batches: Iterable[tuple[Tensor | np.ndarray, np.ndarray]], *,
+                device: torch.device | str = "cpu") -> Iterator[dict[str, Tensor]]:
+        """:meth:`read` for each ``(elements, rows)`` of ``batches``, in order.
+
+        Reads stay in the calling thread: a batch's direct chunk reads cost a few ms, and a read-ahead
+        thread measured slower (it competes with the training step for the GIL and the cores).
+        """
+        for elements, rows in batches:
+            yield self.read(elements, rows, device=device)
