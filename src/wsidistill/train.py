@@ -48,21 +48,6 @@ class TrainSettings:
     device: str = "auto"
     deterministic: bool = False
 
-    @classmethod
-    def from_config(cls, config: dict) -> TrainSettings:
-        training = config["training"]
-        return cls(
-            epochs=training["epochs"],
-            batch_size=training["batch_size"],
-            lr=training["lr"],
-            weight_decay=training["weight_decay"],
-            patience=training.get("patience"),
-            augment=training["augment"],
-            stain_jitter=training.get("stain_jitter", 0.0),
-            device=config.get("device", "auto"),
-            deterministic=training.get("deterministic", False),
-        )
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,10 +67,3 @@ def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.T
     tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     return tensor.permute(0, 3, 1, 2).float().div_(255)
 
-
-def iterate_store(path: str | Path, magnification: float, batch_size: int) -> Iterator[tuple[slice, np.ndarray]]:
-    """Stream every patch of one store in order, one batch in memory at a time."""
-    images = open_store(path)[magnification_name(magnification)]["images"]
-    for start in range(0, images.shape[0], batch_size):
-        stop = min(start + batch_size, images.shape[0])
-        yield slice(start, stop), images[start:stop]

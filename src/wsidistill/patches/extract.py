@@ -87,24 +87,6 @@ class ExtractionSettings:
     label_mask_classes: dict[int, str | None] = field(default_factory=lambda: dict(RADBOUD_CLASSES))
     extra_attrs: dict = field(default_factory=dict)
 
-    @classmethod
-    def from_config(cls, config: dict) -> ExtractionSettings:
-        extraction = config["extraction"]
-        return cls(
-            classes=tuple(config["classes"]),
-            class_map=dict(config["annotation_classes"]),
-            magnifications=tuple(sorted(config["magnifications"], reverse=True)),
-            teacher_magnification=config["teacher"]["magnification"],
-            patch_size=extraction["patch_size"],
-            min_tissue_fraction=extraction["min_tissue_fraction"],
-            min_label_fraction=extraction["min_label_fraction"],
-            tissue_method=extraction["tissue_method"],
-            on_missing_magnification=extraction["on_missing_magnification"],
-            block_cells=extraction["block_cells"],
-            scheduler_address=(config.get("dask") or {}).get("scheduler_address"),
-            label_mask_classes={int(k): v for k, v in (config.get("label_mask_classes") or RADBOUD_CLASSES).items()},
-        )
-
 
 @dataclass(frozen=True)
 class Block:
