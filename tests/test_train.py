@@ -5,10 +5,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pytest
 import torch
+import zarr
 
-from wsidistill.train import TrainSettings, train
+from wsidistill.distill import student_input_from
+from wsidistill.evaluate import evaluate_model
+from wsidistill.metrics import quadratic_kappa
+from wsidistill.patches.dataset import load_patches, to_tensor
+from wsidistill.train import TrainSettings, load_model, train
 
 SETTINGS = TrainSettings(epochs=4, batch_size=16, lr=1e-3)
 
@@ -63,3 +70,34 @@ def test_student_distillation_writes_history_and_selects_by_validation_kappa(dem
     assert meta["best_epoch"] == int(history.val_kappa.idxmax())
     assert meta["input_magnification"] == 10 and meta["output_stride"] == 2
     assert (tmp_path / "s/h.png").stat().st_size > 1000
+
+
+def test_an_upsampled_student_is_validated_and_evaluated_on_its_degraded_input(demo_stores, tmp_path):
+    """It reads 40x patches but trained on them pooled to 10x and upsampled: so must every later use."""
+    common = dict(train_stores=demo_stores["train"], val_stores=demo_stores["val"], classes=["NC", "G3", "G4", "G5"],
+                  arch="smallcnn", settings=TrainSettings(epochs=1, batch_size=16), seed=0, progress=False)
+    train(magnification=40, weights={"ce": 1}, out_model=tmp_path / "t/model.pt", out_history=tmp_path / "t/h.csv",
+          **common)
+    meta = train(magnification=10, weights={"ce": 1}, teacher_path=tmp_path / "t/model.pt",
+                 student_input="upsampled", out_model=tmp_path / "s/model.pt", out_history=tmp_path / "s/h.csv",
+                 **common)
+    assert meta["input_magnification"] == 40 and meta["student_input"] == "upsampled"
+    model, _ = load_model(tmp_path / "s/model.pt")
+
+    def probabilities(images, degrade):
+        with torch.no_grad():
+            batch = to_tensor(images)
+            return torch.softmax(model(student_input_from(batch, "upsampled", 4) if degrade else batch).logits,
+                                 1).numpy()
+
+    val = load_patches(demo_stores["val"], [40])
+    assert quadratic_kappa(val.labels, probabilities(val.images["40x"], True).argmax(1), 4) == pytest.approx(
+        pd.read_csv(tmp_path / "s/h.csv").val_kappa.iloc[0])
+
+    evaluate_model(tmp_path / "s/model.pt", demo_stores["test"][:1], tmp_path / "p.zarr", tmp_path / "m.json",
+                   device="cpu", progress=False)
+    store = demo_stores["test"][0]
+    images = zarr.open_group(str(store), mode="r")["40x/images"][:]
+    stored = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")[store.stem]["probabilities"][:]
+    np.testing.assert_allclose(stored, probabilities(images, True), atol=1e-5)
+    assert not np.allclose(stored, probabilities(images, False), atol=1e-3)

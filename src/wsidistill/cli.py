@@ -1,7 +1,7 @@
 """``wsidistill <verb>``: every pipeline stage, runnable by hand or from a Snakemake rule.
 
-Known input errors (a corrupt slide, a bad sample sheet, unmappable
-annotations) exit with status 1 and a one-line message naming the file and
+Known input errors (``wsidistill.errors.InputError``: a corrupt slide, a bad
+sample sheet, unmappable annotations, a stale Teacher cache) exit with status 1 and a one-line message naming the file and
 the fix, instead of a traceback.
 """
 
@@ -12,6 +12,8 @@ import json
 import sys
 import warnings
 from pathlib import Path
+
+from .errors import InputError
 
 DEFAULT_CLASSES = ["NC", "G3", "G4", "G5"]
 DEFAULT_CLASS_MAP = {"Benign": "NC", "Gleason 3": "G3", "Gleason 4": "G4", "Gleason 5": "G5"}
@@ -83,6 +85,8 @@ def _add_importers(sub):
     p.add_argument("root", type=Path, help="the SICAPv2 folder (images/, partition/, wsi_labels.xlsx)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--magnifications", type=float, nargs="+", default=[10, 5, 2.5])
+    p.add_argument("--slide", action="append", dest="slides", metavar="SLIDE",
+                   help="import only this slide (repeatable; default: every partitioned slide, plus slides.tsv)")
     p.add_argument("--threads", type=int, default=1)
 
 
@@ -94,8 +98,10 @@ def _add_train(sub):
         p.add_argument("--magnification", type=float, required=True)
         p.add_argument("--classes", nargs="+", default=DEFAULT_CLASSES)
         p.add_argument("--arch", default="smallcnn")
+        p.add_argument("--pretrained", type=Path, help="local checkpoint to start from (nothing is downloaded)")
         p.add_argument("--training", type=_json, default={}, help="JSON of the config's `training` section")
         p.add_argument("--device", default="auto")
+        p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (autocast on CUDA)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", required=True, type=Path)
         p.add_argument("--history", required=True, type=Path)
@@ -116,6 +122,7 @@ def _add_train(sub):
     c.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     c.add_argument("--batch-size", type=int, default=64)
     c.add_argument("--device", default="auto")
+    c.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (autocast on CUDA)")
     c.add_argument("--out", required=True, type=Path)
     c.add_argument("--threads", type=int, default=1)
 
@@ -128,6 +135,7 @@ def _add_evaluate(sub):
     p.add_argument("--metrics", required=True, type=Path)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (autocast on CUDA)")
     p.add_argument("--threads", type=int, default=1)
 
     t = sub.add_parser("tables", help="comparison table and plot from metrics JSONs")
@@ -237,43 +245,44 @@ def run(args: argparse.Namespace) -> None:
         print(json.dumps({k: summary[k] for k in ("slide_id", "tissue_patches", "patches_per_class",
                                                   "skipped_magnifications")}))
     elif args.verb == "import-sicapv2":
-        from .patches.sicapv2 import import_sicapv2
+        from .patches.sicapv2 import import_sicapv2, import_slides
 
-        print(import_sicapv2(args.root, args.out, magnifications=tuple(args.magnifications), threads=args.threads))
+        if args.slides:
+            for summary in import_slides(args.root, args.out, args.slides, magnifications=tuple(args.magnifications),
+                                         threads=args.threads):
+                print(json.dumps({k: summary[k] for k in ("slide_id", "split", "tissue_patches", "patches_per_class")}))
+        else:
+            print(import_sicapv2(args.root, args.out, magnifications=tuple(args.magnifications), threads=args.threads))
     elif args.verb in ("train-teacher", "distill"):
-        from .distill.cache import StaleCacheError
         from .train import TrainSettings, train
 
-        settings = TrainSettings(**{**args.training, "device": args.device})
+        settings = TrainSettings(**{**args.training, "device": args.device, "precision": args.precision})
         is_student = args.verb == "distill"
-        try:
-            train(
-                train_stores=args.train_stores, val_stores=args.val_stores, classes=args.classes,
-                magnification=args.magnification, arch=args.arch,
-                weights=args.weights if is_student else {"ce": 1.0}, settings=settings, seed=args.seed,
-                out_model=args.out, out_history=args.history, threads=args.threads,
-                teacher_path=args.teacher if is_student else None,
-                student_input=args.student_input if is_student else "native",
-                distill_options=args.distill_options if is_student else None,
-                method=args.method if is_student else "teacher",
-                teacher_cache=args.teacher_cache if is_student else None,
-            )
-        except StaleCacheError as err:
-            raise SystemExit(f"wsidistill {args.verb}: error: {err}") from None
+        train(
+            train_stores=args.train_stores, val_stores=args.val_stores, classes=args.classes,
+            magnification=args.magnification, arch=args.arch,
+            weights=args.weights if is_student else {"ce": 1.0}, settings=settings, seed=args.seed,
+            out_model=args.out, out_history=args.history, threads=args.threads,
+            teacher_path=args.teacher if is_student else None,
+            student_input=args.student_input if is_student else "native",
+            distill_options=args.distill_options if is_student else None,
+            method=args.method if is_student else "teacher",
+            teacher_cache=args.teacher_cache if is_student else None, pretrained=args.pretrained,
+        )
     elif args.verb == "teacher-cache":
         from .distill.cache import build_teacher_cache
 
         summary = build_teacher_cache(
             args.teacher, args.train_stores, args.out, args.terms, dtype=args.dtype, batch_size=args.batch_size,
             teacher_options={k: v for k, v in args.distill_options.items() if k == "at_p"},
-            device=args.device, threads=args.threads,
+            device=args.device, precision=args.precision, threads=args.threads,
         )
         print(json.dumps(summary))
     elif args.verb == "evaluate":
         from .evaluate import evaluate_model
 
         metrics = evaluate_model(args.model, args.stores, args.predictions, args.metrics, batch_size=args.batch_size,
-                                 device=args.device, threads=args.threads)
+                                 device=args.device, precision=args.precision, threads=args.threads)
         print(f"{args.model}: kappa {metrics['quadratic_kappa']:.3f}, "
               f"balanced accuracy {metrics['balanced_accuracy']:.3f} on {metrics['test_patches']} patches")
     elif args.verb == "tables":
@@ -314,17 +323,10 @@ def _size(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .patches.extract import MagnificationUnavailable
-    from .patches.sicapv2 import SicapError
-    from .slides.annotations import AnnotationError
-    from .slides.grid import GridError
-    from .slides.reader import SlideReadError
-    from .slides.samples import SampleSheetError
-
     warnings.simplefilter("always")
     try:
         run(args)
-    except (SlideReadError, SampleSheetError, AnnotationError, GridError, MagnificationUnavailable, SicapError) as err:
+    except InputError as err:
         print(f"wsidistill {args.verb}: error: {err}", file=sys.stderr)
         return 1
     return 0

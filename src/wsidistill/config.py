@@ -7,13 +7,19 @@ whole pixels, a baseline that is not a method) before any job starts.
 
 from __future__ import annotations
 
+from .errors import InputError
 from .slides.grid import GridError, patch_pixels
 
 TEACHER = "teacher"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A config value that would make the workflow fail later; the message names the key."""
+
+
+def active_methods(config: dict) -> dict[str, dict]:
+    """``methods`` without those set to null (how an overlay config removes a method of config.yaml)."""
+    return {name: weights for name, weights in config["methods"].items() if weights is not None}
 
 
 def student_magnifications(config: dict) -> list[float]:
@@ -38,7 +44,9 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"`magnifications` contains unknown magnification {magnification:g}: {err}") from err
     if not student_magnifications(config):
         raise ConfigError("`magnifications` needs at least one magnification below `teacher.magnification`")
-    methods = config["methods"]
+    methods = active_methods(config)
+    if not methods:
+        raise ConfigError("`methods` has no method left: every one is null")
     if TEACHER in methods:
         raise ConfigError("`methods` may not contain a method named 'teacher': that name is the Teacher's")
     baseline = config.get("baseline_method")

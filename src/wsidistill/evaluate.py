@@ -20,18 +20,21 @@ from .io import atomic_path, write_json
 from .metrics import summarise
 from .patches.dataset import open_store, to_tensor
 from .slides.grid import magnification_name
-from .train import load_model, resolve_device
+from .device import Runtime
+from .train import load_model, model_view
 
 
 @torch.no_grad()
-def infer_store(model, store_path, magnification, batch_size, device) -> tuple[np.ndarray, float]:
+def infer_store(model, meta: dict, store_path, batch_size, runtime: Runtime) -> tuple[np.ndarray, float]:
     """Class probabilities for every patch of one store, and the seconds it took."""
-    images = open_store(store_path)[magnification_name(magnification)]["images"]
+    images = open_store(store_path)[magnification_name(meta["input_magnification"])]["images"]
     started = time.perf_counter()
     out = []
     for start in range(0, images.shape[0], batch_size):
-        batch = to_tensor(images[start : start + batch_size], device)
-        out.append(torch.softmax(model(batch).logits.float(), dim=1).cpu().numpy())
+        batch = model_view(to_tensor(images[start : start + batch_size], runtime.device), meta)
+        with runtime.autocast():
+            logits = model(batch).logits
+        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     seconds = time.perf_counter() - started
     return (np.concatenate(out) if out else np.zeros((0, model.classifier.out_features), np.float32)), seconds
 
@@ -44,13 +47,14 @@ def evaluate_model(
     *,
     batch_size: int = 64,
     device: str = "auto",
+    precision: str = "auto",
     threads: int = 1,
     progress: bool = True,
 ) -> dict:
     """Write per-slide probability maps (Zarr) and metrics (JSON) for one model."""
     torch.set_num_threads(threads)
-    device = resolve_device(device)
-    model, meta = load_model(model_path, device)
+    runtime = Runtime.create(device, precision)
+    model, meta = load_model(model_path, runtime)
     magnification = meta["input_magnification"]
     classes = meta["classes"]
     truth, predicted, groups = [], [], []
@@ -60,7 +64,7 @@ def evaluate_model(
         for store_path in tqdm(test_stores, desc=f"infer {Path(model_path).parent}", disable=not progress):
             store = open_store(store_path)
             slide_id = store.attrs["slide_id"]
-            probabilities, seconds = infer_store(model, store_path, magnification, batch_size, device)
+            probabilities, seconds = infer_store(model, meta, store_path, batch_size, runtime)
             labels = store["labels"][:]
             group = root.create_group(slide_id)
             group.create_array("probabilities", data=probabilities.astype(np.float32))
@@ -85,7 +89,7 @@ def evaluate_model(
         "test_patches": int(len(truth)),
         "best_epoch": meta["best_epoch"],
         "val_kappa": meta["val_kappa"],
-        "inference": {**timing, "patches_per_second": timing["patches"] / timing["seconds"] if timing["seconds"] else None},
+        "inference": {**timing, "device": str(runtime.device), "precision": runtime.precision, "patches_per_second": timing["patches"] / timing["seconds"] if timing["seconds"] else None},
         **summarise(truth.astype(int), predicted.astype(int), len(classes)),
         "per_patch": {"truth": truth.astype(int).tolist(), "predicted": predicted.astype(int).tolist(),
                       "slide": groups.astype(str).tolist()},

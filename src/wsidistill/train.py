@@ -13,6 +13,7 @@ run.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .augment import hed_jitter
+from .device import Runtime
 from .distill import Distiller, d4_transform, student_input_from, teacher_targets
 from .distill.cache import StaleCacheError, TeacherCache
 from .io import atomic_path, save_figure
@@ -46,22 +48,25 @@ class TrainSettings:
     augment: str = "d4"
     stain_jitter: float = 0.0
     device: str = "auto"
+    precision: str = "auto"
     deterministic: bool = False
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed every generator; ``deterministic`` also selects deterministic GPU kernels.
+
+    Otherwise cuDNN may pick its fastest kernels per input shape (ours are fixed), which on a GPU
+    can differ between runs in the last bits. An op with no deterministic CUDA kernel (e.g. the
+    backward of bilinear upsampling) warns, naming itself, rather than stopping the run. CPU runs
+    are repeatable either way.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if deterministic:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by cuBLAS for determinism
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def augment_pair(images: list[torch.Tensor], generator: torch.Generator | None = None, *,
@@ -90,16 +95,28 @@ def student_output_stride(arch: str, magnification: float, teacher_magnification
     return max(1, int(round(stride)))
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
+def load_model(path: str | Path, runtime: Runtime | None = None) -> tuple[torch.nn.Module, dict]:
+    runtime = runtime or Runtime(torch.device("cpu"))
+    checkpoint = torch.load(path, map_location=runtime.device, weights_only=False)
     meta = checkpoint["meta"]
     model = build_model(meta["arch"], meta["num_classes"], output_stride=meta.get("output_stride"))
     model.load_state_dict(checkpoint["state_dict"])
-    return model.to(device).eval(), meta
+    return runtime.place(model).eval(), meta
+
+
+def model_view(batch: torch.Tensor, meta: dict) -> torch.Tensor:
+    """A batch read at ``meta["input_magnification"]``, degraded as the model's training input was.
+
+    An upsampled Student reads the Teacher's patches but trained on them average-pooled to its own
+    magnification and upsampled back; validation, evaluation and attention must see the same.
+    """
+    if meta["student_input"] != "upsampled":
+        return batch
+    return student_input_from(batch, "upsampled", meta["input_magnification"] / meta["magnification"])
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
+def recalibrate_batchnorm(model: torch.nn.Module, images: np.ndarray, batch_size: int, runtime: Runtime,
                           upsample_factor: float | None = None) -> None:
     """Replace BatchNorm running statistics by exact averages over ``images`` ("precise BN").
 
@@ -116,20 +133,26 @@ def recalibrate_batchnorm(model: torch.nn.Module, images: np.ndarray, batch_size
         layer.momentum = None  # cumulative average over all batches
     model.train()
     for start in range(0, len(images), batch_size):
-        batch = to_tensor(images[start : start + batch_size], device)
-        model(student_input_from(batch, "upsampled", upsample_factor) if upsample_factor else batch)
+        batch = to_tensor(images[start : start + batch_size], runtime.device)
+        with runtime.autocast():
+            model(student_input_from(batch, "upsampled", upsample_factor) if upsample_factor else batch)
     for layer, momentum in zip(layers, momenta):
         layer.momentum = momentum
     model.eval()
 
 
 @torch.no_grad()
-def predict_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+def predict_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size: int, runtime: Runtime,
+                          upsample_factor: float | None = None) -> np.ndarray:
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        batch = to_tensor(images[start : start + batch_size], device)
-        out.append(torch.softmax(model(batch).logits.float(), dim=1).cpu().numpy())
+        batch = to_tensor(images[start : start + batch_size], runtime.device)
+        if upsample_factor:
+            batch = student_input_from(batch, "upsampled", upsample_factor)
+        with runtime.autocast():
+            logits = model(batch).logits
+        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -152,21 +175,24 @@ def train(
     method: str = "teacher",
     progress: bool = True,
     teacher_cache: str | Path | None = None,
+    pretrained: str | Path | None = None,
 ) -> dict:
     """Train one model and write its best checkpoint, history CSV and curve PNG.
 
     ``teacher_cache``: a Teacher-target cache (:mod:`wsidistill.distill.cache`) of this Teacher and
     ``train_stores``; the Teacher's targets are then read from it instead of computed each batch.
+    ``pretrained``: a local checkpoint the network starts from (:func:`wsidistill.models.load_pretrained`).
     """
     torch.set_num_threads(threads)
     seed_everything(seed, settings.deterministic)
-    device = resolve_device(settings.device)
+    runtime = Runtime.create(settings.device, settings.precision)
+    device = runtime.device
     out_model = Path(out_model)
     work_checkpoint = out_model.with_name("checkpoint.pt")
 
     teacher, teacher_meta = (None, None)
     if teacher_path is not None:
-        teacher, teacher_meta = load_model(teacher_path, device)
+        teacher, teacher_meta = load_model(teacher_path, runtime)
         for parameter in teacher.parameters():
             parameter.requires_grad_(False)
     needs_teacher = any(term != "ce" for term in weights)
@@ -188,8 +214,8 @@ def train(
     stride = None if upsampled else student_output_stride(arch, magnification, teacher_magnification)
     if upsampled and arch == "smallcnn":
         stride = TEACHER_OUTPUT_STRIDE
-    model = build_model(arch, len(classes), output_stride=stride).to(device)
-    distiller = Distiller(model, weights, teacher=teacher, num_classes=len(classes), options=distill_options).to(device)
+    model = runtime.place(build_model(arch, len(classes), output_stride=stride, pretrained=pretrained))
+    distiller = runtime.place(Distiller(model, weights, teacher=teacher, num_classes=len(classes), options=distill_options))
     cache = None
     if use_cache:
         cache = TeacherCache.open(teacher_cache, stores=train_stores, teacher_path=teacher_path,
@@ -198,6 +224,7 @@ def train(
             raise StaleCacheError(f"{teacher_cache} holds {len(cache)} patches, the training set {len(train_set)}")
     trainable = [p for p in distiller.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+    scaler = runtime.grad_scaler()
 
     history: list[dict] = []
     best = {"kappa": -math.inf, "epoch": -1, "state_dict": None}
@@ -206,6 +233,7 @@ def train(
         state = torch.load(work_checkpoint, map_location=device, weights_only=False)
         distiller.load_state_dict(state["distiller"])
         optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
         print(f"resuming {out_model} from epoch {start_epoch}", flush=True)
@@ -242,24 +270,27 @@ def train(
             if teacher is not None and len(views) > 1:
                 teacher_view = views[1]
                 if needs_teacher and cached is None:
-                    targets = teacher_targets(teacher, teacher_view, weights.keys(), **distiller.teacher_options)
+                    with runtime.autocast():
+                        targets = teacher_targets(teacher, teacher_view, weights.keys(), **distiller.teacher_options)
                 if upsampled:
                     student_view = student_input_from(teacher_view, "upsampled", factor)
             # Only the trained model's view is stain-jittered: the Teacher's targets stay those of the
             # tissue as scanned, so cached targets remain exact.
             student_view = hed_jitter(student_view, settings.stain_jitter, generator)
-            loss, terms = distiller(student_view, labels, targets)
+            with runtime.autocast():
+                loss, terms = distiller(student_view, labels, targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             for name, value in {"loss": loss.item(), **terms}.items():
                 totals[name] = totals.get(name, 0.0) + value * len(rows)
 
         input_view = teacher_name if upsampled else student_name
-        recalibrate_batchnorm(model, train_set.images[input_view], settings.batch_size, device,
+        recalibrate_batchnorm(model, train_set.images[input_view], settings.batch_size, runtime,
                               factor if upsampled else None)
-        val_probs = predict_probabilities(model, val_set.images[input_view],
-                                          settings.batch_size, device) if len(val_set) else np.zeros((0, len(classes)))
+        val_probs = predict_probabilities(model, val_set.images[input_view], settings.batch_size, runtime,
+                                          factor if upsampled else None) if len(val_set) else np.zeros((0, len(classes)))
         val_pred = val_probs.argmax(1) if len(val_set) else np.zeros(0, int)
         kappa = quadratic_kappa(val_set.labels, val_pred, len(classes)) if len(val_set) else float("nan")
         row = {
@@ -280,11 +311,12 @@ def train(
         print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"), flush=True)
         _write_history(history, out_history)
         with atomic_path(work_checkpoint) as tmp:
-            torch.save({"distiller": distiller.state_dict(), "optimizer": optimizer.state_dict(),
+            torch.save({"distiller": distiller.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                         "torch_rng": torch.get_rng_state(), "history": history, "best": best, "epoch": epoch}, tmp)
 
     meta = {
         "arch": arch,
+        "pretrained": None if pretrained is None else str(pretrained),
         "num_classes": len(classes),
         "classes": list(classes),
         "magnification": magnification,
@@ -302,6 +334,7 @@ def train(
         "train_patches": len(train_set),
         "val_patches": len(val_set),
         "settings": asdict(settings),
+        "runtime": {"device": str(runtime.device), "precision": runtime.precision},
         "wsidistill_version": __version__,
     }
     with atomic_path(out_model) as tmp:

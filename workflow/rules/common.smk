@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 from snakemake.utils import validate
 
-from wsidistill.config import TEACHER, ConfigError, check_config, student_magnifications
+from wsidistill.config import TEACHER, ConfigError, active_methods, check_config, student_magnifications
 from wsidistill.slides.annotations import AnnotationError, check_annotation_classes
 from wsidistill.slides.samples import SampleSheetError, load_sample_sheet
 
@@ -17,10 +17,14 @@ except ConfigError as err:
 
 SHEET = Path(config["samples"])
 DEMO = config["demo"]
+#: A SICAPv2 folder: slides, splits and patients come from its partition sheets (rule import_sicapv2).
+SICAP_ROOT = config["sicapv2"]["root"]
+#: Where the slides come from: "sicapv2" (sicapv2.root set), else "demo" (demo.enabled), else "sheet" (samples).
+SOURCE = "sicapv2" if SICAP_ROOT else "demo" if DEMO["enabled"] else "sheet"
 DEMO_DIR = SHEET.parent
 TEACHER_MAG = config["teacher"]["magnification"]
 STUDENT_MAGS = student_magnifications(config)
-METHODS = config["methods"]
+METHODS = active_methods(config)
 SEEDS = config["seeds"]
 
 
@@ -28,8 +32,23 @@ def mag_name(magnification):
     return f"{magnification:g}x"
 
 
+def _load_sicapv2():
+    """One row per partitioned SICAPv2 slide (slide_id, patient_id, split), read from the sheets only."""
+    from wsidistill.patches.sicapv2 import SicapError, check_protocol, read_slides
+
+    try:
+        check_protocol(magnifications=config["magnifications"], teacher_magnification=TEACHER_MAG,
+                       patch_size=config["extraction"]["patch_size"], classes=config["classes"])
+        slides = read_slides(SICAP_ROOT)
+    except SicapError as err:
+        raise WorkflowError(f"SICAPv2 error (`sicapv2.root`): {err}")
+    return slides.set_index("slide_id", drop=False)
+
+
 def _load_samples():
-    if DEMO["enabled"]:
+    if SOURCE == "sicapv2":
+        return _load_sicapv2()
+    if SOURCE == "demo":
         from wsidistill.demo import plan_cohort
 
         plan = plan_cohort(DEMO["slides"], DEMO["seed"])
@@ -55,7 +74,8 @@ def _load_samples():
 SAMPLES = _load_samples()
 for _split in ("train", "val", "test"):
     if not (SAMPLES.split == _split).any():
-        raise WorkflowError(f"sample sheet {SHEET}: no slide in the {_split!r} split; every split needs one")
+        raise WorkflowError(f"{'SICAPv2 ' + SICAP_ROOT if SOURCE == 'sicapv2' else 'sample sheet ' + str(SHEET)}: "
+                            f"no slide in the {_split!r} split; every split needs one")
 
 MODELS = [f"{TEACHER}_{mag_name(TEACHER_MAG)}"] + [
     f"{method}_{mag_name(mag)}" for method in METHODS for mag in STUDENT_MAGS
@@ -127,15 +147,33 @@ def extract_flags(wildcards, input):
     return shlex.join(flags)
 
 
+def sicapv2_inputs(wildcards):
+    """The partition sheets (and wsi_labels.xlsx) an import reads: editing one re-imports."""
+    from wsidistill.patches.sicapv2 import SPLIT_SHEETS
+
+    root = Path(SICAP_ROOT)
+    return [str(root / sheet) for sheet in SPLIT_SHEETS.values()] + [
+        str(path) for path in [root / "wsi_labels.xlsx"] if path.exists()
+    ]
+
+
 def training_flags(arch_section):
+    pretrained = config[arch_section].get("pretrained")
     return shlex.join(
         [
             "--classes", *config["classes"],
             "--arch", config[arch_section]["arch"],
             "--training", json.dumps(config["training"]),
             "--device", config["device"],
+            "--precision", config["precision"],
+            *(["--pretrained", pretrained] if pretrained else []),
         ]
     )
+
+
+def pretrained_input(arch_section):
+    """The section's local starting checkpoint, an input of its training rule (none when null)."""
+    return config[arch_section].get("pretrained") or []
 
 
 def model_path(model, seed):
@@ -158,6 +196,6 @@ def final_outputs():
     outputs = ["results/tables/comparison.md", "results/tables/cost.md", "results/tables/slides.csv",
                "results/attention/agreement.md"]
     outputs += [f"results/heatmaps/{slide}/panel.png" for slide in test_slides()]
-    if DEMO["enabled"]:
+    if SOURCE == "demo":
         outputs.append(str(SHEET))
     return outputs

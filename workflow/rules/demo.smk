@@ -1,4 +1,4 @@
-if DEMO["enabled"]:
+if SOURCE == "demo":
 
     rule demo_slide:
         output:

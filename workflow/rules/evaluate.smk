@@ -13,6 +13,7 @@ rule evaluate:
         "results/benchmarks/evaluate/{model}/seed{seed}.tsv"
     params:
         device=config["device"],
+        precision=config["precision"],
     threads: 2
     resources:
         gpu=1,
@@ -21,4 +22,5 @@ rule evaluate:
     shell:
         "wsidistill evaluate --model {input.model:q} --stores {input.stores:q} "
         "--predictions {output.predictions:q} --metrics {output.metrics:q} --device {params.device} "
+        "--precision {params.precision} "
         "--threads {threads} > {log:q} 2>&1"

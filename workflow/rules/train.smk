@@ -2,6 +2,7 @@ rule train_teacher:
     input:
         train=stores("train"),
         val=stores("val"),
+        pretrained=pretrained_input("teacher"),
     output:
         model=f"results/models/{TEACHER}_{{mag}}x/seed{{seed}}/model.pt",
         history=f"results/models/{TEACHER}_{{mag}}x/seed{{seed}}/history.csv",
@@ -40,6 +41,7 @@ rule teacher_cache:
         terms=shlex.join(CACHE_TERMS),
         options=json.dumps(config["distill_options"]),
         device=config["device"],
+        precision=config["precision"],
     threads: 2
     resources:
         gpu=1,
@@ -47,8 +49,8 @@ rule teacher_cache:
         runtime=120,
     shell:
         "wsidistill teacher-cache --teacher {input.teacher:q} --train-stores {input.train:q} --terms {params.terms} "
-        "--distill-options {params.options:q} --device {params.device} --out {output.cache:q} "
-        "--threads {threads} > {log:q} 2>&1"
+        "--distill-options {params.options:q} --device {params.device} --precision {params.precision} "
+        "--out {output.cache:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule distill:
@@ -57,6 +59,7 @@ rule distill:
         val=stores("val"),
         teacher=model_path(f"{TEACHER}_{mag_name(TEACHER_MAG)}", "{seed}"),
         cache=lambda wildcards: teacher_cache_path(wildcards.seed) if uses_teacher_cache(wildcards.method) else [],
+        pretrained=pretrained_input("student"),
     output:
         model="results/models/{method}_{mag}x/seed{seed}/model.pt",
         history="results/models/{method}_{mag}x/seed{seed}/history.csv",

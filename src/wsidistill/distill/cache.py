@@ -36,6 +36,7 @@ import torch
 import zarr
 from torch import Tensor
 
+from ..errors import InputError
 from .d4 import d4_transform
 from .distiller import DEFAULT_OPTIONS
 from .targets import TEACHER_OPTIONS, teacher_targets
@@ -60,7 +61,7 @@ DTYPES = ("float32", "float16")
 REBUILD = "delete it and rebuild it (`wsidistill teacher-cache`, or Snakemake rule teacher_cache)"
 
 
-class StaleCacheError(ValueError):
+class StaleCacheError(InputError, ValueError):
     """A Teacher-target cache that does not match the stores, Teacher or terms of a training run."""
 
 
@@ -160,7 +161,8 @@ def build_teacher_cache(
     teacher_options: dict | None = None,
     dtype: str = "float32",
     batch_size: int = 64,
-    device: str | torch.device = "cpu",
+    device: str = "cpu",
+    precision: str = "fp32",
     threads: int = 1,
     progress: bool = True,
 ) -> dict:
@@ -176,7 +178,8 @@ def build_teacher_cache(
     from ..io import atomic_path
     from ..patches.dataset import load_patches, to_tensor
     from ..slides.grid import magnification_name
-    from ..train import load_model, resolve_device
+    from ..device import Runtime
+    from ..train import load_model
 
     if dtype not in DTYPES:
         raise ValueError(f"cache dtype must be one of {list(DTYPES)}, got {dtype!r}")
@@ -186,9 +189,9 @@ def build_teacher_cache(
         raise ValueError(f"terms {list(terms)} read no Teacher target: nothing to cache")
     teacher_options = teacher_options_with_defaults(teacher_options)
     torch.set_num_threads(threads)
-    device = resolve_device(str(device))
+    runtime = Runtime.create(device, precision)
     started = time.perf_counter()
-    teacher, meta = load_model(teacher_path, device)
+    teacher, meta = load_model(teacher_path, runtime)
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
     name = magnification_name(meta["magnification"])
@@ -205,8 +208,9 @@ def build_teacher_cache(
             writers: dict[str, _ChunkWriter] = {}
             for start in tqdm(range(0, n_rows, batch_size), desc=f"teacher cache D4 element {k}",
                               disable=not progress, leave=False):
-                batch = d4_transform(to_tensor(images[start : start + batch_size], device), k)
-                targets = teacher_targets(teacher, batch, terms, **teacher_options)
+                batch = d4_transform(to_tensor(images[start : start + batch_size], runtime.device), k)
+                with runtime.autocast():
+                    targets = teacher_targets(teacher, batch, terms, **teacher_options)
                 for key in keys:
                     value = targets[key].float().cpu().numpy().astype(dtype, copy=False)
                     if key not in arrays:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 
 def student_input_from(
-    teacher_images: Tensor, mode: Literal["native", "upsampled"] = "native", factor: int = 1
+    teacher_images: Tensor, mode: Literal["native", "upsampled"] = "native", factor: float = 1
 ) -> Tensor:
     """Simulate a lower magnification of ``(B, 3, H, W)`` Teacher patches.
 
@@ -20,6 +20,9 @@ def student_input_from(
     """
     if mode not in ("native", "upsampled"):
         raise ValueError(f"mode must be 'native' or 'upsampled', got {mode!r}")
+    if factor != int(factor) or factor < 1:
+        raise ValueError(f"factor must be a whole number >= 1 (Teacher / Student magnification), got {factor}")
+    factor = int(factor)  # magnifications arrive as floats: 40 / 10 = 4.0
     low = F.avg_pool2d(teacher_images, factor) if factor > 1 else teacher_images
     if mode == "native":
         return low

@@ -37,4 +37,5 @@ def teacher_targets(teacher: nn.Module, teacher_input: Tensor, terms: Iterable[s
             targets[term] = attention_map(
                 term, output, teacher.classifier.weight, images, create_graph=False, **options
             )
-    return {name: value.detach() for name, value in targets.items()}
+    # At least float32 under autocast: targets meet float32 losses and are cached as float32.
+    return {name: value.detach().to(torch.promote_types(value.dtype, torch.float32)) for name, value in targets.items()}

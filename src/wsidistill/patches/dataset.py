@@ -63,7 +63,13 @@ def load_patches(stores: Sequence[str | Path], magnifications: Sequence[float], 
 
 
 def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 NHWC -> float NCHW in [0, 1]."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    """uint8 NHWC -> float NCHW in [0, 1], channels_last because the source is NHWC.
+
+    The uint8 bytes travel to the device (from pinned memory, asynchronously, on CUDA) and are
+    converted there: a quarter of the bytes of a float copy.
+    """
+    tensor = torch.from_numpy(np.ascontiguousarray(images))
+    if torch.device(device).type == "cuda":
+        tensor = tensor.pin_memory().to(device, non_blocking=True)
     return tensor.permute(0, 3, 1, 2).float().div_(255)
 

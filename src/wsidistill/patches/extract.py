@@ -41,6 +41,7 @@ from zarr.codecs import BloscCodec, BytesCodec
 from zarr.storage import LocalStore
 
 from .. import __version__
+from ..errors import InputError
 from ..io import atomic_path, write_json
 from ..slides.annotations import (
     RADBOUD_CLASSES,
@@ -66,7 +67,7 @@ PATCH_CODEC = BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle", typesize=1)
 MAX_ALIGNED_BLOCK = 8192
 
 
-class MagnificationUnavailable(ValueError):
+class MagnificationUnavailable(InputError, ValueError):
     """A requested magnification finer than the slide's native resolution."""
 
 

@@ -30,6 +30,7 @@ import pandas as pd
 import zarr
 
 from .. import __version__
+from ..errors import InputError
 from ..io import atomic_path, write_json, write_text
 from ..slides.annotations import majority_labels
 from ..slides.grid import magnification_name, patch_pixels
@@ -49,7 +50,7 @@ IMAGE_NAME = re.compile(r"^(?P<slide>.+?)_Block_.*_xini_(?P<x>\d+)_yini_(?P<y>\d
 BATCH = 64
 
 
-class SicapError(ValueError):
+class SicapError(InputError, ValueError):
     """A SICAPv2 tree that does not have the published layout; the message names the file."""
 
 
@@ -93,6 +94,43 @@ def read_partitions(root: Path) -> pd.DataFrame:
     if straddling:
         raise SicapError(f"{root / 'partition'}: slides {straddling} have patches in more than one split")
     return patches
+
+
+def check_root(root: Path) -> None:
+    if not (root / "images").is_dir():
+        raise SicapError(f"{root}: no images/ folder; point at the unpacked SICAPv2 folder")
+
+
+def check_magnifications(magnifications) -> None:
+    too_fine = [m for m in magnifications if m > NATIVE_MAGNIFICATION]
+    if too_fine:
+        raise SicapError(f"SICAPv2 is 10x; {too_fine} would need upsampling. Ask for 10x or lower.")
+
+
+def check_protocol(*, magnifications, teacher_magnification: float, patch_size: int, classes) -> None:
+    """Settings a workflow run on SICAPv2 must have: its patches are 512 px at 10x, labelled NC to G5."""
+    check_magnifications(magnifications)
+    expected = patch_pixels(PATCH_SIZE, teacher_magnification, NATIVE_MAGNIFICATION)
+    if patch_size != expected:
+        raise SicapError(f"`extraction.patch_size` is {patch_size}, but SICAPv2's patches are {PATCH_SIZE} px at "
+                         f"{NATIVE_MAGNIFICATION}x, i.e. {expected} px at the Teacher's {teacher_magnification:g}x")
+    if list(classes) != list(CLASSES):
+        raise SicapError(f"`classes` is {list(classes)}, but SICAPv2 is labelled {list(CLASSES)}")
+
+
+def read_slides(root: str | Path) -> pd.DataFrame:
+    """slide_id, patient_id, split and patch count of every partitioned slide, from the sheets alone.
+
+    Reads no image: the workflow calls it to plan one import job per slide. Raises
+    :class:`SicapError` naming the missing folder or sheet.
+    """
+    root = Path(root)
+    check_root(root)
+    patches = read_partitions(root)
+    slides = patches.groupby("slide_id", sort=True).agg(split=("split", "first"), patches=("image_name", "size"))
+    patients = _patient_ids(root, slides.index)
+    return slides.assign(patient_id=[patients[s] for s in slides.index]).reset_index()[
+        ["slide_id", "patient_id", "split", "patches"]]
 
 
 def _patient_ids(root: Path, slide_ids) -> dict[str, str]:
@@ -191,24 +229,36 @@ def import_slide(root: Path, slide_id: str, patches: pd.DataFrame, patient_id: s
     return summary
 
 
+def import_slides(root: str | Path, out: str | Path, slide_ids=None, *, magnifications=(10, 5, 2.5),
+                  threads: int = 1) -> list[dict]:
+    """Import the partitioned slides ``slide_ids`` (all when None) of SICAPv2 at ``root`` into ``out``.
+
+    Writes ``out/{slide}.zarr`` and ``out/{slide}.json`` per slide and returns their summaries; the
+    workflow's ``import_sicapv2`` rule imports one slide per job this way.
+    """
+    root, out = Path(root), Path(out)
+    check_root(root)
+    check_magnifications(magnifications)
+    patches = read_partitions(root)
+    known = set(patches.slide_id)
+    slide_ids = sorted(known) if slide_ids is None else list(slide_ids)
+    unknown = [s for s in slide_ids if s not in known]
+    if unknown:
+        raise SicapError(f"{root / 'partition'}: slides {unknown} are in none of the partition sheets "
+                         f"{sorted(SPLIT_SHEETS.values())}")
+    patients = _patient_ids(root, slide_ids)
+    by_slide = dict(tuple(patches.groupby("slide_id", sort=True)))
+    return [import_slide(root, slide_id, by_slide[slide_id], patients[slide_id], out,
+                         tuple(sorted(magnifications, reverse=True)), threads) for slide_id in slide_ids]
+
+
 def import_sicapv2(root: str | Path, out: str | Path, *, magnifications=(10, 5, 2.5), threads: int = 1) -> Path:
     """Import every partitioned slide of SICAPv2 at ``root`` into ``out``; returns ``out/slides.tsv``.
 
     The sheet lists slide_id, patient_id, split, store and patch count per slide.
     """
-    root, out = Path(root), Path(out)
-    if not (root / "images").is_dir():
-        raise SicapError(f"{root}: no images/ folder; point at the unpacked SICAPv2 folder")
-    too_fine = [m for m in magnifications if m > NATIVE_MAGNIFICATION]
-    if too_fine:
-        raise SicapError(f"SICAPv2 is 10x; {too_fine} would need upsampling. Ask for 10x or lower.")
-    patches = read_partitions(root)
-    patients = _patient_ids(root, patches.slide_id.unique())
-    rows = []
-    for slide_id, group in patches.groupby("slide_id", sort=True):
-        summary = import_slide(root, slide_id, group, patients[slide_id], out,
-                               tuple(sorted(magnifications, reverse=True)), threads)
-        rows.append({k: summary[k] for k in ("slide_id", "patient_id", "split", "store", "tissue_patches")})
-    sheet = out / "slides.tsv"
+    summaries = import_slides(root, out, magnifications=magnifications, threads=threads)
+    rows = [{k: s[k] for k in ("slide_id", "patient_id", "split", "store", "tissue_patches")} for s in summaries]
+    sheet = Path(out) / "slides.tsv"
     write_text(sheet, pd.DataFrame(rows).to_csv(sep="\t", index=False))
     return sheet

@@ -23,15 +23,15 @@ from ..distill.attention import align_map, atplus_maps, minmax_normalise  # noqa
 from ..io import save_figure, write_text  # noqa: E402
 from ..patches.dataset import load_patches, to_tensor  # noqa: E402
 from ..slides.grid import magnification_name  # noqa: E402
-from ..train import load_model  # noqa: E402
+from ..train import load_model, model_view  # noqa: E402
 
 
 @torch.no_grad()
-def class_attention(model, images: np.ndarray, classes: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+def class_attention(model, meta: dict, images: np.ndarray, classes: np.ndarray, batch_size: int = 64) -> torch.Tensor:
     """(N, H, W) AT+ map of each patch for its given class, unnormalised, on the model's grid."""
     maps = []
     for start in range(0, len(images), batch_size):
-        output = model(to_tensor(images[start : start + batch_size]))
+        output = model(model_view(to_tensor(images[start : start + batch_size]), meta))
         target = torch.as_tensor(classes[start : start + batch_size])
         maps.append(atplus_maps(list(output.features.values())[-1], classifier_weight=model.classifier.weight,
                                 target=target)[:, 0])
@@ -58,11 +58,12 @@ def attention_study(teacher_path, students: dict[str, str | Path], stores: list[
                             reverse=True)
     patches = load_patches(stores, magnifications)
     classes = teacher_meta["classes"]
-    teacher_maps = class_attention(teacher, patches.images[magnification_name(teacher_meta["input_magnification"])],
-                                   patches.labels)
+    teacher_maps = class_attention(teacher, teacher_meta,
+                                   patches.images[magnification_name(teacher_meta["input_magnification"])], patches.labels)
     rows, student_maps, correlations = [], {}, {}
     for name, (model, meta) in models.items():
-        maps = class_attention(model, patches.images[magnification_name(meta["input_magnification"])], patches.labels)
+        maps = class_attention(model, meta, patches.images[magnification_name(meta["input_magnification"])],
+                               patches.labels)
         student_maps[name], correlations[name] = maps, map_correlation(maps, teacher_maps)
         rows.append({"model": name, "method": meta["method"], "magnification": meta["magnification"],
                      "patches": len(maps), "grid": f"{maps.shape[-2]}x{maps.shape[-1]}",

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..device import Runtime
 from ..io import write_text
 from ..patches.dataset import open_store
 from ..train import load_model
@@ -31,20 +32,23 @@ def forward_gflops(model: torch.nn.Module, side: int) -> float:
 
 
 @torch.no_grad()
-def patches_per_second(model: torch.nn.Module, side: int, device: torch.device, *, batch: int = 64,
+def patches_per_second(model: torch.nn.Module, side: int, runtime: Runtime, *, batch: int = 64,
                        repeats: int = 7) -> float:
-    """Median throughput of batched inference after one warm-up batch."""
-    model = model.to(device).eval()
-    images = torch.rand(batch, 3, side, side, device=device)
-    model(images)
+    """Median throughput of batched inference after one warm-up batch, in ``runtime``'s precision."""
+    model = runtime.place(model).eval()
+    images = torch.rand(batch, side, side, 3, device=runtime.device).permute(0, 3, 1, 2)  # channels_last, as loaded
+
+    def forward():
+        with runtime.autocast():
+            model(images)
+        if runtime.is_cuda:
+            torch.cuda.synchronize()
+
+    forward()  # warm-up
     timings = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
         started = time.perf_counter()
-        model(images)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        forward()
         timings.append(time.perf_counter() - started)
     return batch / statistics.median(timings)
 
@@ -55,7 +59,7 @@ def cost_frame(models: dict[str, str | Path], stores: list[str | Path], threads:
     tissue_patches = float(np.mean([open_store(s)["coords"].shape[0] for s in stores])) if stores else float("nan")
     rows = []
     for name, path in models.items():
-        model, meta = load_model(path, "cpu")
+        model, meta = load_model(path)
         side = meta["patch_side"]
         row = {
             "model": name,
@@ -63,11 +67,11 @@ def cost_frame(models: dict[str, str | Path], stores: list[str | Path], threads:
             "input_px": side,
             "input_pixels": side * side,
             "gflops_per_patch": forward_gflops(model, side),
-            "cpu_patches_per_second": patches_per_second(model, side, torch.device("cpu")),
+            "cpu_patches_per_second": patches_per_second(model, side, Runtime(torch.device("cpu"))),
             "tissue_patches_per_slide": tissue_patches,
         }
         if torch.cuda.is_available():
-            row["gpu_patches_per_second"] = patches_per_second(model, side, torch.device("cuda"))
+            row["gpu_patches_per_second"] = patches_per_second(model, side, Runtime.create("cuda"))
         row["cpu_seconds_per_slide"] = tissue_patches / row["cpu_patches_per_second"]
         rows.append(row)
     frame = pd.DataFrame(rows)

@@ -25,6 +25,7 @@ import tifffile
 from shapely.geometry import box, shape
 from shapely.ops import unary_union
 
+from ..errors import InputError
 from .reader import TiffPyramid
 
 UNLABELLED = -1
@@ -42,7 +43,7 @@ ASPECT_TOLERANCE = 0.02
 MASK_BAND_PIXELS = 4 << 20
 
 
-class AnnotationError(ValueError):
+class AnnotationError(InputError, ValueError):
     """Annotations (GeoJSON, label or tissue mask) that cannot be read or mapped onto the configured classes."""
 
 

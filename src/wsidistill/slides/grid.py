@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
 
-class GridError(ValueError):
+
+class GridError(InputError, ValueError):
     """A requested geometry that does not map to whole pixels."""
 
 

@@ -29,6 +29,8 @@ import numpy as np
 import openslide
 import tifffile
 
+from ..errors import InputError
+
 #: Microns per pixel of a 10x objective; magnification ~ MPP_AT_10X * 10 / mpp.
 MPP_AT_10X = 1.0
 
@@ -48,7 +50,7 @@ TIATOOLBOX_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".jp2", ".png",
 THUMBNAIL_STRIP_PIXELS = 16 << 20
 
 
-class SlideReadError(RuntimeError):
+class SlideReadError(InputError, RuntimeError):
     """A slide that cannot be opened or lacks the metadata to place it in physical units."""
 
 

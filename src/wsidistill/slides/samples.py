@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import InputError
+
 REQUIRED_COLUMNS = ("slide_id", "path", "patient_id", "split")
 OPTIONAL_COLUMNS = ("annotations", "label_mask", "mpp", "objective_power")
 SPLITS = ("train", "val", "test")
 
 
-class SampleSheetError(ValueError):
+class SampleSheetError(InputError, ValueError):
     """A sample sheet that would make a job fail later; raised before any job."""
 
 
