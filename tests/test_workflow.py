@@ -106,3 +106,25 @@ def test_bad_config_stops_before_any_job(tmp_path, repo_root, run_snakemake, cha
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def _job_counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:")[1].split("\n\n")[0]
+    return {row.split()[0]: int(row.split()[1]) for row in table.splitlines()[3:] if row.strip()}
+
+
+@pytest.mark.parametrize(
+    ("overlay", "expected"),
+    [
+        # CE only: the overlay's `atplus: null` removes config.yaml's AT+ method, so no Teacher cache either.
+        ("config/resolution.yaml", {"train_teacher": 3, "distill": 3 * 3}),
+        ("config/benchmark.yaml", {"train_teacher": 3, "teacher_cache": 3, "distill": 10 * 3 * 3}),
+    ],
+)
+def test_overlay_configs_plan_the_runs_they_describe(tmp_path, repo_root, run_snakemake, overlay, expected):
+    (tmp_path / "config.yaml").write_text((repo_root / "config.yaml").read_text())
+    result = run_snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "config.yaml"), str(repo_root / overlay))
+    assert result.returncode == 0, result.stderr[-2000:]
+    counts = _job_counts(result.stdout)
+    assert {job: counts.get(job, 0) for job in ("train_teacher", "teacher_cache", "distill")} == {
+        "teacher_cache": 0, **expected}
