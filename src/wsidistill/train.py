@@ -309,10 +309,11 @@ def train(
         else:
             epochs_without_gain += 1
         print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"), flush=True)
-        _write_history(history, out_history)
+        # Checkpoint first: the history CSV never lists an epoch a resumed run would repeat.
         with atomic_path(work_checkpoint) as tmp:
             torch.save({"distiller": distiller.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                         "torch_rng": torch.get_rng_state(), "history": history, "best": best, "epoch": epoch}, tmp)
+        _write_history(history, out_history)
 
     meta = {
         "arch": arch,
