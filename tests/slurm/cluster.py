@@ -288,7 +288,9 @@ StorageLoc=slurm_acct_db
 if __name__ == "__main__":  # bring one up by hand: python tests/slurm/cluster.py
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     cluster = SlurmCluster().start()
-    print(f"export SLURM_CONF={cluster.conf}   # Ctrl-C (or SIGTERM) stops the cluster", flush=True)
+    # Both are needed: jobs find the cluster through the srun wrapper on PATH (see _write_config).
+    print(f'export SLURM_CONF={cluster.conf} PATH="{cluster.bin}:$PATH"   # Ctrl-C (or SIGTERM) stops the cluster',
+          flush=True)
     try:
         while True:
             time.sleep(3600)
