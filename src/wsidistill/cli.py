@@ -1,8 +1,8 @@
 """``wsidistill <verb>``: every pipeline stage, runnable by hand or from a Snakemake rule.
 
 Known input errors (``wsidistill.errors.InputError``: a corrupt slide, a bad
-sample sheet, unmappable annotations, a stale Teacher cache) exit with status 1 and a one-line message naming the file and
-the fix, instead of a traceback.
+sample sheet, unmappable annotations, a stale Teacher cache) exit with status 1
+and a one-line message naming the file and the fix, instead of a traceback.
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ def _json(text: str):
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise argparse.ArgumentTypeError(f"not valid JSON: {text!r} ({err})") from err
+
+
+def _add_runtime_arguments(parser):
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (autocast on CUDA)")
 
 
 def _add_demo(sub):
@@ -100,8 +105,7 @@ def _add_train(sub):
         p.add_argument("--arch", default="smallcnn")
         p.add_argument("--pretrained", type=Path, help="local checkpoint to start from (nothing is downloaded)")
         p.add_argument("--training", type=_json, default={}, help="JSON of the config's `training` section")
-        p.add_argument("--device", default="auto")
-        p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (autocast on CUDA)")
+        _add_runtime_arguments(p)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", required=True, type=Path)
         p.add_argument("--history", required=True, type=Path)
@@ -121,8 +125,7 @@ def _add_train(sub):
     c.add_argument("--distill-options", type=_json, default={}, help="JSON; only `at_p` reaches the Teacher")
     c.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     c.add_argument("--batch-size", type=int, default=64)
-    c.add_argument("--device", default="auto")
-    c.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (autocast on CUDA)")
+    _add_runtime_arguments(c)
     c.add_argument("--out", required=True, type=Path)
     c.add_argument("--threads", type=int, default=1)
 
@@ -134,8 +137,7 @@ def _add_evaluate(sub):
     p.add_argument("--predictions", required=True, type=Path)
     p.add_argument("--metrics", required=True, type=Path)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (autocast on CUDA)")
+    _add_runtime_arguments(p)
     p.add_argument("--threads", type=int, default=1)
 
     t = sub.add_parser("tables", help="comparison table and plot from metrics JSONs")

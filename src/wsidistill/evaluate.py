@@ -16,11 +16,11 @@ import torch
 import zarr
 from tqdm import tqdm
 
+from .device import Runtime
 from .io import atomic_path, write_json
 from .metrics import summarise
 from .patches.dataset import open_store, to_tensor
 from .slides.grid import magnification_name
-from .device import Runtime
 from .train import load_model, model_view
 
 
@@ -89,7 +89,8 @@ def evaluate_model(
         "test_patches": int(len(truth)),
         "best_epoch": meta["best_epoch"],
         "val_kappa": meta["val_kappa"],
-        "inference": {**timing, "device": str(runtime.device), "precision": runtime.precision, "patches_per_second": timing["patches"] / timing["seconds"] if timing["seconds"] else None},
+        "inference": {**timing, "device": str(runtime.device), "precision": runtime.precision,
+                      "patches_per_second": timing["patches"] / timing["seconds"] if timing["seconds"] else None},
         **summarise(truth.astype(int), predicted.astype(int), len(classes)),
         "per_patch": {"truth": truth.astype(int).tolist(), "predicted": predicted.astype(int).tolist(),
                       "slide": groups.astype(str).tolist()},
