@@ -75,7 +75,6 @@ def sicap_slides() -> dict:
 @pytest.fixture
 def sicap(tmp_path):
     """A miniature SICAPv2 tree: the published file and sheet names, generated 512 px images."""
-    pytest.importorskip("openpyxl", reason="writing SICAPv2's .xlsx needs openpyxl")
     root = tmp_path / "SICAPv2"
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()

@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 import zarr
 
-pytest.importorskip("openpyxl", reason="reading SICAPv2's .xlsx needs openpyxl")
 
 from wsidistill.cli import main  # noqa: E402
 from wsidistill.patches.dataset import load_patches  # noqa: E402

@@ -8,7 +8,6 @@ import pytest
 import yaml
 import zarr
 
-pytest.importorskip("openpyxl", reason="reading SICAPv2's .xlsx needs openpyxl")
 
 PAPER = "config/paper_sicapv2.yaml"
 
