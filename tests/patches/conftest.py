@@ -83,7 +83,8 @@ def sicap(tmp_path):
     images = {}
     for slide, (_, split, grades) in SICAP_SLIDES.items():
         for i, grade in enumerate(grades):
-            name = f"{slide}_Block_Region_1_{i}_0_xini_{512 * i + 7}_yini_{256 * i + 3}.jpg"
+            # Origins half a patch apart, overlapping as SICAPv2's do.
+            name = f"{slide}_Block_Region_1_{i}_0_xini_{256 * i + 7}_yini_{256 * (i // 2) + 3}.jpg"
             images[name] = _patch_image(rng)
             (root / "images" / name).write_bytes(imagecodecs.jpeg8_encode(images[name], level=95))
             rows[split].append(_sheet_row(name, grade))

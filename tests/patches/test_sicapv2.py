@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import zarr
 
-
-from wsidistill.cli import main  # noqa: E402
-from wsidistill.patches.dataset import load_patches  # noqa: E402
-from wsidistill.patches.sicapv2 import SPLIT_SHEETS, SicapError, import_sicapv2  # noqa: E402
+from wsidistill.cli import main
+from wsidistill.heatmaps import grid_image
+from wsidistill.patches.dataset import load_patches
+from wsidistill.patches.sicapv2 import SPLIT_SHEETS, SicapError, heatmap_cell, import_sicapv2
 
 
 def test_import_keeps_the_papers_splits_and_the_store_layout(sicap, sicap_slides, tmp_path):
@@ -29,9 +29,15 @@ def test_import_keeps_the_papers_splits_and_the_store_layout(sicap, sicap_slides
                 assert np.abs(store[f"{magnification}/images"][i] - expected).max() <= 1
         expected_labels = [("NC", "G3", "G4", "G5").index("G4" if g == "G4C" else g) for g in grades]
         assert store["labels"][:].tolist() == expected_labels
-        assert store["coords"][:].tolist() == [[512 * i + 7, 256 * i + 3] for i in range(len(grades))]
+        assert store["coords"][:].tolist() == [[256 * i + 7, 256 * (i // 2) + 3] for i in range(len(grades))]
         assert store.attrs["patch_sizes"] == {"10x": 512, "5x": 256, "2.5x": 128}
         assert store.attrs["objective_power"] == 10 and store.attrs["split"] == sicap_slides[slide][1]
+        # Overlapping patches (origins 256 px apart) each get a heatmap cell of their own.
+        coords = store["coords"][:]
+        assert store.attrs["cell_level0"] == 256 and store.attrs["thumbnail_downsample"] == 256
+        placed = grid_image(np.arange(len(coords), dtype=float), coords, 256, store.attrs["grid"])
+        assert sorted(placed[~np.isnan(placed)].astype(int).tolist()) == list(range(len(coords)))
+        assert store["thumbnail"].shape[:2] == (store.attrs["grid"]["rows"], store.attrs["grid"]["columns"])
     patches = load_patches([tmp_path / "out" / f"{s}.zarr" for s in sicap_slides], [10, 2.5])
     assert len(patches) == 7 and patches.images["2.5x"].shape[1:] == (128, 128, 3)
 
@@ -69,3 +75,10 @@ def test_slides_are_planned_from_the_sheets_and_imported_one_by_one(sicap, sicap
     capsys.readouterr()
     assert main(["import-sicapv2", str(root), "--out", str(tmp_path / "two"), "--slide", "99B0000000"]) == 1
     assert "slides ['99B0000000'] are in none of the partition sheets" in capsys.readouterr().err
+
+
+def test_the_heatmap_cell_is_the_step_between_patch_origins():
+    assert heatmap_cell(np.array([[7, 3], [263, 3], [519, 259]])) == 256  # half-overlapping, as SICAPv2
+    assert heatmap_cell(np.array([[0, 0], [512, 0], [1024, 512]])) == 512  # adjacent patches
+    assert heatmap_cell(np.array([[0, 0]])) == 512  # a single patch
+    assert heatmap_cell(np.array([[0, 0], [1, 0]])) == 64  # irregular origins: bounded grid

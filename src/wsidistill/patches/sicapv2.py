@@ -157,10 +157,22 @@ def _read_patches(paths: list[Path], sides: dict[str, int]) -> dict[str, np.ndar
     return {name: np.stack(images) for name, images in out.items()}
 
 
-def _mosaic(coords: np.ndarray, means: np.ndarray, columns: int, rows: int) -> np.ndarray:
-    """One pixel per PATCH_SIZE cell, each patch's mean colour, white elsewhere: the heatmaps' background."""
+def heatmap_cell(coords: np.ndarray) -> int:
+    """Side of the heatmap grid cell: the step between patch origins (gcd of their offsets), at most a patch.
+
+    SICAPv2's patches overlap by half (origins 256 px apart), so a grid of 512 px cells would put
+    two patches in one cell; on the step's grid each patch has a cell of its own, at its origin.
+    Clipped to at least PATCH_SIZE / 8, so irregular origins cannot make the grid huge.
+    """
+    offsets = (coords - coords.min(axis=0)).ravel() if len(coords) else np.zeros(0, np.int64)
+    step = int(np.gcd.reduce(offsets[offsets > 0])) if (offsets > 0).any() else PATCH_SIZE
+    return int(np.clip(step, PATCH_SIZE // 8, PATCH_SIZE))
+
+
+def _mosaic(coords: np.ndarray, means: np.ndarray, cell: int, columns: int, rows: int) -> np.ndarray:
+    """One pixel per grid cell, each patch's mean colour at its origin, white elsewhere: the heatmaps' background."""
     thumbnail = np.full((rows, columns, 3), 255, np.uint8)
-    thumbnail[coords[:, 1] // PATCH_SIZE, coords[:, 0] // PATCH_SIZE] = means
+    thumbnail[coords[:, 1] // cell, coords[:, 0] // cell] = means
     return thumbnail
 
 
@@ -177,7 +189,8 @@ def import_slide(root: Path, slide_id: str, patches: pd.DataFrame, patient_id: s
     coords = patches[["x", "y"]].to_numpy(np.int64)
     fractions = patches[list(CLASSES)].fillna(0).to_numpy(np.float32)
     labels = majority_labels(fractions, 0.5)
-    columns, rows = (int(v) // PATCH_SIZE + 1 for v in coords.max(axis=0))
+    cell = heatmap_cell(coords)
+    columns, rows = (int(v) // cell + 1 for v in coords.max(axis=0))
     means = np.zeros((len(paths), 3), np.uint8)
     with atomic_path(out / f"{slide_id}.zarr") as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
@@ -189,7 +202,7 @@ def import_slide(root: Path, slide_id: str, patches: pd.DataFrame, patient_id: s
                 writer.append(batch)
                 means[i * BATCH : i * BATCH + len(batch[smallest])] = batch[smallest].mean(axis=(1, 2)).round()
                 writer.flush()
-        thumbnail = _mosaic(coords, means, columns, rows)
+        thumbnail = _mosaic(coords, means, cell, columns, rows)
         group.create_array("coords", data=coords)
         group.create_array("labels", data=labels)
         group.create_array("tissue_fraction", data=np.ones(len(paths), np.float32))
@@ -213,9 +226,9 @@ def import_slide(root: Path, slide_id: str, patches: pd.DataFrame, patient_id: s
             "teacher_magnification": NATIVE_MAGNIFICATION,
             "patch_size": PATCH_SIZE,
             "patch_sizes": sides,
-            "cell_level0": PATCH_SIZE,
+            "cell_level0": cell,
             "grid": {"columns": columns, "rows": rows},
-            "thumbnail_downsample": PATCH_SIZE,
+            "thumbnail_downsample": cell,
             "min_label_fraction": 0.5,
             "tissue_method": "SICAPv2 selection",
             "wsidistill_version": __version__,
