@@ -10,7 +10,15 @@ import openslide
 import pandas as pd
 import pytest
 
+from wsidistill.demo import plan_cohort, write_slide
+
 OPENSLIDE_FIXTURES = ("small.svs", "unreadable.svs")
+
+
+@pytest.fixture(scope="session")
+def demo_slide(tmp_path_factory) -> dict[str, Path]:
+    """One 1024 x 768 demo slide with its annotations, written once for every extraction test."""
+    return write_slide(plan_cohort(6, 0)[0], tmp_path_factory.mktemp("demo_slide"), width=1024, height=768)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import zarr
 
-from wsidistill.demo import plan_cohort, write_slide
 from wsidistill.patches.extract import ExtractionSettings, extract_slide
 
 CLASS_MAP = {"Benign": "NC", "Gleason 3": "G3", "Gleason 4": "G4", "Gleason 5": "G5"}
@@ -37,14 +36,9 @@ RUN_SPECIFIC = {"timings", "patch_sets_per_second", "store"}
 
 
 @pytest.fixture(scope="module")
-def slide(tmp_path_factory):
-    return write_slide(plan_cohort(6, 0)[0], tmp_path_factory.mktemp("slide"), width=1024, height=768)
-
-
-@pytest.fixture(scope="module")
-def threaded(slide, tmp_path_factory):
+def threaded(demo_slide, tmp_path_factory):
     out = tmp_path_factory.mktemp("threaded") / "s.zarr"
-    summary = extract_slide(slide["slide"], out, SETTINGS, slide_id="s", annotations=slide["annotations"],
+    summary = extract_slide(demo_slide["slide"], out, SETTINGS, slide_id="s", annotations=demo_slide["annotations"],
                             threads=2, summary_path=out.with_suffix(".json"), progress=False)
     return out, summary
 
@@ -87,12 +81,12 @@ def same_summary(actual: dict, expected: dict) -> bool:
     return strip(actual) == strip(expected)
 
 
-def test_extraction_through_a_scheduler_address_matches_threads(slide, threaded, cluster, tmp_path):
+def test_extraction_through_a_scheduler_address_matches_threads(demo_slide, threaded, cluster, tmp_path):
     expected, expected_summary = threaded
     before = read_block_tasks(cluster.scheduler_address)
     settings = dataclasses.replace(SETTINGS, scheduler_address=cluster.scheduler_address)
     out = tmp_path / "s.zarr"
-    summary = extract_slide(slide["slide"], out, settings, slide_id="s", annotations=slide["annotations"],
+    summary = extract_slide(demo_slide["slide"], out, settings, slide_id="s", annotations=demo_slide["annotations"],
                             threads=2, progress=False)
     assert expected_summary["tissue_patches"] > 0
     assert read_block_tasks(cluster.scheduler_address) - before >= 2  # the blocks really went to the worker
@@ -100,13 +94,13 @@ def test_extraction_through_a_scheduler_address_matches_threads(slide, threaded,
     assert_same_store(out, expected)
 
 
-def test_cli_scheduler_address_matches_threads(slide, threaded, cluster, tmp_path):
+def test_cli_scheduler_address_matches_threads(demo_slide, threaded, cluster, tmp_path):
     expected, expected_summary = threaded
     before = read_block_tasks(cluster.scheduler_address)
     out = tmp_path / "s.zarr"
     command = [
-        str(Path(sys.executable).parent / "wsidistill"), "extract", str(slide["slide"]), "--out", str(out),
-        "--slide-id", "s", "--annotations", str(slide["annotations"]), "--summary", str(tmp_path / "s.json"),
+        str(Path(sys.executable).parent / "wsidistill"), "extract", str(demo_slide["slide"]), "--out", str(out),
+        "--slide-id", "s", "--annotations", str(demo_slide["annotations"]), "--summary", str(tmp_path / "s.json"),
         "--magnifications", "40", "20", "10", "5", "--teacher-magnification", "40", "--patch-size", "64",
         "--classes", *SETTINGS.classes, "--class-map", json.dumps(CLASS_MAP), "--block-cells", "2",
         "--scheduler-address", cluster.scheduler_address, "--threads", "2",

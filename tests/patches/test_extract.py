@@ -20,12 +20,6 @@ SETTINGS = ExtractionSettings(
 
 
 @pytest.fixture(scope="module")
-def demo_slide(tmp_path_factory):
-    out = tmp_path_factory.mktemp("slides")
-    return write_slide(plan_cohort(6, 0)[0], out, width=1024, height=768)
-
-
-@pytest.fixture(scope="module")
 def store(demo_slide, tmp_path_factory):
     out = tmp_path_factory.mktemp("stores") / "s.zarr"
     summary = extract_slide(demo_slide["slide"], out, SETTINGS, slide_id="s", annotations=demo_slide["annotations"],
