@@ -51,14 +51,23 @@ ALL_TERMS_METHODS = {
 
 
 @pytest.fixture(scope="session")
-def run_snakemake(repo_root):
-    """Run the repository's workflow in ``workdir`` with its config.yaml, the venv's tools on PATH."""
+def snakemake_command(repo_root):
+    """Command line and environment that run the repository's workflow in ``workdir`` with its
+    config.yaml, the venv's tools on PATH."""
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
+    def command(workdir: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+        return [str(bin_dir / "snakemake"), "--snakefile", str(repo_root / "Snakefile"), "--directory",
+                str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args], env
+
+    return command
+
+
+@pytest.fixture(scope="session")
+def run_snakemake(snakemake_command):
     def run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-        command = [str(bin_dir / "snakemake"), "--snakefile", str(repo_root / "Snakefile"), "--directory",
-                   str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+        command, env = snakemake_command(workdir, *args)
         return subprocess.run(command, env=env, capture_output=True, text=True)
 
     return run

@@ -1,10 +1,18 @@
 """End to end: the real Snakemake DAG on a tiny demo cohort, every distillation method."""
 
+import copy
 import json
+import os
+import shutil
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
+import torch
 import yaml
 import zarr
 from PIL import Image
@@ -85,6 +93,46 @@ def test_rerun_has_nothing_to_do(tiny_run, run_snakemake):
     result = run_snakemake(workdir, "-n")
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_a_killed_training_job_resumes_from_its_checkpoint_when_snakemake_reruns(tiny_run, snakemake_command,
+                                                                                  tmp_path):
+    source, config = tiny_run
+    workdir = tmp_path / "workflow"
+    shutil.copytree(source, workdir, ignore=shutil.ignore_patterns(".snakemake"))
+    config = copy.deepcopy(config)
+    config["training"]["epochs"] = 8
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    target = "results/models/teacher_40x/seed0/model.pt"
+    model = workdir / target
+    history, checkpoint = model.with_name("history.csv"), model.with_name("checkpoint.pt")
+    model.unlink()
+    command, env = snakemake_command(workdir, "--rerun-incomplete", target)
+
+    snakemake = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+    try:
+        while not (history.exists() and len(pd.read_csv(history)) >= 2):  # the stale 1-epoch history is removed first
+            assert snakemake.poll() is None, "training finished before it could be killed"
+            time.sleep(0.05)
+        jobs = [process for process in psutil.Process(snakemake.pid).children(recursive=True)
+                if "train-teacher" in " ".join(process.cmdline())]
+        assert jobs
+        for job in jobs:
+            job.kill()
+        assert snakemake.wait(timeout=120) != 0
+    finally:
+        if snakemake.poll() is None:
+            os.killpg(snakemake.pid, signal.SIGKILL)
+    assert checkpoint.exists() and not model.exists()
+    epochs_done = torch.load(checkpoint, weights_only=False)["epoch"] + 1
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    log = (workdir / "results/logs/train/teacher_40x/seed0.log").read_text()
+    assert f"resuming {target} from epoch {epochs_done}" in log
+    assert "epoch 0:" not in log
+    assert len(pd.read_csv(history)) == 8 and not checkpoint.exists()
 
 
 @pytest.mark.parametrize(
