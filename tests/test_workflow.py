@@ -25,6 +25,8 @@ def test_comparison_table_has_every_method_and_the_teacher(tiny_run):
     assert set(table[table.method == "teacher"].magnification) == {40}
     assert set(table[table.method != "teacher"].magnification) == {10}
     assert table.kappa_mean.between(-1, 1).all() and table.balanced_accuracy_mean.between(0, 1).all()
+    assert (table.kappa_pooled_ci_low <= table.kappa_pooled).all()
+    assert (table.kappa_pooled <= table.kappa_pooled_ci_high).all()
     markdown = (workdir / "results/tables/comparison.md").read_text()
     assert "| atplus |" in markdown and "| teacher |" in markdown and "10x" in markdown
 
@@ -39,6 +41,12 @@ def test_metrics_are_computed_on_the_test_slides_labelled_patches(tiny_run):
     assert metrics["test_patches"] == labelled > 0
     assert set(metrics["per_patch"]["slide"]) <= test_ids
     assert metrics["magnification"] == 10 and metrics["method"] == "atplus"
+    low, high = metrics["ci95"]["quadratic_kappa"]
+    assert low <= metrics["quadratic_kappa"] <= high
+    confusion = pd.read_csv(workdir / "results/metrics/atplus_10x/seed0_confusion.csv", index_col="true")
+    assert list(confusion.index) == list(confusion.columns) == ["NC", "G3", "G4", "G5"]
+    assert confusion.to_numpy().tolist() == metrics["confusion_matrix"]
+    assert (workdir / "results/metrics/atplus_10x/seed0_confusion.png").stat().st_size > 5_000
 
 
 def test_patch_stores_are_aligned_across_magnifications(tiny_run):

@@ -136,6 +136,8 @@ def _add_evaluate(sub):
     p.add_argument("--stores", nargs="+", required=True)
     p.add_argument("--predictions", required=True, type=Path)
     p.add_argument("--metrics", required=True, type=Path)
+    p.add_argument("--confusion-csv", type=Path, help="confusion matrix counts (rows: true class)")
+    p.add_argument("--confusion-png", type=Path, help="confusion matrix plot")
     p.add_argument("--batch-size", type=int, default=64)
     _add_runtime_arguments(p)
     p.add_argument("--threads", type=int, default=1)
@@ -283,9 +285,11 @@ def run(args: argparse.Namespace) -> None:
     elif args.verb == "evaluate":
         from .evaluate import evaluate_model
 
-        metrics = evaluate_model(args.model, args.stores, args.predictions, args.metrics, batch_size=args.batch_size,
-                                 device=args.device, precision=args.precision, threads=args.threads)
-        print(f"{args.model}: kappa {metrics['quadratic_kappa']:.3f}, "
+        metrics = evaluate_model(args.model, args.stores, args.predictions, args.metrics, args.confusion_csv,
+                                 args.confusion_png, batch_size=args.batch_size, device=args.device,
+                                 precision=args.precision, threads=args.threads)
+        low, high = metrics["ci95"]["quadratic_kappa"] or (float("nan"), float("nan"))
+        print(f"{args.model}: kappa {metrics['quadratic_kappa']:.3f} (95% CI over slides {low:.3f}-{high:.3f}), "
               f"balanced accuracy {metrics['balanced_accuracy']:.3f} on {metrics['test_patches']} patches")
     elif args.verb == "tables":
         from .report.tables import write_comparison

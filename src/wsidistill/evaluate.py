@@ -12,13 +12,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import zarr
 from tqdm import tqdm
 
 from .device import Runtime
-from .io import atomic_path, write_json
-from .metrics import summarise
+from .io import atomic_path, save_figure, write_json, write_text
+from .metrics import balanced_accuracy, bootstrap_ci, quadratic_kappa, summarise
 from .patches.dataset import open_store, to_tensor
 from .slides.grid import magnification_name
 from .train import load_model, model_view
@@ -39,11 +40,46 @@ def infer_store(model, meta: dict, store_path, batch_size, runtime: Runtime) -> 
     return (np.concatenate(out) if out else np.zeros((0, model.classifier.out_features), np.float32)), seconds
 
 
+def confidence_intervals(truth: np.ndarray, predicted: np.ndarray, slides: np.ndarray, num_classes: int,
+                         n_boot: int = 1000) -> dict:
+    """95% bootstrap intervals over test slides (whole slides resampled) of kappa and balanced accuracy."""
+    if truth.size == 0:
+        return {"quadratic_kappa": None, "balanced_accuracy": None}
+    return {name: list(bootstrap_ci(truth, predicted, slides, metric, num_classes, n_boot=n_boot, seed=0))
+            for name, metric in (("quadratic_kappa", quadratic_kappa), ("balanced_accuracy", balanced_accuracy))}
+
+
+def write_confusion_matrix(matrix, classes: list[str], out_csv: str | Path, out_png: str | Path) -> None:
+    """Counts as CSV (rows: true class, columns: predicted) and a PNG coloured by row share (recall)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(matrix, dtype=int)
+    frame = pd.DataFrame(counts, index=pd.Index(classes, name="true"), columns=classes)
+    write_text(out_csv, frame.to_csv())
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    figure, axis = plt.subplots(figsize=(3.8, 3.4))
+    axis.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (row, column), count in np.ndenumerate(counts):
+        axis.text(column, row, f"{count}\n{share[row, column]:.0%}", ha="center", va="center", fontsize=8,
+                  color="white" if share[row, column] > 0.6 else "black")
+    ticks = range(len(classes))
+    axis.set_xticks(ticks, classes)
+    axis.set_yticks(ticks, classes)
+    axis.set(xlabel="predicted", ylabel="true", title=Path(out_png).stem)
+    figure.tight_layout()
+    save_figure(figure, out_png, dpi=120)
+
+
 def evaluate_model(
     model_path: str | Path,
     test_stores: list[str],
     out_predictions: str | Path,
     out_metrics: str | Path,
+    out_confusion_csv: str | Path | None = None,
+    out_confusion_png: str | Path | None = None,
     *,
     batch_size: int = 64,
     device: str = "auto",
@@ -51,7 +87,7 @@ def evaluate_model(
     threads: int = 1,
     progress: bool = True,
 ) -> dict:
-    """Write per-slide probability maps (Zarr) and metrics (JSON) for one model."""
+    """Write per-slide probability maps (Zarr), metrics (JSON) and, when asked, the confusion matrix."""
     torch.set_num_threads(threads)
     runtime = Runtime.create(device, precision)
     model, meta = load_model(model_path, runtime)
@@ -92,8 +128,11 @@ def evaluate_model(
         "inference": {**timing, "device": str(runtime.device), "precision": runtime.precision,
                       "patches_per_second": timing["patches"] / timing["seconds"] if timing["seconds"] else None},
         **summarise(truth.astype(int), predicted.astype(int), len(classes)),
+        "ci95": confidence_intervals(truth.astype(int), predicted.astype(int), groups.astype(str), len(classes)),
         "per_patch": {"truth": truth.astype(int).tolist(), "predicted": predicted.astype(int).tolist(),
                       "slide": groups.astype(str).tolist()},
     }
     write_json(out_metrics, metrics)
+    if out_confusion_csv is not None and out_confusion_png is not None:
+        write_confusion_matrix(metrics["confusion_matrix"], classes, out_confusion_csv, out_confusion_png)
     return metrics

@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 
+from wsidistill.metrics import quadratic_kappa
 from wsidistill.report.tables import comparison_frame, comparison_html, comparison_markdown
 
 
@@ -33,3 +34,19 @@ def test_table_marks_best_and_significance_and_reports_mean_std():
     page = comparison_html(frame)
     assert "<b>" in page and "<td>teacher</td>" in page and "↑" in page
     assert pd.isna(frame[frame.method == "ce"].iloc[0].get("significant_vs_baseline", np.nan))
+
+
+def test_pooled_kappa_interval_resamples_slides_of_all_seeds():
+    truth = [0, 1, 2, 3] * 10
+    slides = [f"s{i // 8}" for i in range(40)]
+    perfect = [result("ce", 10, seed, truth, truth, slides) for seed in (0, 1)]
+    row = comparison_frame(perfect, n_boot=50).iloc[0]
+    assert row.kappa_pooled == row.kappa_pooled_ci_low == row.kappa_pooled_ci_high == 1.0
+
+    rng = np.random.default_rng(1)
+    noisy = [result("ce", 10, seed, [int(rng.integers(0, 4)) if i < 8 * (seed + 2) else t for i, t in enumerate(truth)],
+                    truth, slides) for seed in (0, 1)]
+    row = comparison_frame(noisy, n_boot=300).iloc[0]
+    pooled = np.concatenate([r["per_patch"]["predicted"] for r in noisy])
+    assert np.isclose(row.kappa_pooled, quadratic_kappa(np.array(truth * 2), pooled, 4))
+    assert row.kappa_pooled_ci_low < row.kappa_pooled < row.kappa_pooled_ci_high

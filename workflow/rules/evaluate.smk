@@ -5,6 +5,12 @@ rule evaluate:
     output:
         predictions=directory("results/predictions/{model}/seed{seed}.zarr"),
         metrics="results/metrics/{model}/seed{seed}.json",
+        confusion_csv="results/metrics/{model}/seed{seed}_confusion.csv",
+        confusion_png=report(
+            "results/metrics/{model}/seed{seed}_confusion.png",
+            caption="../report/confusion.rst",
+            category="Confusion matrices",
+        ),
     conda:
         "../../environment.yml"
     log:
@@ -21,6 +27,7 @@ rule evaluate:
         runtime=60,
     shell:
         "wsidistill evaluate --model {input.model:q} --stores {input.stores:q} "
-        "--predictions {output.predictions:q} --metrics {output.metrics:q} --device {params.device} "
+        "--predictions {output.predictions:q} --metrics {output.metrics:q} "
+        "--confusion-csv {output.confusion_csv:q} --confusion-png {output.confusion_png:q} --device {params.device} "
         "--precision {params.precision} "
         "--threads {threads} > {log:q} 2>&1"

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import save_figure, write_text
-from ..metrics import balanced_accuracy, format_mean_std, mean_std, paired_bootstrap, quadratic_kappa
+from ..metrics import balanced_accuracy, bootstrap_ci, format_mean_std, mean_std, paired_bootstrap, quadratic_kappa
 
 METRICS = {"kappa": ("quadratic_kappa", quadratic_kappa), "balanced_accuracy": ("balanced_accuracy", balanced_accuracy)}
 TEACHER = "teacher"
@@ -37,11 +37,24 @@ def comparison_frame(results: list[dict], baseline: str | None = "ce", n_boot: i
         row = {"method": method, "magnification": magnification, "seeds": len(runs)}
         for name, (key, metric) in METRICS.items():
             row[f"{name}_mean"], row[f"{name}_std"] = mean_std([r[key] for r in runs])
+        row.update(_pooled_interval(runs, n_boot))
         reference = groups.get((baseline, magnification)) if baseline else None
         if reference and method not in (baseline, TEACHER):
             row.update(_against_baseline(runs, sorted(reference, key=lambda r: r["seed"]), n_boot))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _pooled_interval(runs: list[dict], n_boot: int) -> dict:
+    """95% bootstrap interval over test slides of the kappa of all seeds' predictions pooled."""
+    truth = np.concatenate([r["per_patch"]["truth"] for r in runs]).astype(int)
+    if len(truth) == 0:
+        return {}
+    predicted = np.concatenate([r["per_patch"]["predicted"] for r in runs]).astype(int)
+    slides = np.concatenate([r["per_patch"]["slide"] for r in runs])
+    low, high = bootstrap_ci(truth, predicted, slides, quadratic_kappa, len(runs[0]["classes"]), n_boot=n_boot, seed=0)
+    return {"kappa_pooled": quadratic_kappa(truth, predicted, len(runs[0]["classes"])),
+            "kappa_pooled_ci_low": low, "kappa_pooled_ci_high": high}
 
 
 def _against_baseline(runs: list[dict], reference: list[dict], n_boot: int) -> dict:
@@ -93,7 +106,8 @@ def _legend(frame: pd.DataFrame, baseline: str) -> str:
     seeds = ", ".join(map(str, sorted(frame.seeds.unique())))
     return (f"Seeds per cell: {seeds}. Bold: best Student per magnification. ↑/↓: kappa significantly "
             f"above/below the `{baseline}` Student at that magnification (paired bootstrap over test slides, "
-            "95% CI of the difference excludes 0).")
+            "95% CI of the difference excludes 0). comparison.csv adds each cell's kappa over all seeds' "
+            "predictions pooled, with its 95% bootstrap interval over test slides (`kappa_pooled_ci_low/high`).")
 
 
 def comparison_markdown(frame: pd.DataFrame, baseline: str = "ce") -> str:
