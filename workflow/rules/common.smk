@@ -196,6 +196,7 @@ def final_outputs():
     outputs = ["results/tables/comparison.md", "results/tables/cost.md", "results/tables/slides.csv",
                "results/attention/agreement.md"]
     outputs += [f"results/heatmaps/{slide}/panel.png" for slide in test_slides()]
+    outputs += expand("results/metrics/{model}/seed{seed}_confusion.png", model=MODELS, seed=SEEDS)
     if SOURCE == "demo":
         outputs.append(str(SHEET))
     return outputs
