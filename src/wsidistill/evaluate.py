@@ -49,7 +49,7 @@ def confidence_intervals(truth: np.ndarray, predicted: np.ndarray, slides: np.nd
             for name, metric in (("quadratic_kappa", quadratic_kappa), ("balanced_accuracy", balanced_accuracy))}
 
 
-def write_confusion_matrix(matrix, classes: list[str], out_csv: str | Path, out_png: str | Path) -> None:
+def write_confusion_matrix(matrix, classes: list[str], out_csv: str | Path, out_png: str | Path, title: str) -> None:
     """Counts as CSV (rows: true class, columns: predicted) and a PNG coloured by row share (recall)."""
     import matplotlib
 
@@ -68,7 +68,7 @@ def write_confusion_matrix(matrix, classes: list[str], out_csv: str | Path, out_
     ticks = range(len(classes))
     axis.set_xticks(ticks, classes)
     axis.set_yticks(ticks, classes)
-    axis.set(xlabel="predicted", ylabel="true", title=Path(out_png).stem)
+    axis.set(xlabel="predicted", ylabel="true", title=title)
     figure.tight_layout()
     save_figure(figure, out_png, dpi=120)
 
@@ -134,5 +134,6 @@ def evaluate_model(
     }
     write_json(out_metrics, metrics)
     if out_confusion_csv is not None and out_confusion_png is not None:
-        write_confusion_matrix(metrics["confusion_matrix"], classes, out_confusion_csv, out_confusion_png)
+        write_confusion_matrix(metrics["confusion_matrix"], classes, out_confusion_csv, out_confusion_png,
+                               title=f"{Path(model_path).parent.parent.name}, seed {meta['seed']}")
     return metrics
