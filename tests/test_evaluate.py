@@ -12,7 +12,7 @@ def test_confusion_matrix_is_written_as_counts_with_true_classes_as_rows(tmp_pat
     truth = np.array([0, 0, 1, 2, 3, 3, 3])
     predicted = np.array([0, 1, 1, 2, 3, 2, 2])
     matrix = confusion_matrix(truth, predicted, 4)
-    write_confusion_matrix(matrix.tolist(), CLASSES, tmp_path / "c.csv", tmp_path / "c.png", "atplus_5x, seed 0")
+    write_confusion_matrix(matrix.tolist(), CLASSES, "atplus_5x, seed 0", tmp_path / "c.csv", tmp_path / "c.png")
     frame = pd.read_csv(tmp_path / "c.csv", index_col="true")
     assert list(frame.index) == list(frame.columns) == CLASSES
     assert frame.loc["G5", "G4"] == 2 and frame.loc["NC", "G3"] == 1 and frame.to_numpy().sum() == len(truth)

@@ -49,16 +49,19 @@ def confidence_intervals(truth: np.ndarray, predicted: np.ndarray, slides: np.nd
             for name, metric in (("quadratic_kappa", quadratic_kappa), ("balanced_accuracy", balanced_accuracy))}
 
 
-def write_confusion_matrix(matrix, classes: list[str], out_csv: str | Path, out_png: str | Path, title: str) -> None:
-    """Counts as CSV (rows: true class, columns: predicted) and a PNG coloured by row share (recall)."""
+def write_confusion_matrix(matrix, classes: list[str], title: str, out_csv: str | Path | None = None,
+                           out_png: str | Path | None = None) -> None:
+    """Counts as CSV (rows: true class, columns: predicted) and/or a PNG coloured by row share (recall)."""
+    counts = np.asarray(matrix, dtype=int)
+    if out_csv is not None:
+        write_text(out_csv, pd.DataFrame(counts, index=pd.Index(classes, name="true"), columns=classes).to_csv())
+    if out_png is None:
+        return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts = np.asarray(matrix, dtype=int)
-    frame = pd.DataFrame(counts, index=pd.Index(classes, name="true"), columns=classes)
-    write_text(out_csv, frame.to_csv())
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     figure, axis = plt.subplots(figsize=(3.8, 3.4))
     axis.imshow(share, cmap="Blues", vmin=0, vmax=1)
@@ -133,7 +136,6 @@ def evaluate_model(
                       "slide": groups.astype(str).tolist()},
     }
     write_json(out_metrics, metrics)
-    if out_confusion_csv is not None and out_confusion_png is not None:
-        write_confusion_matrix(metrics["confusion_matrix"], classes, out_confusion_csv, out_confusion_png,
-                               title=f"{Path(model_path).parent.parent.name}, seed {meta['seed']}")
+    title = f"{Path(model_path).parent.parent.name}, seed {meta['seed']}"
+    write_confusion_matrix(metrics["confusion_matrix"], classes, title, out_confusion_csv, out_confusion_png)
     return metrics

@@ -52,8 +52,9 @@ def _pooled_interval(runs: list[dict], n_boot: int) -> dict:
         return {}
     predicted = np.concatenate([r["per_patch"]["predicted"] for r in runs]).astype(int)
     slides = np.concatenate([r["per_patch"]["slide"] for r in runs])
-    low, high = bootstrap_ci(truth, predicted, slides, quadratic_kappa, len(runs[0]["classes"]), n_boot=n_boot, seed=0)
-    return {"kappa_pooled": quadratic_kappa(truth, predicted, len(runs[0]["classes"])),
+    num_classes = len(runs[0]["classes"])
+    low, high = bootstrap_ci(truth, predicted, slides, quadratic_kappa, num_classes, n_boot=n_boot, seed=0)
+    return {"kappa_pooled": quadratic_kappa(truth, predicted, num_classes),
             "kappa_pooled_ci_low": low, "kappa_pooled_ci_high": high}
 
 
