@@ -81,6 +81,8 @@ def _add_extract(sub):
     p.add_argument("--tissue-method", default="hsv-otsu")
     p.add_argument("--on-missing-magnification", choices=["skip", "error"], default="skip")
     p.add_argument("--block-cells", type=int, default=8)
+    p.add_argument("--no-reuse-source-tiles", dest="reuse_source_tiles", action="store_false",
+                   help="store Blosc-LZ4 pixels even where patches are whole JPEG tiles of the slide")
     p.add_argument("--scheduler-address", help="dask distributed scheduler to use instead of local threads")
     p.add_argument("--threads", type=int, default=1)
 
@@ -233,6 +235,7 @@ def run(args: argparse.Namespace) -> None:
             tissue_method=args.tissue_method,
             on_missing_magnification=args.on_missing_magnification,
             block_cells=args.block_cells,
+            reuse_source_tiles=args.reuse_source_tiles,
             scheduler_address=args.scheduler_address,
             **({"label_mask_classes": {int(k): v for k, v in args.label_mask_classes.items()}}
                if args.label_mask_classes else {}),
@@ -247,7 +250,7 @@ def run(args: argparse.Namespace) -> None:
 
             extraction_qc(args.out, args.qc)
         print(json.dumps({k: summary[k] for k in ("slide_id", "tissue_patches", "patches_per_class",
-                                                  "skipped_magnifications")}))
+                                                  "skipped_magnifications", "source_tiles")}))
     elif args.verb == "import-sicapv2":
         from .patches.sicapv2 import import_sicapv2, import_slides
 

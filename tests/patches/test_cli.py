@@ -25,6 +25,15 @@ def test_openslide_small_svs_extracts(openslide_fixtures, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["tissue_patches"] == 1
 
 
+@pytest.mark.parametrize(("flags", "kept"), [([], "40x"), (["--no-reuse-source-tiles"], None)])
+def test_whole_tile_patches_keep_the_slides_jpeg_unless_told_not_to(tmp_path, capsys, flags, kept):
+    files = write_slide(plan_cohort(6, 0)[0], tmp_path, width=1024, height=768)
+    out = tmp_path / "s.zarr"
+    assert main(["extract", str(files["slide"]), "--out", str(out), "--patch-size", "256", *flags]) == 0
+    assert json.loads(capsys.readouterr().out)["source_tiles"] == kept
+    assert zarr.open_group(str(out), mode="r").attrs["source_tiles"] == kept
+
+
 def test_unreadable_slide_exits_1_naming_the_file_and_keeps_the_existing_store(openslide_fixtures, tmp_path, capsys):
     out = tmp_path / "s.zarr"
     assert main(["extract", str(openslide_fixtures["small.svs"]), "--out", str(out), *SMALL]) == 0

@@ -1,5 +1,6 @@
 """The direct TIFF tile path: OpenSlide's pixels, every tile decoded once, blocks on tile edges."""
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -90,3 +91,36 @@ def test_patch_writer_chunks_are_byte_identical_to_zarrs_own(tmp_path):
             np.testing.assert_array_equal(zarr.open_array(str(tmp_path / f"{how}.zarr" / name / "images"))[:],
                                           patches[name])
     assert images["40x"].chunks[0] < 23 and stores["writer"] == stores["zarr"]
+
+
+@pytest.mark.parametrize("patch_size", [256, 512])  # one tile per patch; 2 x 2 tiles per patch
+def test_patches_on_whole_tiles_keep_the_slides_own_jpeg_bytes(tmp_path, patch_size):
+    """Stored as the scanner's tiles, the store reads back exactly as when every patch is decoded and recompressed."""
+    files = write_slide(plan_cohort(6, 0)[0], tmp_path, width=3072, height=2048)
+    settings = dataclasses.replace(SETTINGS, patch_size=patch_size, min_tissue_fraction=0.25)
+    kept = extract_slide(files["slide"], tmp_path / "kept.zarr", settings, slide_id="s", threads=2, progress=False)
+    decoded = extract_slide(files["slide"], tmp_path / "decoded.zarr", dataclasses.replace(
+        settings, reuse_source_tiles=False), slide_id="s", threads=2, progress=False)
+    assert kept["source_tiles"] == "40x" and decoded["source_tiles"] is None and kept["tissue_patches"] >= 4
+    a, b = (zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="r") for name in ("kept", "decoded"))
+    assert a.attrs["source_tiles"] == "40x"
+    for name in ("40x", "20x", "10x", "5x"):
+        np.testing.assert_array_equal(a[name]["images"][:], b[name]["images"][:], err_msg=name)
+    images = a["40x"]["images"]
+    assert images.chunks == (1, 256, 256, 3) and images.shards[0] > 1
+
+    # the first shard's first chunk is patch 0's top-left tile, byte for byte
+    with Slide(files["slide"]) as slide:
+        x, y = a["coords"][0]
+        tile = slide.jpeg_tiles(0).tile_bytes(x // 256, y // 256)
+    shard = (tmp_path / "kept.zarr" / "40x" / "images" / "c.0.0.0.0").read_bytes()
+    chunks = int(np.prod([s // c for s, c in zip(images.shards, images.chunks)]))
+    offset, length = np.frombuffer(shard[-4 - 16 * chunks : -4], "<u8").reshape(-1, 2)[0]
+    assert shard[offset : offset + length] == tile
+
+
+def test_patches_off_the_tile_grid_are_decoded_and_recompressed(tmp_path):
+    files = write_slide(plan_cohort(6, 0)[0], tmp_path, width=1536, height=1024)
+    summary = extract_slide(files["slide"], tmp_path / "s.zarr", SETTINGS, slide_id="s", progress=False)  # 96 px
+    assert summary["source_tiles"] is None
+    assert zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["40x"]["images"].shards is None

@@ -132,6 +132,8 @@ def extract_flags(wildcards, input):
         "--on-missing-magnification", extraction["on_missing_magnification"],
         "--block-cells", str(extraction["block_cells"]),
     ]
+    if not extraction["reuse_source_tiles"]:
+        flags.append("--no-reuse-source-tiles")
     if "annotations" in input.keys():
         flags += ["--annotations", input.annotations]
     if "label_mask" in input.keys():

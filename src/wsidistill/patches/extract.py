@@ -19,20 +19,27 @@ decoded once and patch *i* is the same tissue at every magnification.  Blocks
 are processed in parallel with dask (threads by default, or a distributed
 scheduler) in bounded windows while writer threads compress and store the
 previous window's whole chunks, so memory does not grow with the slide.
+
+When every patch at the read level is whole JPEG tiles of the file (patch
+side a multiple of the tile side, as with 256 px patches on 256 px tiles),
+that magnification keeps the file's own tile bytes as its chunks
+(:mod:`.jpeg`), sharded: no recompression, no generation loss, and several
+times smaller.  ``reuse_source_tiles=False`` stores Blosc-LZ4 pixels instead.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import cv2
-import dask
+import dask.threaded
 import numcodecs
 import numpy as np
 import zarr
@@ -53,8 +60,9 @@ from ..slides.annotations import (
     read_tissue_mask,
 )
 from ..slides.grid import PatchGrid, magnification_name, patch_pixels
-from ..slides.reader import Slide
+from ..slides.reader import Slide, TiffTiles
 from ..slides.tissue import detect_tissue
+from .jpeg import SlideJpegCodec, encode_shard
 
 #: Target bytes per compressed-chunk payload: large enough for fast reads, small enough to stream.
 CHUNK_BYTES = 2 << 20
@@ -65,6 +73,9 @@ PATCH_CODEC = BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle", typesize=1)
 
 #: Largest block side (level pixels) worth making to align blocks with both cells and tiles.
 MAX_ALIGNED_BLOCK = 8192
+
+#: Patches per dask task at most asked for: fewer, larger tasks keep the scheduler's cost per patch small.
+TASK_PATCHES = 64
 
 
 class MagnificationUnavailable(InputError, ValueError):
@@ -84,6 +95,7 @@ class ExtractionSettings:
     on_missing_magnification: str = "skip"
     block_cells: int = 8
     thumbnail_max_side: int = 1024
+    reuse_source_tiles: bool = True
     scheduler_address: str | None = None
     label_mask_classes: dict[int, str | None] = field(default_factory=lambda: dict(RADBOUD_CLASSES))
     extra_attrs: dict = field(default_factory=dict)
@@ -144,33 +156,76 @@ def block_shape(cell: int, tile: tuple[int, int] | None, level_downsample: float
     return shape[0], shape[1]
 
 
-def _read_block(slide_key, level, corners, cell, sides):
-    """Read one block's patches once and derive every magnification from them.
+def _read_block(slide_key, level, block_corners, cell, sides, kept_as_tiles=None):
+    """Read a run of blocks' patches once and derive every magnification from them.
 
-    ``corners`` are the level-0 top-left corners of the block's cells;
-    ``sides`` maps magnification name -> patch px there, finest first.  Each
-    magnification is area-averaged from the one above it (2x steps for
-    40/20/10/5x): a quarter of the work of averaging each from the native
-    pixels, at the price of rounding at each step, which leaves pixels within
-    1.5 grey levels of the exact area average (on average 0.2 brighter at 10x,
-    0.4 at 5x: OpenCV rounds halves up).
+    ``block_corners`` holds each block's level-0 top-left cell corners; a
+    block is read in one call (the OpenSlide fallback reads its bounding
+    region).  ``sides`` maps magnification name -> patch px there, finest
+    first.  Each magnification is area-averaged from the one above it (2x
+    steps for 40/20/10/5x): a quarter of the work of averaging each from the
+    native pixels, at the price of rounding at each step, which leaves pixels
+    within 1.5 grey levels of the exact area average (on average 0.2 brighter
+    at 10x, 0.4 at 5x: OpenCV rounds halves up).  The magnification named
+    ``kept_as_tiles`` is also returned as each patch's file tiles (bytes, row
+    by row; see :func:`_source_tiles`).
     """
     slide = _open(*slide_key)
-    patches = slide.read_rectangles(level, corners, round(cell / slide.info.level_downsamples[level]))
+    native = round(cell / slide.info.level_downsamples[level])
+    patches = np.empty((sum(map(len, block_corners)), native, native, 3), np.uint8)
+    start = 0
+    for corners in block_corners:
+        slide.read_rectangles(level, corners, native, out=patches[start : start + len(corners)])
+        start += len(corners)
     out = {}
     for name, side in sides.items():
         patches = out[name] = downsample_patches(patches, side)
+    if kept_as_tiles is not None:
+        tiles = slide.jpeg_tiles(level)
+        across, down = sides[kept_as_tiles] // tiles.tile_width, sides[kept_as_tiles] // tiles.tile_height
+        corners = np.round(np.concatenate(block_corners) / slide.info.level_downsamples[level]).astype(np.int64)
+        out[kept_as_tiles] = [
+            [tiles.tile_bytes(x // tiles.tile_width + c, y // tiles.tile_height + r)
+             for r in range(down) for c in range(across)]
+            for x, y in corners
+        ]
     return out
 
 
-def create_image_arrays(root: zarr.Group, count: int, sides: dict[str, int]) -> dict[str, zarr.Array]:
-    """One ``{magnification}/images`` array of ``count`` patches per magnification, chunks of ~CHUNK_BYTES."""
+def _source_tiles(slide: Slide, level: int, cell: int, side: int):
+    """The level's JPEG tiles when every patch of ``side`` px read there is whole tiles, else None.
+
+    Patches are then stored as those tiles' own bytes: patch corners are
+    multiples of the cell, so tile-aligned when the side is a multiple of the
+    tile's, and cells lie inside the image.
+    """
+    tiles = slide.jpeg_tiles(level)
+    native = cell / slide.info.level_downsamples[level]
+    if tiles is None or native != side or side % tiles.tile_width or side % tiles.tile_height:
+        return None
+    return tiles
+
+
+def create_image_arrays(root: zarr.Group, count: int, sides: dict[str, int],
+                        source_tiles: tuple[str, TiffTiles] | None = None) -> dict[str, zarr.Array]:
+    """One ``{magnification}/images`` array of ``count`` patches per magnification, chunks of ~CHUNK_BYTES.
+
+    The magnification named in ``source_tiles`` keeps that level's JPEG tiles
+    as its chunks, in shards of about CHUNK_BYTES (JPEG taken as 8x smaller
+    than pixels); empty tiles read back white, as the reader fills them.
+    """
     images = {}
     for name, side in sides.items():
-        per_chunk = int(np.clip(CHUNK_BYTES // (side * side * 3), 1, 4096))
+        layout = {"chunks": (int(np.clip(CHUNK_BYTES // (side * side * 3), 1, 4096)), side, side, 3),
+                  "compressors": PATCH_CODEC}
+        if source_tiles is not None and name == source_tiles[0]:
+            tiles = source_tiles[1]
+            tables, rgb = tiles.jpeg
+            layout = {"chunks": (1, tiles.tile_height, tiles.tile_width, 3),
+                      "shards": (int(np.clip(8 * CHUNK_BYTES // (side * side * 3), 1, 4096)), side, side, 3),
+                      "serializer": SlideJpegCodec(tables=tables, rgb=rgb), "compressors": None, "fill_value": 255}
         images[name] = root.create_group(name).create_array(
-            "images", shape=(count, side, side, 3), chunks=(per_chunk, side, side, 3), dtype="uint8",
-            compressors=PATCH_CODEC,
+            "images", shape=(count, side, side, 3), dtype="uint8", **layout,
             chunk_key_encoding={"name": "default", "separator": "."},  # c.7.0.0.0: one file, no folders per chunk
             config={"write_empty_chunks": True},  # spares zarr-python a full compare per chunk
         )
@@ -259,6 +314,9 @@ def extract_slide(
     level = slide.best_level_for(info.objective_power / finest)
     level_downsample = info.level_downsamples[level]
     block_columns, block_rows = block_shape(cell, slide.tile_size(level), level_downsample, settings.block_cells)
+    tiles = _source_tiles(slide, level, cell, sides[magnification_name(finest)]) \
+        if available and settings.reuse_source_tiles else None
+    kept_as_tiles = magnification_name(finest) if tiles is not None else None
 
     # Order patches block by block so each block's patches are contiguous in the store.
     grid_rc = np.stack([keep % grid.columns, keep // grid.columns], axis=1)
@@ -289,11 +347,11 @@ def extract_slide(
         root.create_array("labels", data=labels)
         root.create_array("tissue_fraction", data=tissue_fraction[keep].astype(np.float32))
         root.create_array("class_fractions", data=fractions.astype(np.float32))
-        root.create_array("thumbnail", data=thumbnail)
-        root.create_array("tissue_mask", data=stored_mask)
-        images = create_image_arrays(root, len(keep), sides)
+        for name, image in (("thumbnail", thumbnail), ("tissue_mask", stored_mask)):  # read whole: one chunk
+            root.create_array(name, data=image, chunks=image.shape, compressors=PATCH_CODEC)
+        images = create_image_arrays(root, len(keep), sides, (kept_as_tiles, tiles) if tiles is not None else None)
         _write_blocks(images, blocks, slide_key, level, cell, sides, threads, settings.scheduler_address,
-                      progress=progress, desc=slide_id)
+                      kept_as_tiles, progress=progress, desc=slide_id)
         root.update_attributes(  # one metadata write, where attrs.update writes once per key
             {
                 "slide_id": slide_id,
@@ -320,6 +378,7 @@ def extract_slide(
                 "tissue_method": tissue_method,
                 "read_level": level,
                 "block_cells": [block_columns, block_rows],
+                "source_tiles": kept_as_tiles,
                 "wsidistill_version": __version__,
                 **settings.extra_attrs,
             }
@@ -342,6 +401,7 @@ def extract_slide(
         "pixel_reader": info.pixel_reader,
         "read_level": level,
         "block_cells": [block_columns, block_rows],
+        "source_tiles": kept_as_tiles,
         "warnings": notes,
         "timings": timings,
         "patch_sets_per_second": len(keep) / timings["extract_s"] if timings["extract_s"] else None,
@@ -351,25 +411,45 @@ def extract_slide(
     return summary
 
 
-def _chunk_encoder(array: zarr.Array):
-    """Encode a whole chunk exactly as ``array``'s metadata declares (bytes, then Blosc), or None.
+def _file_encoder(array: zarr.Array):
+    """``rows -> bytes`` of one whole chunk or shard file exactly as ``array``'s metadata declares, or None.
 
-    None unless the array is uint8 in C order in a local directory with that
-    codec pipeline; such arrays are written through zarr-python instead.
+    Blosc arrays take (rows, ...) uint8 pixels, the last chunk padded with the
+    fill value as Zarr stores edge chunks; source-tile arrays take each row's
+    tile bytes.  None unless the array is uint8 in C order in a local
+    directory with one of those codec pipelines; such arrays are written
+    through zarr-python instead.
     """
     codecs = array.metadata.codecs
-    if not (isinstance(array.store_path.store, LocalStore) and array.dtype == np.uint8 and array.order == "C"
-            and len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec)):
+    if not (isinstance(array.store_path.store, LocalStore) and array.dtype == np.uint8 and array.order == "C"):
+        return None
+    if array.shards is not None and isinstance(codecs[0].codecs[0], SlideJpegCodec):
+        chunks_per_shard = tuple(s // c for s, c in zip(array.shards, array.chunks))
+        return lambda rows: encode_shard([tile for row in rows for tile in row], chunks_per_shard)
+    if not (len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec)):
         return None
     blosc = codecs[1]
     shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
                "bitshuffle": numcodecs.Blosc.BITSHUFFLE}[blosc.shuffle.value]
-    return numcodecs.Blosc(cname=blosc.cname.value, clevel=blosc.clevel, shuffle=shuffle, typesize=blosc.typesize,
-                           blocksize=blosc.blocksize).encode
+    encode = numcodecs.Blosc(cname=blosc.cname.value, clevel=blosc.clevel, shuffle=shuffle, typesize=blosc.typesize,
+                             blocksize=blosc.blocksize).encode
+    per_chunk = array.chunks[0]
+
+    def encode_chunk(patches: np.ndarray) -> bytes:
+        if len(patches) < per_chunk:
+            patches = np.concatenate([patches, np.full((per_chunk - len(patches), *patches.shape[1:]),
+                                                       array.fill_value, patches.dtype)])
+        return encode(patches)
+
+    return encode_chunk
 
 
-def _take_rows(pieces: list[np.ndarray], count: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The first ``count`` rows of ``pieces`` (a view when one piece holds them all) and the pieces left."""
+def _rows_per_file(array: zarr.Array) -> int:
+    return (array.shards or array.chunks)[0]
+
+
+def _take_rows(pieces: list, count: int) -> tuple[np.ndarray | list, list]:
+    """The first ``count`` rows of ``pieces`` (arrays or lists; a view when one piece holds them all) and the rest."""
     head, rest = [], list(pieces)
     while count:
         piece = rest.pop(0)
@@ -380,23 +460,24 @@ def _take_rows(pieces: list[np.ndarray], count: int) -> tuple[np.ndarray, list[n
         else:
             head.append(piece)
             count -= len(piece)
-    return (head[0] if len(head) == 1 else np.concatenate(head)), rest
+    if len(head) == 1:
+        return head[0], rest
+    return (np.concatenate(head) if isinstance(head[0], np.ndarray) else [row for piece in head for row in piece]), rest
 
 
 class PatchWriter:
     """Appends patches to each magnification's array; writer threads store whole chunks meanwhile.
 
-    Chunks are encoded here and written as files under the keys the array's
-    metadata gives (the last one padded with the fill value, as Zarr stores
-    edge chunks): zarr-python's own write path (a fresh fill-value buffer and
-    a copy per chunk, a hop to its event loop and on to a thread) costs four
-    times the compression itself (docs/performance.md).  At most one batch is
+    Chunks (or shards) are encoded here and written as files under the keys
+    the array's metadata gives: zarr-python's own write path (a fresh
+    fill-value buffer and a copy per chunk, a hop to its event loop and on to
+    a thread) costs four times the compression itself (docs/performance.md).  At most one batch is
     in flight, so memory is bounded by two batches.
     """
 
     def __init__(self, images: dict[str, zarr.Array], *, workers: int = 1):
         self.images = images
-        self._encoders = {name: _chunk_encoder(array) for name, array in images.items()}
+        self._encoders = {name: _file_encoder(array) for name, array in images.items()}
         self._pending = {name: [] for name in images}
         self._written = dict.fromkeys(images, 0)
         self._pool = ThreadPoolExecutor(max(1, workers))
@@ -410,7 +491,7 @@ class PatchWriter:
         """Hand every whole chunk (and, when final, the last partial one) to the writer threads."""
         jobs = []
         for name, array in self.images.items():
-            pieces, per_chunk = self._pending[name], array.chunks[0]
+            pieces, per_chunk = self._pending[name], _rows_per_file(array)
             rows = sum(len(piece) for piece in pieces)
             while rows >= per_chunk or (final and rows):
                 chunk, pieces = _take_rows(pieces, min(rows, per_chunk))
@@ -423,16 +504,12 @@ class PatchWriter:
         if final:
             self._wait()
 
-    def _store(self, name: str, start: int, patches: np.ndarray) -> None:
+    def _store(self, name: str, start: int, patches: np.ndarray | list) -> None:
         array, encode = self.images[name], self._encoders[name]
         if encode is None:
             array[start : start + len(patches)] = patches
             return
-        per_chunk = array.chunks[0]
-        if len(patches) < per_chunk:  # the last chunk: stored whole, padded with the fill value
-            patches = np.concatenate([patches, np.full((per_chunk - len(patches), *patches.shape[1:]),
-                                                       array.fill_value, patches.dtype)])
-        key = array.metadata.encode_chunk_key((start // per_chunk,) + (0,) * (array.ndim - 1))
+        key = array.metadata.encode_chunk_key((start // _rows_per_file(array),) + (0,) * (array.ndim - 1))
         path = Path(array.store_path.store.root) / array.path / key
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(encode(patches))
@@ -453,30 +530,42 @@ class PatchWriter:
             self._pool.shutdown(wait=True)
 
 
-def _write_blocks(images, blocks, slide_key, level, cell, sides, threads, scheduler_address, *, progress, desc):
+def _group_blocks(blocks: list[Block], patches: int) -> list[list[Block]]:
+    """Consecutive blocks in runs of at least ``patches`` patches (the last may be short): one dask task each."""
+    tasks, run = [], []
+    for block in blocks:
+        run.append(block)
+        if block.stop - run[0].start >= patches:
+            tasks.append(run)
+            run = []
+    return tasks + [run] if run else tasks
+
+
+def _write_blocks(images, blocks, slide_key, level, cell, sides, threads, scheduler_address, kept_as_tiles, *,
+                  progress, desc):
     """Compute blocks in bounded windows of dask tasks and store their patches in order."""
     if not blocks or not images:
         return
-    read = dask.delayed(_read_block, pure=False)  # no hashing of every argument for a key
     window = max(4, 4 * threads)
-    compute_kwargs = {"scheduler": "threads", "num_workers": threads}
     client = None
     if scheduler_address:
         from distributed import Client
 
         client = Client(scheduler_address)
-        compute_kwargs = {"scheduler": client}
+    get = client.get if client is not None else partial(dask.threaded.get, num_workers=threads)
+    name = f"read_block-{uuid.uuid4().hex}"  # one name per call: slides sharing a scheduler never share keys
+    tasks = _group_blocks(blocks, min(TASK_PATCHES, blocks[-1].stop // window))  # a window's work for each thread
     try:
         with PatchWriter(images, workers=threads) as writer, \
                 tqdm(total=blocks[-1].stop, unit="patch", desc=f"extract {desc}", disable=not progress) as bar:
-            for i in range(0, len(blocks), window):
-                batch = blocks[i : i + window]
-                results = dask.compute(
-                    *[read(slide_key, level, b.corners, cell, sides) for b in batch], **compute_kwargs
-                )
-                for result, block in zip(results, batch):
+            for i in range(0, len(tasks), window):
+                batch = tasks[i : i + window]
+                graph = {(name, i + j): (_read_block, slide_key, level, [b.corners for b in task], cell, sides,
+                                         kept_as_tiles)
+                         for j, task in enumerate(batch)}
+                for result, task in zip(get(graph, list(graph)), batch):
                     writer.append(result)
-                    bar.update(block.stop - block.start)
+                    bar.update(task[-1].stop - task[0].start)
                 writer.flush()
     finally:
         if client is not None:

@@ -130,6 +130,8 @@ class TiffTiles:
         self._across = -(-self.width // self.tile_width)
         self._offsets = np.asarray(page.dataoffsets, dtype=np.int64)
         self._bytecounts = np.asarray(page.databytecounts, dtype=np.int64)
+        #: (JPEGTables, RGB-coded) of a 3-sample JPEG level, whose tiles a store can keep as they are; else None.
+        self.jpeg: tuple[bytes | None, bool] | None = None
         if page.compression == tifffile.COMPRESSION.JPEG:
             # Aperio writes RGB (not YCbCr) JPEG tiles and says so only in the TIFF tag; without
             # a JFIF marker libjpeg would assume YCbCr and shift every colour.
@@ -137,6 +139,8 @@ class TiffTiles:
             self._decode = partial(imagecodecs.jpeg8_decode, tables=page.jpegtables,
                                    colorspace=imagecodecs.JPEG8.CS.RGB if rgb else None)
             self._decodes_into = self.samples == 3
+            if self.samples == 3:
+                self.jpeg = (page.jpegtables or None, rgb)
         else:
             decode = page.decode
             self._decode = lambda data: decode(data, 0)[0][0]
@@ -148,16 +152,21 @@ class TiffTiles:
                 and page.samplesperpixel in samples and page.imagedepth == 1
                 and page.planarconfig == tifffile.PLANARCONFIG.CONTIG)
 
-    def tile(self, column: int, row: int, out: np.ndarray | None = None) -> np.ndarray | None:
-        """One decoded tile (tile_height, tile_width, samples), into ``out`` if given; None for an empty one."""
+    def tile_bytes(self, column: int, row: int) -> bytes:
+        """The tile's bytes as stored in the file; empty for a tile the scanner left out."""
         index = row * self._across + column
         count = int(self._bytecounts[index])
-        if not count:
-            return None
-        data = os.pread(self._fd, count, int(self._offsets[index]))
+        data = os.pread(self._fd, count, int(self._offsets[index])) if count else b""
         if len(data) < count:
             raise SlideReadError(f"{self.path}: the file is truncated (tile {column},{row} ends past its end). "
                                  "Re-copy or re-export it.")
+        return data
+
+    def tile(self, column: int, row: int, out: np.ndarray | None = None) -> np.ndarray | None:
+        """One decoded tile (tile_height, tile_width, samples), into ``out`` if given; None for an empty one."""
+        data = self.tile_bytes(column, row)
+        if not data:
+            return None
         try:
             tile = self._decode(data, out=out) if out is not None else self._decode(data)
         except Exception as err:  # imagecodecs raises one error class per codec
@@ -169,8 +178,9 @@ class TiffTiles:
         """(height, width, samples) pixels from (x, y) in this level's pixels."""
         return self.read_rectangles(np.array([[x, y]]), width, height)[0]
 
-    def read_rectangles(self, corners: np.ndarray, width: int, height: int | None = None) -> np.ndarray:
-        """(n, height, width, samples): the rectangles at ``corners`` (n, 2), in this level's pixels.
+    def read_rectangles(self, corners: np.ndarray, width: int, height: int | None = None,
+                        out: np.ndarray | None = None) -> np.ndarray:
+        """(n, height, width, samples): the rectangles at ``corners`` (n, 2), in this level's pixels, into ``out``.
 
         Every tile under any rectangle is decoded once, however many
         rectangles it feeds; tiles under none are not decoded at all.
@@ -178,7 +188,8 @@ class TiffTiles:
         height = width if height is None else height
         corners = np.asarray(corners, dtype=np.int64)
         tw, th = self.tile_width, self.tile_height
-        out = np.empty((len(corners), height, width, self.samples), np.uint8)
+        if out is None:
+            out = np.empty((len(corners), height, width, self.samples), np.uint8)
         feeds = {}  # (column, row) -> rectangles it covers
         for i, (x, y) in enumerate(corners):
             x0, y0 = max(x, 0), max(y, 0)
@@ -360,26 +371,37 @@ class Slide:
                 return int(width), int(height)
         return None
 
+    def jpeg_tiles(self, level: int) -> TiffTiles | None:
+        """``level``'s tiles when they are RGB JPEG read straight from the file, else None."""
+        tiles = self._tiles[level] if self._tiles else None
+        return tiles if tiles is not None and tiles.jpeg is not None else None
+
     def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         """RGB uint8 (height, width, 3) at ``level``; (x, y) are level-0 coordinates."""
         return self.read_rectangles(level, np.array([[x, y]]), width, height)[0]
 
-    def read_rectangles(self, level: int, corners: np.ndarray, width: int, height: int | None = None) -> np.ndarray:
+    def read_rectangles(self, level: int, corners: np.ndarray, width: int, height: int | None = None,
+                        out: np.ndarray | None = None) -> np.ndarray:
         """RGB uint8 (n, height, width, 3) at ``level``: rectangles whose top-left ``corners`` are level-0 (x, y).
 
-        Straight from the TIFF each tile is decoded once for all rectangles;
-        otherwise their bounding region is read once and cut.
+        Straight from the TIFF each tile is decoded once for all rectangles
+        (into ``out`` when given); otherwise their bounding region is read once and cut.
         """
         height = width if height is None else height
         downsample = self.info.level_downsamples[level]
         corners = np.asarray(corners, dtype=np.int64)
         if self._tiles:
-            return self._tiles[level].read_rectangles(np.round(corners / downsample).astype(np.int64), width, height)
+            return self._tiles[level].read_rectangles(np.round(corners / downsample).astype(np.int64), width, height,
+                                                      out=out)
         x0, y0 = corners.min(axis=0)
         offsets = np.round((corners - (x0, y0)) / downsample).astype(np.int64)
         region_w, region_h = offsets.max(axis=0) + (width, height)
         region = self._read_region(level, int(x0), int(y0), int(region_w), int(region_h))
-        return np.stack([region[oy : oy + height, ox : ox + width] for ox, oy in offsets])
+        if out is None:
+            out = np.empty((len(corners), height, width, 3), np.uint8)
+        for target, (ox, oy) in zip(out, offsets):
+            target[:] = region[oy : oy + height, ox : ox + width]
+        return out
 
     def _read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         if self._tia is not None:
