@@ -78,7 +78,7 @@ def test_patch_writer_chunks_are_byte_identical_to_zarrs_own(tmp_path):
         root = zarr.open_group(str(tmp_path / f"{how}.zarr"), mode="w", zarr_format=3)
         images = create_image_arrays(root, 23, {"40x": 256, "5x": 8})
         if how == "writer":
-            with PatchWriter(images, workers=2) as writer:
+            with PatchWriter(images, tmp_path / f"{how}.zarr", workers=2) as writer:
                 for start in range(0, 23, 7):  # batches that straddle chunks
                     writer.append({name: p[start : start + 7] for name, p in patches.items()})
                     writer.flush()

@@ -30,6 +30,7 @@ times smaller.  ``reuse_source_tiles=False`` stores Blosc-LZ4 pixels instead.
 from __future__ import annotations
 
 import math
+import threading
 import time
 import uuid
 import warnings
@@ -45,7 +46,7 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 from zarr.codecs import BloscCodec, BytesCodec
-from zarr.storage import LocalStore
+from zarr.storage import MemoryStore
 
 from .. import __version__
 from ..errors import InputError
@@ -166,30 +167,59 @@ def _read_block(slide_key, level, block_corners, cell, sides, kept_as_tiles=None
     steps for 40/20/10/5x): a quarter of the work of averaging each from the
     native pixels, at the price of rounding at each step, which leaves pixels
     within 1.5 grey levels of the exact area average (on average 0.2 brighter
-    at 10x, 0.4 at 5x: OpenCV rounds halves up).  The magnification named
-    ``kept_as_tiles`` is also returned as each patch's file tiles (bytes, row
-    by row; see :func:`_source_tiles`).
+    at 10x, 0.4 at 5x: OpenCV rounds halves up).
+
+    The magnification named ``kept_as_tiles`` (the finest; see
+    :func:`_source_tiles`) comes back as each patch's tile bytes, row by row,
+    and its pixels are decoded from those bytes into a reused buffer only to
+    derive the others: fresh buffers that size would cost page faults on
+    every block.
     """
     slide = _open(*slide_key)
-    native = round(cell / slide.info.level_downsamples[level])
-    patches = np.empty((sum(map(len, block_corners)), native, native, 3), np.uint8)
-    start = 0
-    for corners in block_corners:
-        slide.read_rectangles(level, corners, native, out=patches[start : start + len(corners)])
-        start += len(corners)
-    out = {}
-    for name, side in sides.items():
-        patches = out[name] = downsample_patches(patches, side)
-    if kept_as_tiles is not None:
+    downsample = slide.info.level_downsamples[level]
+    native = round(cell / downsample)
+    count = sum(map(len, block_corners))
+    out, derived = {}, dict(sides)
+    if kept_as_tiles is None:
+        patches = np.empty((count, native, native, 3), np.uint8)
+        start = 0
+        for corners in block_corners:
+            slide.read_rectangles(level, corners, native, out=patches[start : start + len(corners)])
+            start += len(corners)
+    else:
         tiles = slide.jpeg_tiles(level)
-        across, down = sides[kept_as_tiles] // tiles.tile_width, sides[kept_as_tiles] // tiles.tile_height
-        corners = np.round(np.concatenate(block_corners) / slide.info.level_downsamples[level]).astype(np.int64)
-        out[kept_as_tiles] = [
-            [tiles.tile_bytes(x // tiles.tile_width + c, y // tiles.tile_height + r)
-             for r in range(down) for c in range(across)]
-            for x, y in corners
-        ]
+        tw, th = tiles.tile_width, tiles.tile_height
+        grid = [(c, r) for r in range(native // th) for c in range(native // tw)]
+        origins = np.round(np.concatenate(block_corners) / downsample).astype(np.int64) // (tw, th)
+        out[kept_as_tiles] = [[tiles.tile_bytes(x + c, y + r) for c, r in grid] for x, y in origins]
+        del derived[kept_as_tiles]
+        if not derived:
+            return out
+        patches = _reused_buffer((count, native, native, 3))
+        for target, (x, y), data in zip(patches, origins, out[kept_as_tiles]):
+            for (c, r), tile in zip(grid, data):
+                pixels = target[r * th : (r + 1) * th, c * tw : (c + 1) * tw]
+                if not tile:  # a tile the scanner left out: white, as the reader fills it
+                    pixels[:] = tiles.fill
+                elif len(grid) == 1:
+                    tiles.decode(tile, x + c, y + r, out=pixels)
+                else:
+                    pixels[:] = tiles.decode(tile, x + c, y + r)
+    for name, side in derived.items():
+        patches = out[name] = downsample_patches(patches, side)
     return out
+
+
+_thread_buffers = threading.local()
+
+
+def _reused_buffer(shape: tuple[int, ...]) -> np.ndarray:
+    """A uint8 array of ``shape`` reusing this thread's buffer; valid until the thread's next call."""
+    size = math.prod(shape)
+    buffer = getattr(_thread_buffers, "buffer", None)
+    if buffer is None or buffer.size < size:
+        buffer = _thread_buffers.buffer = np.empty(size, np.uint8)
+    return buffer[:size].reshape(shape)
 
 
 def _source_tiles(slide: Slide, level: int, cell: int, side: int):
@@ -227,7 +257,6 @@ def create_image_arrays(root: zarr.Group, count: int, sides: dict[str, int],
         images[name] = root.create_group(name).create_array(
             "images", shape=(count, side, side, 3), dtype="uint8", **layout,
             chunk_key_encoding={"name": "default", "separator": "."},  # c.7.0.0.0: one file, no folders per chunk
-            config={"write_empty_chunks": True},  # spares zarr-python a full compare per chunk
         )
     return images
 
@@ -341,48 +370,54 @@ def extract_slide(
 
     blocks = _plan_blocks(coords, block_rc)
     extract_started = time.perf_counter()
+    # Metadata and the small arrays are built in memory and written in one pass: zarr-python's local
+    # store hops to a thread for every file it checks or writes, 30 ms a slide.
+    skeleton = {}
+    root = zarr.open_group(MemoryStore(skeleton), mode="w", zarr_format=3)
+    root.create_array("coords", data=coords)
+    root.create_array("labels", data=labels)
+    root.create_array("tissue_fraction", data=tissue_fraction[keep].astype(np.float32))
+    root.create_array("class_fractions", data=fractions.astype(np.float32))
+    for name, image in (("thumbnail", thumbnail), ("tissue_mask", stored_mask)):  # read whole: one chunk
+        root.create_array(name, data=image, chunks=image.shape, compressors=PATCH_CODEC)
+    images = create_image_arrays(root, len(keep), sides, (kept_as_tiles, tiles) if tiles is not None else None)
+    root.update_attributes(  # one metadata write, where attrs.update writes once per key
+        {
+            "slide_id": slide_id,
+            "source_path": str(slide_path),
+            "annotations": str(annotations) if annotations else None,
+            "label_mask": str(label_mask) if label_mask else None,
+            "tissue_mask_source": str(tissue_mask) if tissue_mask else None,
+            "slide": info.to_dict(),
+            "mpp": info.mpp,
+            "mpp_source": info.mpp_source,
+            "objective_power": info.objective_power,
+            "objective_power_source": info.objective_power_source,
+            "classes": list(settings.classes),
+            "magnifications": [magnification_name(m) for m in available],
+            "skipped_magnifications": [magnification_name(m) for m in skipped],
+            "teacher_magnification": settings.teacher_magnification,
+            "patch_size": settings.patch_size,
+            "patch_sizes": sides,
+            "cell_level0": cell,
+            "grid": {"columns": grid.columns, "rows": grid.rows},
+            "thumbnail_downsample": thumb_downsample,
+            "min_tissue_fraction": settings.min_tissue_fraction,
+            "min_label_fraction": settings.min_label_fraction,
+            "tissue_method": tissue_method,
+            "read_level": level,
+            "block_cells": [block_columns, block_rows],
+            "source_tiles": kept_as_tiles,
+            "wsidistill_version": __version__,
+            **settings.extra_attrs,
+        }
+    )
     with atomic_path(out) as tmp:
-        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        root.create_array("coords", data=coords)
-        root.create_array("labels", data=labels)
-        root.create_array("tissue_fraction", data=tissue_fraction[keep].astype(np.float32))
-        root.create_array("class_fractions", data=fractions.astype(np.float32))
-        for name, image in (("thumbnail", thumbnail), ("tissue_mask", stored_mask)):  # read whole: one chunk
-            root.create_array(name, data=image, chunks=image.shape, compressors=PATCH_CODEC)
-        images = create_image_arrays(root, len(keep), sides, (kept_as_tiles, tiles) if tiles is not None else None)
-        _write_blocks(images, blocks, slide_key, level, cell, sides, threads, settings.scheduler_address,
+        for key, buffer in skeleton.items():
+            (tmp / key).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / key).write_bytes(buffer.to_bytes())
+        _write_blocks(images, tmp, blocks, slide_key, level, cell, sides, threads, settings.scheduler_address,
                       kept_as_tiles, progress=progress, desc=slide_id)
-        root.update_attributes(  # one metadata write, where attrs.update writes once per key
-            {
-                "slide_id": slide_id,
-                "source_path": str(slide_path),
-                "annotations": str(annotations) if annotations else None,
-                "label_mask": str(label_mask) if label_mask else None,
-                "tissue_mask_source": str(tissue_mask) if tissue_mask else None,
-                "slide": info.to_dict(),
-                "mpp": info.mpp,
-                "mpp_source": info.mpp_source,
-                "objective_power": info.objective_power,
-                "objective_power_source": info.objective_power_source,
-                "classes": list(settings.classes),
-                "magnifications": [magnification_name(m) for m in available],
-                "skipped_magnifications": [magnification_name(m) for m in skipped],
-                "teacher_magnification": settings.teacher_magnification,
-                "patch_size": settings.patch_size,
-                "patch_sizes": sides,
-                "cell_level0": cell,
-                "grid": {"columns": grid.columns, "rows": grid.rows},
-                "thumbnail_downsample": thumb_downsample,
-                "min_tissue_fraction": settings.min_tissue_fraction,
-                "min_label_fraction": settings.min_label_fraction,
-                "tissue_method": tissue_method,
-                "read_level": level,
-                "block_cells": [block_columns, block_rows],
-                "source_tiles": kept_as_tiles,
-                "wsidistill_version": __version__,
-                **settings.extra_attrs,
-            }
-        )
     timings["extract_s"] = time.perf_counter() - extract_started
     timings["total_s"] = time.perf_counter() - started
 
@@ -412,22 +447,19 @@ def extract_slide(
 
 
 def _file_encoder(array: zarr.Array):
-    """``rows -> bytes`` of one whole chunk or shard file exactly as ``array``'s metadata declares, or None.
+    """``rows -> bytes`` of one whole chunk or shard file exactly as ``array``'s metadata declares.
 
     Blosc arrays take (rows, ...) uint8 pixels, the last chunk padded with the
     fill value as Zarr stores edge chunks; source-tile arrays take each row's
-    tile bytes.  None unless the array is uint8 in C order in a local
-    directory with one of those codec pipelines; such arrays are written
-    through zarr-python instead.
+    tile bytes.  These are the arrays :func:`create_image_arrays` makes.
     """
     codecs = array.metadata.codecs
-    if not (isinstance(array.store_path.store, LocalStore) and array.dtype == np.uint8 and array.order == "C"):
-        return None
     if array.shards is not None and isinstance(codecs[0].codecs[0], SlideJpegCodec):
         chunks_per_shard = tuple(s // c for s, c in zip(array.shards, array.chunks))
         return lambda rows: encode_shard([tile for row in rows for tile in row], chunks_per_shard)
-    if not (len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec)):
-        return None
+    if not (array.dtype == np.uint8 and array.order == "C" and len(codecs) == 2
+            and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec)):
+        raise ValueError(f"{array.path}: PatchWriter writes uint8 Blosc or source-tile arrays, not {codecs}")
     blosc = codecs[1]
     shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
                "bitshuffle": numcodecs.Blosc.BITSHUFFLE}[blosc.shuffle.value]
@@ -468,15 +500,17 @@ def _take_rows(pieces: list, count: int) -> tuple[np.ndarray | list, list]:
 class PatchWriter:
     """Appends patches to each magnification's array; writer threads store whole chunks meanwhile.
 
-    Chunks (or shards) are encoded here and written as files under the keys
-    the array's metadata gives: zarr-python's own write path (a fresh
-    fill-value buffer and a copy per chunk, a hop to its event loop and on to
-    a thread) costs four times the compression itself (docs/performance.md).  At most one batch is
-    in flight, so memory is bounded by two batches.
+    Chunks (or shards) are encoded here and written as files in ``directory``
+    (where the store lives) under the keys the array's metadata gives:
+    zarr-python's own write path (a fresh fill-value buffer and a copy per
+    chunk, a hop to its event loop and on to a thread) costs four times the
+    compression itself (docs/performance.md).  At most one batch is in
+    flight, so memory is bounded by two batches.
     """
 
-    def __init__(self, images: dict[str, zarr.Array], *, workers: int = 1):
+    def __init__(self, images: dict[str, zarr.Array], directory: str | Path, *, workers: int = 1):
         self.images = images
+        self.directory = Path(directory)
         self._encoders = {name: _file_encoder(array) for name, array in images.items()}
         self._pending = {name: [] for name in images}
         self._written = dict.fromkeys(images, 0)
@@ -505,14 +539,11 @@ class PatchWriter:
             self._wait()
 
     def _store(self, name: str, start: int, patches: np.ndarray | list) -> None:
-        array, encode = self.images[name], self._encoders[name]
-        if encode is None:
-            array[start : start + len(patches)] = patches
-            return
+        array = self.images[name]
         key = array.metadata.encode_chunk_key((start // _rows_per_file(array),) + (0,) * (array.ndim - 1))
-        path = Path(array.store_path.store.root) / array.path / key
+        path = self.directory / array.path / key
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encode(patches))
+        path.write_bytes(self._encoders[name](patches))
 
     def _wait(self) -> None:
         for future in self._in_flight:
@@ -541,8 +572,8 @@ def _group_blocks(blocks: list[Block], patches: int) -> list[list[Block]]:
     return tasks + [run] if run else tasks
 
 
-def _write_blocks(images, blocks, slide_key, level, cell, sides, threads, scheduler_address, kept_as_tiles, *,
-                  progress, desc):
+def _write_blocks(images, directory, blocks, slide_key, level, cell, sides, threads, scheduler_address, kept_as_tiles,
+                  *, progress, desc):
     """Compute blocks in bounded windows of dask tasks and store their patches in order."""
     if not blocks or not images:
         return
@@ -556,7 +587,7 @@ def _write_blocks(images, blocks, slide_key, level, cell, sides, threads, schedu
     name = f"read_block-{uuid.uuid4().hex}"  # one name per call: slides sharing a scheduler never share keys
     tasks = _group_blocks(blocks, min(TASK_PATCHES, blocks[-1].stop // window))  # a window's work for each thread
     try:
-        with PatchWriter(images, workers=threads) as writer, \
+        with PatchWriter(images, directory, workers=threads) as writer, \
                 tqdm(total=blocks[-1].stop, unit="patch", desc=f"extract {desc}", disable=not progress) as bar:
             for i in range(0, len(tasks), window):
                 batch = tasks[i : i + window]

@@ -197,7 +197,7 @@ def import_slide(root: Path, slide_id: str, patches: pd.DataFrame, patient_id: s
         images = create_image_arrays(group, len(paths), sides)
         batches = [paths[i : i + BATCH] for i in range(0, len(paths), BATCH)]
         smallest = magnification_name(min(magnifications))
-        with ThreadPoolExecutor(threads) as pool, PatchWriter(images, workers=threads) as writer:
+        with ThreadPoolExecutor(threads) as pool, PatchWriter(images, tmp, workers=threads) as writer:
             for i, batch in enumerate(pool.map(lambda b: _read_patches(b, sides), batches)):
                 writer.append(batch)
                 means[i * BATCH : i * BATCH + len(batch[smallest])] = batch[smallest].mean(axis=(1, 2)).round()

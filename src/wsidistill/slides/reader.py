@@ -165,8 +165,10 @@ class TiffTiles:
     def tile(self, column: int, row: int, out: np.ndarray | None = None) -> np.ndarray | None:
         """One decoded tile (tile_height, tile_width, samples), into ``out`` if given; None for an empty one."""
         data = self.tile_bytes(column, row)
-        if not data:
-            return None
+        return self.decode(data, column, row, out) if data else None
+
+    def decode(self, data: bytes, column: int, row: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Tile (column, row)'s ``data`` decoded, into ``out`` if given (a whole tile, C-contiguous)."""
         try:
             tile = self._decode(data, out=out) if out is not None else self._decode(data)
         except Exception as err:  # imagecodecs raises one error class per codec
