@@ -11,6 +11,8 @@ raster order) go through:
 
 * ``a_project``: ``extract_slide`` restricted to those 600 cells by a tissue mask, timed end to end
   (thumbnail, tissue, labels, store metadata, patches), its store in the system's temporary folder.
+  The patches are whole tiles, so the 40x images keep the file's JPEG tiles and 20/10/5x are
+  decoded from them, area-averaged and stored Blosc-LZ4.
   ``a_project_slide`` is the same on every tissue cell of the slide, and is run on every size for
   peak RSS.
 * ``b_tiatoolbox``: ``WSIReader.read_bounds`` per patch and magnification (units="power").
