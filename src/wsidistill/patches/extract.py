@@ -222,7 +222,7 @@ def _reused_buffer(shape: tuple[int, ...]) -> np.ndarray:
     return buffer[:size].reshape(shape)
 
 
-def _source_tiles(slide: Slide, level: int, cell: int, side: int):
+def _source_tiles(slide: Slide, level: int, cell: int, side: int) -> TiffTiles | None:
     """The level's JPEG tiles when every patch of ``side`` px read there is whole tiles, else None.
 
     Patches are then stored as those tiles' own bytes: patch corners are
