@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .device import Runtime
 from .io import atomic_path, save_figure, write_json, write_text
 from .metrics import balanced_accuracy, bootstrap_ci, quadratic_kappa, summarise
-from .patches.dataset import open_store, to_tensor
+from .patches.dataset import open_store, read_images, to_tensor
 from .slides.grid import magnification_name
 from .train import load_model, model_view
 
@@ -32,7 +32,7 @@ def infer_store(model, meta: dict, store_path, batch_size, runtime: Runtime) -> 
     started = time.perf_counter()
     out = []
     for start in range(0, images.shape[0], batch_size):
-        batch = model_view(to_tensor(images[start : start + batch_size], runtime.device), meta)
+        batch = model_view(to_tensor(read_images(images, start, start + batch_size), runtime.device), meta)
         with runtime.autocast():
             logits = model(batch).logits
         out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())

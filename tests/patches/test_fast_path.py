@@ -9,6 +9,7 @@ import pytest
 import zarr
 
 from wsidistill.demo import plan_cohort, write_slide
+from wsidistill.patches.dataset import read_images
 from wsidistill.patches.extract import ExtractionSettings, PatchWriter, block_shape, create_image_arrays, extract_slide
 from wsidistill.slides.reader import Slide, TiffTiles
 
@@ -108,6 +109,7 @@ def test_patches_on_whole_tiles_keep_the_slides_own_jpeg_bytes(tmp_path, patch_s
         np.testing.assert_array_equal(a[name]["images"][:], b[name]["images"][:], err_msg=name)
     images = a["40x"]["images"]
     assert images.chunks == (1, 256, 256, 3) and images.shards[0] > 1
+    np.testing.assert_array_equal(read_images(images, 1), b["40x"]["images"][1:])  # the direct reader too
 
     # the first shard's first chunk is patch 0's top-left tile, byte for byte
     with Slide(files["slide"]) as slide:

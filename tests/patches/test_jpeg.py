@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import zarr
 
-from wsidistill.patches.jpeg import SlideJpegCodec, encode_shard
+from wsidistill.patches.dataset import read_images
+from wsidistill.patches.jpeg import SlideJpegCodec, encode_shard, read_source_tiles, source_tile_codec
 
 TILE = 32
 
@@ -106,3 +107,38 @@ def test_plain_zarr_finds_the_codec_through_its_entry_point(tmp_path):
               "print(int(a.sum()), 'wsidistill.patches.jpeg' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
     assert out == [str(int(array[:].sum())), "True"]
+
+
+@pytest.mark.parametrize(("start", "stop"), [(0, 5), (1, 4), (3, 5)])
+def test_the_direct_reader_reads_what_zarr_reads(tmp_path, start, stop):
+    """Shards of 2 patches of 2x2 tiles: a full one with an absent tile, a partial one, and one never written."""
+    tables = split_tables(imagecodecs.jpeg8_encode(tissue_like(0), level=90))[0]
+    tiles = [split_tables(imagecodecs.jpeg8_encode(tissue_like(i), level=90))[1] for i in range(12)]
+    tiles[5] = b""
+    array = zarr.create_array(str(tmp_path / "a.zarr"), shape=(5, 2 * TILE, 2 * TILE, 3), chunks=(1, TILE, TILE, 3),
+                              shards=(2, 2 * TILE, 2 * TILE, 3), dtype="uint8", serializer=SlideJpegCodec(tables=tables),
+                              compressors=None, fill_value=255)
+    for shard, chunks in ((0, tiles[:8]), (1, tiles[8:])):  # patches 0-1, then patch 2 alone; 3-4 never written
+        folder = tmp_path / "a.zarr" / "c" / str(shard) / "0" / "0"
+        folder.mkdir(parents=True)
+        (folder / "0").write_bytes(encode_shard(chunks, (2, 2, 2, 1)))
+    assert source_tile_codec(array) is not None
+    np.testing.assert_array_equal(read_source_tiles(array, start, stop), array[start:stop])
+    np.testing.assert_array_equal(read_images(array, start, stop), array[start:stop])
+
+
+def test_the_direct_reader_checks_the_shard_index(tmp_path):
+    tables, tile = split_tables(imagecodecs.jpeg8_encode(tissue_like(0), level=90))
+    array = sharded_array(tmp_path / "a.zarr", SlideJpegCodec(tables=tables), 1, TILE)
+    shard = bytearray(encode_shard([tile], (1, 1, 1, 1)))
+    shard[-10] ^= 0xFF
+    write_shard(tmp_path / "a.zarr", bytes(shard))
+    with pytest.raises(ValueError, match="a.zarr/c/0/0/0/0: the shard index fails its checksum"):
+        read_source_tiles(array, 0, 1)
+
+
+def test_other_arrays_are_read_by_zarr(tmp_path):
+    array = zarr.create_array(str(tmp_path / "b.zarr"), shape=(3, 8, 8, 3), chunks=(2, 8, 8, 3), dtype="uint8")
+    array[:] = np.arange(3 * 8 * 8 * 3, dtype=np.uint8).reshape(3, 8, 8, 3)
+    assert source_tile_codec(array) is None
+    np.testing.assert_array_equal(read_images(array, 1, 9), array[1:3])

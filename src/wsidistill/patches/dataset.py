@@ -11,10 +11,19 @@ import torch
 import zarr
 
 from ..slides.grid import magnification_name
+from .jpeg import read_source_tiles, source_tile_codec
 
 
 def open_store(path: str | Path) -> zarr.Group:
     return zarr.open_group(str(path), mode="r")
+
+
+def read_images(array: zarr.Array, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Rows ``start:stop`` of an ``images`` array; a slide's kept JPEG tiles are decoded straight from their shards."""
+    stop = array.shape[0] if stop is None else min(stop, array.shape[0])
+    if source_tile_codec(array) is not None:
+        return read_source_tiles(array, start, stop)
+    return array[start:stop]
 
 
 @dataclass
@@ -51,7 +60,8 @@ def load_patches(stores: Sequence[str | Path], magnifications: Sequence[float], 
         for name in names:
             if name not in root:
                 raise KeyError(f"{path}: no {name} patches (skipped at extraction: {root.attrs['skipped_magnifications']})")
-            images[name].append(root[name]["images"][:][rows] if len(rows) else np.zeros((0, *root[name]["images"].shape[1:]), np.uint8))
+            array = root[name]["images"]
+            images[name].append(read_images(array)[rows] if len(rows) else np.zeros((0, *array.shape[1:]), np.uint8))
         labels.append(slide_labels[rows])
         slide_index.append(np.full(len(rows), index))
     return PatchSet(

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from pathlib import Path
 
 import google_crc32c
 import imagecodecs
 import numpy as np
+import zarr
 from zarr.abc.codec import ArrayBytesCodec
+from zarr.codecs import ShardingCodec
 from zarr.core.common import parse_named_configuration
 from zarr.registry import register_codec
+from zarr.storage import LocalStore
 
 CODEC_NAME = "wsidistill.slide_jpeg"
 
@@ -100,3 +104,53 @@ def encode_shard(chunks: list[bytes], chunks_per_shard: tuple[int, ...]) -> byte
             offset += len(chunk)
     index_bytes = index.tobytes()
     return b"".join([*chunks, index_bytes, google_crc32c.value(index_bytes).to_bytes(4, "little")])
+
+
+def source_tile_codec(array: zarr.Array) -> SlideJpegCodec | None:
+    """The codec of an array in a local directory whose shards hold slide JPEG tiles, else None."""
+    codecs = array.metadata.codecs
+    if (array.shards is None or not isinstance(array.store_path.store, LocalStore)
+            or not isinstance(codecs[0], ShardingCodec) or not isinstance(codecs[0].codecs[0], SlideJpegCodec)):
+        return None
+    return codecs[0].codecs[0]
+
+
+def read_source_tiles(array: zarr.Array, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of a source-tile array, decoded straight from its shard files.
+
+    The same pixels zarr-python reads (tested), without its 0.4 ms of work
+    per chunk on top of the decode (more than the decode itself).  Shard
+    indexes are checked against their CRC-32C.
+    """
+    codec = source_tile_codec(array)
+    rows_per_shard = array.shards[0]
+    _, tile_h, tile_w, _ = array.chunks
+    across, down = array.shape[2] // tile_w, array.shape[1] // tile_h
+    tiles_per_shard = rows_per_shard * across * down
+    colorspace = imagecodecs.JPEG8.CS.RGB if codec.rgb else None
+    out = np.empty((stop - start, *array.shape[1:]), np.uint8)
+    directory = Path(array.store_path.store.root) / array.path
+    for shard in range(start // rows_per_shard, -(-stop // rows_per_shard)):
+        rows = range(max(start, shard * rows_per_shard), min(stop, (shard + 1) * rows_per_shard))
+        path = directory / array.metadata.encode_chunk_key((shard, 0, 0, 0))
+        if not path.exists():  # a shard never written reads as the fill value, as in zarr
+            out[rows.start - start : rows.stop - start] = array.fill_value
+            continue
+        data = path.read_bytes()
+        index_bytes = data[-4 - 16 * tiles_per_shard : -4]
+        if google_crc32c.value(index_bytes).to_bytes(4, "little") != data[-4:]:
+            raise ValueError(f"{path}: the shard index fails its checksum; extract the slide again")
+        index = np.frombuffer(index_bytes, "<u8").reshape(rows_per_shard, down * across, 2)
+        for row in rows:
+            for k, (offset, length) in enumerate(index[row % rows_per_shard]):
+                r, c = divmod(k, across)
+                pixels = out[row - start, r * tile_h : (r + 1) * tile_h, c * tile_w : (c + 1) * tile_w]
+                if offset == EMPTY:
+                    pixels[:] = array.fill_value
+                elif across == down == 1:
+                    imagecodecs.jpeg8_decode(data[offset : offset + length], tables=codec.tables,
+                                             colorspace=colorspace, out=pixels)
+                else:
+                    pixels[:] = imagecodecs.jpeg8_decode(data[offset : offset + length], tables=codec.tables,
+                                                         colorspace=colorspace)
+    return out
