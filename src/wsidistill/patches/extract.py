@@ -585,7 +585,8 @@ def _write_blocks(images, directory, blocks, slide_key, level, cell, sides, thre
         client = Client(scheduler_address)
     get = client.get if client is not None else partial(dask.threaded.get, num_workers=threads)
     name = f"read_block-{uuid.uuid4().hex}"  # one name per call: slides sharing a scheduler never share keys
-    tasks = _group_blocks(blocks, min(TASK_PATCHES, blocks[-1].stop // window))  # a window's work for each thread
+    # smaller tasks on small slides, so that a window still has a task for every thread
+    tasks = _group_blocks(blocks, min(TASK_PATCHES, blocks[-1].stop // window))
     try:
         with PatchWriter(images, directory, workers=threads) as writer, \
                 tqdm(total=blocks[-1].stop, unit="patch", desc=f"extract {desc}", disable=not progress) as bar:
