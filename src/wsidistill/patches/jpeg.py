@@ -1,4 +1,4 @@
-"""A Zarr v3 codec whose chunks are a slide's own JPEG tiles, and shards written from them.
+"""A Zarr v3 codec whose chunks are a slide's own JPEG tiles, and its shards written and read directly.
 
 When patches sit exactly on a slide's JPEG tiles at the native level, the
 store can keep the scanner's bytes instead of decoding and recompressing
@@ -61,13 +61,17 @@ class SlideJpegCodec(ArrayBytesCodec):
         tables = base64.b64encode(self.tables).decode("ascii") if self.tables else None
         return {"name": CODEC_NAME, "configuration": {"tables": tables, "rgb": self.rgb, "level": self.level}}
 
+    @property
+    def colorspace(self):
+        """What to tell libjpeg the components are: RGB, or None for its default (YCbCr unless marked)."""
+        return imagecodecs.JPEG8.CS.RGB if self.rgb else None
+
     def validate(self, *, shape, dtype, chunk_grid) -> None:
         if dtype.to_native_dtype() != np.uint8 or len(shape) != 4 or shape[-1] != 3:
             raise ValueError(f"{CODEC_NAME} stores (n, height, width, 3) uint8 images, not {shape} {dtype}")
 
     def _decode_sync(self, chunk_bytes, chunk_spec):
-        colorspace = imagecodecs.JPEG8.CS.RGB if self.rgb else None
-        image = imagecodecs.jpeg8_decode(chunk_bytes.to_bytes(), tables=self.tables, colorspace=colorspace)
+        image = imagecodecs.jpeg8_decode(chunk_bytes.to_bytes(), tables=self.tables, colorspace=self.colorspace)
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(image.reshape(chunk_spec.shape))
 
     async def _decode_single(self, chunk_bytes, chunk_spec):
@@ -75,9 +79,8 @@ class SlideJpegCodec(ArrayBytesCodec):
 
     def _encode_sync(self, chunk_array, chunk_spec):
         image = np.ascontiguousarray(chunk_array.as_numpy_array().reshape(chunk_spec.shape[1:]))
-        colorspace = imagecodecs.JPEG8.CS.RGB if self.rgb else None
         data = imagecodecs.jpeg8_encode(image, level=self.level, colorspace=imagecodecs.JPEG8.CS.RGB,
-                                        outcolorspace=colorspace)
+                                        outcolorspace=self.colorspace)
         return chunk_spec.prototype.buffer.from_bytes(data)
 
     async def _encode_single(self, chunk_array, chunk_spec):
@@ -127,7 +130,6 @@ def read_source_tiles(array: zarr.Array, start: int, stop: int) -> np.ndarray:
     _, tile_h, tile_w, _ = array.chunks
     across, down = array.shape[2] // tile_w, array.shape[1] // tile_h
     tiles_per_shard = rows_per_shard * across * down
-    colorspace = imagecodecs.JPEG8.CS.RGB if codec.rgb else None
     out = np.empty((stop - start, *array.shape[1:]), np.uint8)
     directory = Path(array.store_path.store.root) / array.path
     for shard in range(start // rows_per_shard, -(-stop // rows_per_shard)):
@@ -149,8 +151,8 @@ def read_source_tiles(array: zarr.Array, start: int, stop: int) -> np.ndarray:
                     pixels[:] = array.fill_value
                 elif across == down == 1:
                     imagecodecs.jpeg8_decode(data[offset : offset + length], tables=codec.tables,
-                                             colorspace=colorspace, out=pixels)
+                                             colorspace=codec.colorspace, out=pixels)
                 else:
                     pixels[:] = imagecodecs.jpeg8_decode(data[offset : offset + length], tables=codec.tables,
-                                                         colorspace=colorspace)
+                                                         colorspace=codec.colorspace)
     return out
