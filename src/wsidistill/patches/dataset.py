@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
+from zarr.storage import LocalStore
 
 from ..slides.grid import magnification_name
 from .jpeg import read_source_tiles, source_tile_codec
@@ -21,7 +22,7 @@ def open_store(path: str | Path) -> zarr.Group:
 def read_images(array: zarr.Array, start: int = 0, stop: int | None = None) -> np.ndarray:
     """Rows ``start:stop`` of an ``images`` array; a slide's kept JPEG tiles are decoded straight from their shards."""
     stop = array.shape[0] if stop is None else min(stop, array.shape[0])
-    if source_tile_codec(array) is not None:
+    if source_tile_codec(array) is not None and isinstance(array.store_path.store, LocalStore):
         return read_source_tiles(array, start, stop)
     return array[start:stop]
 

@@ -63,7 +63,7 @@ from ..slides.annotations import (
 from ..slides.grid import PatchGrid, magnification_name, patch_pixels
 from ..slides.reader import Slide, TiffTiles
 from ..slides.tissue import detect_tissue
-from .jpeg import SlideJpegCodec, encode_shard
+from .jpeg import SlideJpegCodec, encode_shard, source_tile_codec
 
 #: Target bytes per compressed-chunk payload: large enough for fast reads, small enough to stream.
 CHUNK_BYTES = 2 << 20
@@ -453,10 +453,10 @@ def _file_encoder(array: zarr.Array):
     fill value as Zarr stores edge chunks; source-tile arrays take each row's
     tile bytes.  These are the arrays :func:`create_image_arrays` makes.
     """
-    codecs = array.metadata.codecs
-    if array.shards is not None and isinstance(codecs[0].codecs[0], SlideJpegCodec):
+    if source_tile_codec(array) is not None:
         chunks_per_shard = tuple(s // c for s, c in zip(array.shards, array.chunks))
         return lambda rows: encode_shard([tile for row in rows for tile in row], chunks_per_shard)
+    codecs = array.metadata.codecs
     if not (array.dtype == np.uint8 and array.order == "C" and len(codecs) == 2
             and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec)):
         raise ValueError(f"{array.path}: PatchWriter writes uint8 Blosc or source-tile arrays, not {codecs}")

@@ -374,7 +374,7 @@ class Slide:
         return None
 
     def jpeg_tiles(self, level: int) -> TiffTiles | None:
-        """``level``'s tiles when they are RGB JPEG read straight from the file, else None."""
+        """``level``'s tiles when they are colour JPEG read straight from the file, else None."""
         tiles = self._tiles[level] if self._tiles else None
         return tiles if tiles is not None and tiles.jpeg is not None else None
 
