@@ -32,7 +32,7 @@ def infer_store(model, meta: dict, store_path, batch_size, runtime: Runtime) -> 
     started = time.perf_counter()
     out = []
     for start in range(0, images.shape[0], batch_size):
-        batch = model_view(to_tensor(read_images(images, start, start + batch_size), runtime.device), meta)
+        batch = model_view(to_tensor(read_images(images, slice(start, start + batch_size)), runtime.device), meta)
         with runtime.autocast():
             logits = model(batch).logits
         out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())

@@ -109,7 +109,7 @@ def test_patches_on_whole_tiles_keep_the_slides_own_jpeg_bytes(tmp_path, patch_s
         np.testing.assert_array_equal(a[name]["images"][:], b[name]["images"][:], err_msg=name)
     images = a["40x"]["images"]
     assert images.chunks == (1, 256, 256, 3) and images.shards[0] > 1
-    np.testing.assert_array_equal(read_images(images, 1), b["40x"]["images"][1:])  # the direct reader too
+    np.testing.assert_array_equal(read_images(images, slice(1, None)), b["40x"]["images"][1:])  # the direct reader too
 
     # the first shard's first chunk is patch 0's top-left tile, byte for byte
     with Slide(files["slide"]) as slide:

@@ -19,12 +19,15 @@ def open_store(path: str | Path) -> zarr.Group:
     return zarr.open_group(str(path), mode="r")
 
 
-def read_images(array: zarr.Array, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Rows ``start:stop`` of an ``images`` array; a slide's kept JPEG tiles are decoded straight from their shards."""
-    stop = array.shape[0] if stop is None else min(stop, array.shape[0])
+def read_images(array: zarr.Array, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+    """``rows`` (a slice or indices) of an ``images`` array.
+
+    A slide's kept JPEG tiles are decoded straight from their shards, and
+    only for those rows: decoding is what reading them costs.
+    """
     if source_tile_codec(array) is not None and isinstance(array.store_path.store, LocalStore):
-        return read_source_tiles(array, start, stop)
-    return array[start:stop]
+        return read_source_tiles(array, np.arange(array.shape[0])[rows])
+    return array[rows] if isinstance(rows, slice) else array[:][rows]
 
 
 @dataclass
@@ -62,7 +65,7 @@ def load_patches(stores: Sequence[str | Path], magnifications: Sequence[float], 
             if name not in root:
                 raise KeyError(f"{path}: no {name} patches (skipped at extraction: {root.attrs['skipped_magnifications']})")
             array = root[name]["images"]
-            images[name].append(read_images(array)[rows] if len(rows) else np.zeros((0, *array.shape[1:]), np.uint8))
+            images[name].append(read_images(array, rows) if len(rows) else np.zeros((0, *array.shape[1:]), np.uint8))
         labels.append(slide_labels[rows])
         slide_index.append(np.full(len(rows), index))
     return PatchSet(

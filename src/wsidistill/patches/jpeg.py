@@ -116,35 +116,38 @@ def source_tile_codec(array: zarr.Array) -> SlideJpegCodec | None:
     return codecs[0].codecs[0]
 
 
-def read_source_tiles(array: zarr.Array, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of a source-tile array in a local directory, decoded straight from its shard files.
+def read_source_tiles(array: zarr.Array, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (indices) of a source-tile array in a local directory, decoded straight from its shard files.
 
-    The same pixels zarr-python reads (tested), without its 0.4 ms of work
-    per chunk on top of the decode (more than the decode itself).  Shard
-    indexes are checked against their CRC-32C.
+    Only the tiles of those rows are decoded.  The same pixels zarr-python
+    reads (tested), without its 0.4 ms of work per chunk on top of the decode
+    (more than the decode itself).  Shard indexes are checked against their
+    CRC-32C.
     """
     codec = source_tile_codec(array)
+    rows = np.asarray(rows, dtype=np.int64)
     rows_per_shard = array.shards[0]
     _, tile_h, tile_w, _ = array.chunks
     across, down = array.shape[2] // tile_w, array.shape[1] // tile_h
     tiles_per_shard = rows_per_shard * across * down
-    out = np.empty((stop - start, *array.shape[1:]), np.uint8)
+    out = np.empty((len(rows), *array.shape[1:]), np.uint8)
     directory = Path(array.store_path.store.root) / array.path
-    for shard in range(start // rows_per_shard, -(-stop // rows_per_shard)):
-        rows = range(max(start, shard * rows_per_shard), min(stop, (shard + 1) * rows_per_shard))
-        path = directory / array.metadata.encode_chunk_key((shard, 0, 0, 0))
+    shards = rows // rows_per_shard
+    order = np.argsort(shards, kind="stable")
+    for positions in np.split(order, np.flatnonzero(np.diff(shards[order])) + 1) if len(rows) else []:
+        path = directory / array.metadata.encode_chunk_key((int(shards[positions[0]]), 0, 0, 0))
         if not path.exists():  # a shard never written reads as the fill value, as in zarr
-            out[rows.start - start : rows.stop - start] = array.fill_value
+            out[positions] = array.fill_value
             continue
         data = path.read_bytes()
         index_bytes = data[-4 - 16 * tiles_per_shard : -4]
         if google_crc32c.value(index_bytes).to_bytes(4, "little") != data[-4:]:
             raise ValueError(f"{path}: the shard index fails its checksum; extract the slide again")
         index = np.frombuffer(index_bytes, "<u8").reshape(rows_per_shard, down * across, 2)
-        for row in rows:
-            for k, (offset, length) in enumerate(index[row % rows_per_shard]):
+        for position in positions:
+            for k, (offset, length) in enumerate(index[rows[position] % rows_per_shard]):
                 r, c = divmod(k, across)
-                pixels = out[row - start, r * tile_h : (r + 1) * tile_h, c * tile_w : (c + 1) * tile_w]
+                pixels = out[position, r * tile_h : (r + 1) * tile_h, c * tile_w : (c + 1) * tile_w]
                 if offset == EMPTY:
                     pixels[:] = array.fill_value
                 elif across == down == 1:
