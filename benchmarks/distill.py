@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/distill.py --stores results/patches/demo00{0,1,2}.zarr --teacher \\
         results/models/teacher_40x/seed0/model.pt                # real stores and Teacher
 
-Every configuration runs the whole step of the training loop (``wsidistill.train.train``) on the same
+Every configuration runs the whole step of the training loop (``wsidistill.training.loop.train``) on the same
 batches: gather uint8 rows, to float, per-sample D4 augmentation of the views, Teacher targets (read
 from the cache, or computed), Student forward, loss, backward, Adam step. Batch 32, 20x Student
 (smallcnn, output stride 4, 64 px; ``--magnification 10`` or ``5`` for the others), 40x Teacher
@@ -45,10 +45,11 @@ import zarr
 
 from wsidistill.distill import Distiller, losses, student_input_from, teacher_targets
 from wsidistill.distill.attention import atplus_maps
-from wsidistill.distill.cache import TeacherCache, build_teacher_cache
 from wsidistill.models import build_model
+from wsidistill.models.checkpoint import load_model
 from wsidistill.patches.dataset import load_patches, to_tensor
-from wsidistill.train import augment_pair, load_model
+from wsidistill.training.loop import augment_pair
+from wsidistill.training.teacher_cache import TeacherCache, build_teacher_cache
 
 CLASSES = 4
 WEIGHTS = {"ce": 1.0, "fm": 0.1, "atplus": 10.0}

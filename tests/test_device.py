@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from wsidistill.device import Runtime, resolve_device, resolve_precision
+from wsidistill.models.checkpoint import load_model
 from wsidistill.patches.dataset import to_tensor
-from wsidistill.train import TrainSettings, load_model, train
+from wsidistill.training.loop import TrainSettings, train
 
 
 def test_cpu_defaults_to_float32_without_autocast():

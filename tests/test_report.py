@@ -15,7 +15,6 @@ import os
 import select
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from wsidistill.metrics import format_mean_std
+from wsidistill.evaluation.metrics import format_mean_std
 
 WINDOW = (1600, 1000)
 

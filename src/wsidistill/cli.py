@@ -246,7 +246,7 @@ def run(args: argparse.Namespace) -> None:
             mpp=args.mpp, objective_power=args.objective_power, threads=args.threads, summary_path=args.summary,
         )
         if args.qc:
-            from .heatmaps import extraction_qc
+            from .report.heatmaps import extraction_qc
 
             extraction_qc(args.out, args.qc)
         print(json.dumps({k: summary[k] for k in ("slide_id", "tissue_patches", "patches_per_class",
@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> None:
         else:
             print(import_sicapv2(args.root, args.out, magnifications=tuple(args.magnifications), threads=args.threads))
     elif args.verb in ("train-teacher", "distill"):
-        from .train import TrainSettings, train
+        from .training.loop import TrainSettings, train
 
         settings = TrainSettings(**{**args.training, "device": args.device, "precision": args.precision})
         is_student = args.verb == "distill"
@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> None:
             teacher_cache=args.teacher_cache if is_student else None, pretrained=args.pretrained,
         )
     elif args.verb == "teacher-cache":
-        from .distill.cache import build_teacher_cache
+        from .training.teacher_cache import build_teacher_cache
 
         summary = build_teacher_cache(
             args.teacher, args.train_stores, args.out, args.terms, dtype=args.dtype, batch_size=args.batch_size,
@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> None:
         )
         print(json.dumps(summary))
     elif args.verb == "evaluate":
-        from .evaluate import evaluate_model
+        from .evaluation.evaluate import evaluate_model
 
         metrics = evaluate_model(args.model, args.stores, args.predictions, args.metrics, args.confusion_csv,
                                  args.confusion_png, batch_size=args.batch_size, device=args.device,
@@ -303,7 +303,7 @@ def run(args: argparse.Namespace) -> None:
 
         write_cost(_pairs(args.models), args.stores, args.csv, args.md, threads=args.threads)
     elif args.verb == "heatmaps":
-        from .heatmaps import comparison_panel, slide_heatmap
+        from .report.heatmaps import comparison_panel, slide_heatmap
 
         predictions = _pairs(args.predictions)
         if len(args.out) != len(predictions):

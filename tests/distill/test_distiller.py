@@ -9,10 +9,10 @@ from wsidistill.distill import (
     Distiller,
     d4_targets,
     d4_transform,
+    losses,
     student_input_from,
     teacher_targets,
 )
-from wsidistill.distill import losses
 from wsidistill.distill.terms import attention_map
 from wsidistill.models import build_model
 

@@ -1,6 +1,7 @@
 """PANDA-style label masks: per-patch class fractions from a pyramidal mask TIFF, read at a coarse level."""
 
 import re
+
 import numpy as np
 import pytest
 import tifffile

@@ -7,9 +7,9 @@ import pytest
 import zarr
 
 from wsidistill.cli import main
-from wsidistill.heatmaps import grid_image
 from wsidistill.patches.dataset import load_patches
 from wsidistill.patches.sicapv2 import SPLIT_SHEETS, SicapError, heatmap_cell, import_sicapv2
+from wsidistill.report.heatmaps import grid_image
 
 
 def test_import_keeps_the_papers_splits_and_the_store_layout(sicap, sicap_slides, tmp_path):

@@ -8,7 +8,6 @@ import pytest
 import yaml
 import zarr
 
-
 PAPER = "config/paper_sicapv2.yaml"
 
 

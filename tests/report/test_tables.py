@@ -1,12 +1,12 @@
 import numpy as np
 import pandas as pd
 
-from wsidistill.metrics import quadratic_kappa
+from wsidistill.evaluation.metrics import quadratic_kappa
 from wsidistill.report.tables import comparison_frame, comparison_html, comparison_markdown
 
 
 def result(method, magnification, seed, predicted, truth, slides):
-    from wsidistill.metrics import summarise
+    from wsidistill.evaluation.metrics import summarise
 
     return {"method": method, "magnification": magnification, "seed": seed, "classes": ["NC", "G3", "G4", "G5"],
             **summarise(np.array(truth), np.array(predicted), 4),

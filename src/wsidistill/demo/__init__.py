@@ -3,7 +3,16 @@
 See docs/demo_cohort.md for the generator parameters and what they mean pathologically.
 """
 
-from .cohort import DEFAULT_HEIGHT, DEFAULT_WIDTH, VARIANTS, DemoSlide, plan_cohort, write_cohort, write_sample_sheet, write_slide
+from .cohort import (
+    DEFAULT_HEIGHT,
+    DEFAULT_WIDTH,
+    VARIANTS,
+    DemoSlide,
+    plan_cohort,
+    write_cohort,
+    write_sample_sheet,
+    write_slide,
+)
 from .params import DEFAULT_PARAMS, GRADES, GeneratorParams
 
 __all__ = [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torchvision
-from torch import Tensor, nn
+from torch import Tensor
 
 from .base import FeatureClassifier
 

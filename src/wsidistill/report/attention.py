@@ -21,9 +21,9 @@ import torch  # noqa: E402
 
 from ..distill.attention import align_map, atplus_maps, minmax_normalise  # noqa: E402
 from ..io import save_figure, write_text  # noqa: E402
+from ..models.checkpoint import load_model, model_view  # noqa: E402
 from ..patches.dataset import load_patches, to_tensor  # noqa: E402
 from ..slides.grid import magnification_name  # noqa: E402
-from ..train import load_model, model_view  # noqa: E402
 
 
 @torch.no_grad()

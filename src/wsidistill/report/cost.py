@@ -19,8 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..device import Runtime
 from ..io import write_text
+from ..models.checkpoint import load_model
 from ..patches.dataset import open_store
-from ..train import load_model
 
 
 def forward_gflops(model: torch.nn.Module, side: int) -> float:

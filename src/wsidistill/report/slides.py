@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from ..grading import grade_from_patch_labels
+from ..evaluation.grading import grade_from_patch_labels
+from ..evaluation.metrics import quadratic_kappa
 from ..io import write_text
-from ..metrics import quadratic_kappa
 from ..patches.dataset import open_store
 
 GRADE_GROUPS = 6  # 0 (benign) .. 5

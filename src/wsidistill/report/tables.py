@@ -15,8 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..evaluation.metrics import (
+    balanced_accuracy,
+    bootstrap_ci,
+    format_mean_std,
+    mean_std,
+    paired_bootstrap,
+    quadratic_kappa,
+)
 from ..io import save_figure, write_text
-from ..metrics import balanced_accuracy, bootstrap_ci, format_mean_std, mean_std, paired_bootstrap, quadratic_kappa
 
 METRICS = {"kappa": ("quadratic_kappa", quadratic_kappa), "balanced_accuracy": ("balanced_accuracy", balanced_accuracy)}
 TEACHER = "teacher"

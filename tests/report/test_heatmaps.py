@@ -2,7 +2,7 @@ import numpy as np
 import zarr
 from PIL import Image
 
-from wsidistill.heatmaps import class_overlay, comparison_panel, grid_image, slide_heatmap
+from wsidistill.report.heatmaps import class_overlay, comparison_panel, grid_image, slide_heatmap
 from wsidistill.report.palette import class_rgb
 
 CLASSES = ["NC", "G3", "G4", "G5"]

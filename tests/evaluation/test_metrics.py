@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, f1_score
 
-from wsidistill.metrics import (
+from wsidistill.evaluation.metrics import (
     balanced_accuracy,
     bootstrap_ci,
     confusion_matrix,

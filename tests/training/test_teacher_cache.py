@@ -9,7 +9,11 @@ import torch
 import zarr
 
 from wsidistill.distill import Distiller, d4_targets, teacher_targets
-from wsidistill.distill.cache import (
+from wsidistill.models import build_model
+from wsidistill.models.checkpoint import load_model
+from wsidistill.patches.dataset import load_patches, to_tensor
+from wsidistill.training.loop import TrainSettings, augment_pair, train
+from wsidistill.training.teacher_cache import (
     COMPRESSOR,
     StaleCacheError,
     TeacherCache,
@@ -18,9 +22,6 @@ from wsidistill.distill.cache import (
     build_teacher_cache,
     target_keys,
 )
-from wsidistill.models import build_model
-from wsidistill.patches.dataset import load_patches, to_tensor
-from wsidistill.train import TrainSettings, augment_pair, load_model, train
 
 CLASSES = ["NC", "G3", "G4", "G5"]
 TEACHER_SIDE = 32

@@ -8,7 +8,6 @@ bootstrapped over slides.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,27 +16,12 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from .device import Runtime
-from .io import atomic_path, save_figure, write_json, write_text
+from ..device import Runtime
+from ..io import atomic_path, save_figure, write_json, write_text
+from ..models.checkpoint import load_model
+from ..patches.dataset import open_store
+from .inference import infer_store
 from .metrics import balanced_accuracy, bootstrap_ci, quadratic_kappa, summarise
-from .patches.dataset import open_store, read_images, to_tensor
-from .slides.grid import magnification_name
-from .train import load_model, model_view
-
-
-@torch.no_grad()
-def infer_store(model, meta: dict, store_path, batch_size, runtime: Runtime) -> tuple[np.ndarray, float]:
-    """Class probabilities for every patch of one store, and the seconds it took."""
-    images = open_store(store_path)[magnification_name(meta["input_magnification"])]["images"]
-    started = time.perf_counter()
-    out = []
-    for start in range(0, images.shape[0], batch_size):
-        batch = model_view(to_tensor(read_images(images, slice(start, start + batch_size)), runtime.device), meta)
-        with runtime.autocast():
-            logits = model(batch).logits
-        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-    seconds = time.perf_counter() - started
-    return (np.concatenate(out) if out else np.zeros((0, model.classifier.out_features), np.float32)), seconds
 
 
 def confidence_intervals(truth: np.ndarray, predicted: np.ndarray, slides: np.ndarray, num_classes: int,

@@ -36,11 +36,11 @@ import torch
 import zarr
 from torch import Tensor
 
+from ..distill.d4 import d4_transform
+from ..distill.distiller import DEFAULT_OPTIONS
+from ..distill.targets import TEACHER_OPTIONS, teacher_targets
+from ..distill.terms import TARGET_KEYS, check_terms
 from ..errors import InputError
-from .d4 import d4_transform
-from .distiller import DEFAULT_OPTIONS
-from .targets import TEACHER_OPTIONS, teacher_targets
-from .terms import TARGET_KEYS, check_terms
 
 CACHE_FORMAT = "wsidistill-teacher-cache"
 CACHE_VERSION = 1
@@ -175,11 +175,11 @@ def build_teacher_cache(
     """
     from tqdm import tqdm
 
+    from ..device import Runtime
     from ..io import atomic_path
+    from ..models.checkpoint import load_model
     from ..patches.dataset import load_patches, to_tensor
     from ..slides.grid import magnification_name
-    from ..device import Runtime
-    from ..train import load_model
 
     if dtype not in DTYPES:
         raise ValueError(f"cache dtype must be one of {list(DTYPES)}, got {dtype!r}")

@@ -24,18 +24,18 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import __version__
+from .. import __version__
+from ..device import Runtime
+from ..distill import Distiller, d4_transform, student_input_from, teacher_targets
+from ..evaluation.inference import predict_probabilities
+from ..evaluation.metrics import balanced_accuracy, quadratic_kappa
+from ..io import atomic_path, save_figure
+from ..models import build_model
+from ..models.checkpoint import TEACHER_OUTPUT_STRIDE, load_model, student_output_stride
+from ..patches.dataset import load_patches, to_tensor
+from ..slides.grid import magnification_name
 from .augment import hed_jitter
-from .device import Runtime
-from .distill import Distiller, d4_transform, student_input_from, teacher_targets
-from .distill.cache import StaleCacheError, TeacherCache
-from .io import atomic_path, save_figure
-from .metrics import balanced_accuracy, quadratic_kappa
-from .models import build_model
-from .patches.dataset import PatchSet, load_patches, to_tensor
-from .slides.grid import magnification_name
-
-TEACHER_OUTPUT_STRIDE = 8
+from .teacher_cache import StaleCacheError, TeacherCache
 
 
 @dataclass(frozen=True)
@@ -83,38 +83,6 @@ def augment_pair(images: list[torch.Tensor], generator: torch.Generator | None =
     return out
 
 
-def student_output_stride(arch: str, magnification: float, teacher_magnification: float) -> int | None:
-    """Output stride that puts the Student's last-block grid on the Teacher's tissue cells.
-
-    Only the demo's ``smallcnn`` has a configurable stride; fixed-stride
-    backbones are aligned by interpolation in the loss instead.
-    """
-    if arch != "smallcnn":
-        return None
-    stride = TEACHER_OUTPUT_STRIDE * magnification / teacher_magnification
-    return max(1, int(round(stride)))
-
-
-def load_model(path: str | Path, runtime: Runtime | None = None) -> tuple[torch.nn.Module, dict]:
-    runtime = runtime or Runtime(torch.device("cpu"))
-    checkpoint = torch.load(path, map_location=runtime.device, weights_only=False)
-    meta = checkpoint["meta"]
-    model = build_model(meta["arch"], meta["num_classes"], output_stride=meta.get("output_stride"))
-    model.load_state_dict(checkpoint["state_dict"])
-    return runtime.place(model).eval(), meta
-
-
-def model_view(batch: torch.Tensor, meta: dict) -> torch.Tensor:
-    """A batch read at ``meta["input_magnification"]``, degraded as the model's training input was.
-
-    An upsampled Student reads the Teacher's patches but trained on them average-pooled to its own
-    magnification and upsampled back; validation, evaluation and attention must see the same.
-    """
-    if meta["student_input"] != "upsampled":
-        return batch
-    return student_input_from(batch, "upsampled", meta["input_magnification"] / meta["magnification"])
-
-
 @torch.no_grad()
 def recalibrate_batchnorm(model: torch.nn.Module, images: np.ndarray, batch_size: int, runtime: Runtime,
                           upsample_factor: float | None = None) -> None:
@@ -141,21 +109,6 @@ def recalibrate_batchnorm(model: torch.nn.Module, images: np.ndarray, batch_size
     model.eval()
 
 
-@torch.no_grad()
-def predict_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size: int, runtime: Runtime,
-                          upsample_factor: float | None = None) -> np.ndarray:
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = to_tensor(images[start : start + batch_size], runtime.device)
-        if upsample_factor:
-            batch = student_input_from(batch, "upsampled", upsample_factor)
-        with runtime.autocast():
-            logits = model(batch).logits
-        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
 def train(
     *,
     train_stores: list[str],
@@ -179,7 +132,7 @@ def train(
 ) -> dict:
     """Train one model and write its best checkpoint, history CSV and curve PNG.
 
-    ``teacher_cache``: a Teacher-target cache (:mod:`wsidistill.distill.cache`) of this Teacher and
+    ``teacher_cache``: a Teacher-target cache (:mod:`wsidistill.training.teacher_cache`) of this Teacher and
     ``train_stores``; the Teacher's targets are then read from it instead of computed each batch.
     ``pretrained``: a local checkpoint the network starts from (:func:`wsidistill.models.load_pretrained`).
     """

@@ -12,10 +12,11 @@ import torch
 import zarr
 
 from wsidistill.distill import student_input_from
-from wsidistill.evaluate import evaluate_model
-from wsidistill.metrics import quadratic_kappa
+from wsidistill.evaluation.evaluate import evaluate_model
+from wsidistill.evaluation.metrics import quadratic_kappa
+from wsidistill.models.checkpoint import load_model
 from wsidistill.patches.dataset import load_patches, to_tensor
-from wsidistill.train import TrainSettings, load_model, train
+from wsidistill.training.loop import TrainSettings, train
 
 SETTINGS = TrainSettings(epochs=4, batch_size=16, lr=1e-3)
 

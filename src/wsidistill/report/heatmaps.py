@@ -18,9 +18,9 @@ import numpy as np  # noqa: E402
 import zarr  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from .io import save_figure  # noqa: E402
-from .patches.dataset import open_store  # noqa: E402
-from .report.palette import class_colors, class_rgb  # noqa: E402
+from ..io import save_figure  # noqa: E402
+from ..patches.dataset import open_store  # noqa: E402
+from .palette import class_colors, class_rgb  # noqa: E402
 
 
 def grid_image(values: np.ndarray, coords: np.ndarray, cell: int, grid: dict, fill=np.nan) -> np.ndarray:

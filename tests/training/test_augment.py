@@ -1,6 +1,6 @@
 import torch
 
-from wsidistill.augment import RUIFROK_HED, hed_jitter
+from wsidistill.training.augment import RUIFROK_HED, hed_jitter
 
 
 def test_zero_strength_is_the_identity_and_draws_nothing():

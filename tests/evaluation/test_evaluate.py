@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from wsidistill.evaluate import confidence_intervals, write_confusion_matrix
-from wsidistill.metrics import balanced_accuracy, confusion_matrix, quadratic_kappa
+from wsidistill.evaluation.evaluate import confidence_intervals, write_confusion_matrix
+from wsidistill.evaluation.metrics import balanced_accuracy, confusion_matrix, quadratic_kappa
 
 CLASSES = ["NC", "G3", "G4", "G5"]
 

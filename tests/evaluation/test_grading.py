@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 
-from wsidistill.grading import (
+from wsidistill.evaluation.grading import (
     SlideGrade,
+    gleason_score,
     grade_from_patch_labels,
     grade_group,
     grade_slide,
-    gleason_score,
 )
 
 # Rules: ISUP 2014 consensus for needle biopsies (Epstein et al., Am J Surg Pathol

@@ -1,0 +1,1 @@
+"""Evaluation: inference on patch stores, metrics over slides, slide-level grading."""

@@ -1,0 +1,1 @@
+"""Training the Teacher and distilling Students: the loop, the Teacher-target cache, augmentation."""
