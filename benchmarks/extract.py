@@ -95,7 +95,11 @@ def tissue_cells(slide_path: Path, count: int, seed: int = 0):
         grid = PatchGrid.for_slide(slide.info.dimensions, FIELD)
     keep = np.flatnonzero(grid.tissue_fraction(detect_tissue(thumbnail), downsample) >= 0.5)
     sample = np.sort(np.random.default_rng(seed).choice(keep, size=min(count, len(keep)), replace=False))
-    return grid.coords()[keep], grid.coords()[sample]
+    # Level-0 (x, y) of raster-order cell indices, as extraction computes them.
+    def corners(cells):
+        return np.stack([cells % grid.columns, cells // grid.columns], axis=1).astype(np.int64) * FIELD
+
+    return corners(keep), corners(sample)
 
 
 def run_project(slide_path, coords, threads, *, whole_slide, reuse_source_tiles=True):

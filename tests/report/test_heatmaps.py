@@ -2,7 +2,7 @@ import numpy as np
 import zarr
 from PIL import Image
 
-from wsidistill.report.heatmaps import class_overlay, comparison_panel, grid_image, slide_heatmap
+from wsidistill.report.heatmaps import class_overlay, comparison_panel, slide_heatmap
 from wsidistill.report.palette import class_rgb
 
 CLASSES = ["NC", "G3", "G4", "G5"]
@@ -19,11 +19,6 @@ def test_class_regions_sit_where_the_layout_puts_them():
         np.testing.assert_allclose(overlay[y // 100, x // 100, :3], rgb[label])
         assert overlay[y // 100, x // 100, 3] > 0
     assert overlay[2, 3, 3] == 0  # no tissue: transparent
-
-
-def test_grid_image_places_values_by_level0_coordinates():
-    image = grid_image(np.array([1.0, 2.0]), np.array([[0, 0], [256, 512]]), 256, {"columns": 2, "rows": 3})
-    assert image[0, 0] == 1 and image[2, 1] == 2 and np.isnan(image[1, 1])
 
 
 def one_class_predictions(store_path, out, class_index):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import zarr
 
-from wsidistill.distill import Distiller, d4_targets, teacher_targets
+from wsidistill.distill import Distiller, d4_transform, teacher_targets
 from wsidistill.models import build_model
 from wsidistill.models.checkpoint import load_model
 from wsidistill.patches.dataset import load_patches, to_tensor
@@ -108,12 +108,12 @@ def test_cached_and_on_the_fly_targets_give_the_same_loss(setup, weights, memory
 
 
 def test_cache_holds_each_element_not_a_transformed_copy(setup):
-    """The Teacher is a CNN, not D4-equivariant: transforming element 0's maps (d4_targets) is not exact."""
+    """The Teacher is a CNN, not D4-equivariant: transforming element 0's maps is not exact."""
     cache = TeacherCache(setup["cache"])
     rows = np.arange(4)
     identity = cache.read([0] * 4, rows)
     rotated = cache.read([1] * 4, rows)
-    assert not torch.allclose(d4_targets(identity, 1)["atplus"], rotated["atplus"], rtol=1e-3, atol=1e-5)
+    assert not torch.allclose(d4_transform(identity["atplus"], 1), rotated["atplus"], rtol=1e-3, atol=1e-5)
 
 
 def test_chunk_files_and_zarr_read_the_same(setup, tmp_path):

@@ -1,6 +1,6 @@
 """Inter-resolution knowledge distillation: attention maps, loss terms, Teacher targets, Distiller."""
 
-from .d4 import d4_inverse, d4_targets, d4_transform
+from .d4 import d4_transform
 from .distiller import DEFAULT_OPTIONS, Distiller
 from .inputs import student_input_from
 from .targets import teacher_targets
@@ -11,8 +11,6 @@ __all__ = [
     "MAP_TERMS",
     "TERMS",
     "Distiller",
-    "d4_inverse",
-    "d4_targets",
     "d4_transform",
     "student_input_from",
     "teacher_targets",

@@ -13,20 +13,3 @@ def d4_transform(x: Tensor, k: int) -> Tensor:
         raise ValueError(f"D4 element must be in 0..7, got {k}")
     x = torch.rot90(x, k % 4, dims=(-2, -1))
     return x.flip(-1) if k >= 4 else x
-
-
-def d4_inverse(k: int) -> int:
-    """Index of the inverse of D4 element ``k``: rotations invert to the opposite rotation,
-    reflections are their own inverse."""
-    if not 0 <= k < 8:
-        raise ValueError(f"D4 element must be in 0..7, got {k}")
-    return (4 - k) % 4 if k < 4 else k
-
-
-def d4_targets(targets: dict[str, Tensor], k: int) -> dict[str, Tensor]:
-    """Apply D4 element ``k`` to the spatial entries (``ndim >= 3``) of a Teacher-target dict.
-
-    Logits are left as they are: this treats the Teacher as invariant to the transform, which holds
-    for the maps' geometry but only approximately for a CNN's outputs.
-    """
-    return {name: d4_transform(t, k) if t.dim() >= 3 else t for name, t in targets.items()}

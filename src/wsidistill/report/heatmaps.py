@@ -23,14 +23,6 @@ from ..patches.dataset import open_store  # noqa: E402
 from .palette import class_colors, class_rgb  # noqa: E402
 
 
-def grid_image(values: np.ndarray, coords: np.ndarray, cell: int, grid: dict, fill=np.nan) -> np.ndarray:
-    """Scatter per-patch ``values`` (N, ...) onto the (rows, columns, ...) grid."""
-    image = np.full((grid["rows"], grid["columns"], *values.shape[1:]), fill, dtype=np.float32)
-    if len(coords):
-        image[coords[:, 1] // cell, coords[:, 0] // cell] = values
-    return image
-
-
 def class_overlay(classes_per_patch: np.ndarray, coords: np.ndarray, cell: int, grid: dict, classes, alpha=0.55):
     """RGBA grid image: class colour where a patch has a class, transparent elsewhere."""
     rgb = class_rgb(classes)

@@ -48,11 +48,6 @@ class PatchGrid:
         width, height = dimensions
         return cls(cell=cell, columns=width // cell, rows=height // cell)
 
-    def coords(self) -> np.ndarray:
-        """(rows*columns, 2) int64 level-0 (x, y), row-major."""
-        ys, xs = np.mgrid[0 : self.rows, 0 : self.columns]
-        return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.int64) * self.cell
-
     def tissue_fraction(self, tissue_mask: np.ndarray, mask_downsample: float) -> np.ndarray:
         """Fraction of each cell covered by tissue, from a mask at ``mask_downsample``."""
         integral = np.pad(tissue_mask.astype(np.float64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)

@@ -352,10 +352,6 @@ class Slide:
             self._osr.close()
         os.close(self._fd)
 
-    def downsample_for(self, magnification: float) -> float:
-        """Level-0 pixels per output pixel at ``magnification`` (objective power units)."""
-        return self.info.objective_power / magnification
-
     def best_level_for(self, downsample: float) -> int:
         """The native level closest above the requested resolution: never coarser than asked."""
         candidates = [i for i, d in enumerate(self.info.level_downsamples) if d <= downsample * 1.001]

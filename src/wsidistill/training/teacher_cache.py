@@ -5,7 +5,7 @@ last-block features, attention maps) is a fixed function of the patch. The cache
 once on each of the eight D4 transforms (:func:`d4_transform`, elements ``0..7``) of each training
 patch and stores the result, so a Student trained with per-sample D4 augmentation reads exactly the
 targets an on-the-fly Teacher forward pass would give (no equivariance of the Teacher is assumed:
-``d4_targets`` would be an approximation, the cache is not). One cache per Teacher serves every
+transforming element 0's maps would be an approximation, the cache is not). One cache per Teacher serves every
 Student method and magnification distilled from it.
 
 Layout of ``{cache}.zarr`` (Zarr v3)::
