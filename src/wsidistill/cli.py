@@ -261,6 +261,7 @@ def run(args: argparse.Namespace) -> None:
         else:
             print(import_sicapv2(args.root, args.out, magnifications=tuple(args.magnifications), threads=args.threads))
     elif args.verb in ("train-teacher", "distill"):
+        from .config import TEACHER
         from .training.loop import TrainSettings, train
 
         settings = TrainSettings(**{**args.training, "device": args.device, "precision": args.precision})
@@ -273,7 +274,7 @@ def run(args: argparse.Namespace) -> None:
             teacher_path=args.teacher if is_student else None,
             student_input=args.student_input if is_student else "native",
             distill_options=args.distill_options if is_student else None,
-            method=args.method if is_student else "teacher",
+            method=args.method if is_student else TEACHER,
             teacher_cache=args.teacher_cache if is_student else None, pretrained=args.pretrained,
         )
     elif args.verb == "teacher-cache":

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .errors import InputError
 from .slides.grid import GridError, patch_pixels
 
+#: The Teacher's method name: its model directory (``teacher_{mag}x``), metrics and table rows. Declared here only.
 TEACHER = "teacher"
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import TEACHER
 from ..evaluation.metrics import (
     balanced_accuracy,
     bootstrap_ci,
@@ -26,7 +27,6 @@ from ..evaluation.metrics import (
 from ..io import save_figure, write_text
 
 METRICS = {"kappa": ("quadratic_kappa", quadratic_kappa), "balanced_accuracy": ("balanced_accuracy", balanced_accuracy)}
-TEACHER = "teacher"
 
 
 def load_metrics(paths: list[str | Path]) -> list[dict]:
