@@ -5,22 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import losses
-from .terms import TARGET_KEYS, TERMS, attention_map, check_terms
-
-DEFAULT_OPTIONS = {
-    "label_smoothing": 0.0,
-    "class_weights": None,
-    "kd_temperature": 4.0,
-    "kd_t2_scaling": True,
-    "kd_form": "kl",
-    "attention_norm": "sample",
-    "eps": 1e-8,
-    "at_p": 2.0,
-    "fma_match": "l2",
-    "mip_match": "l2",
-    "saliency_match": "l2",
-}
+from .terms import CHOICES, DEFAULT_OPTIONS, TEACHER_OPTIONS, TERMS, TermInput, attention_map, check_terms
 
 
 class Distiller(nn.Module):
@@ -32,7 +17,8 @@ class Distiller(nn.Module):
     ``distiller.parameters()`` is what the optimiser trains. The Teacher is not a submodule: only
     its channel count and, for ``sr``, a frozen copy of its classifier (buffers) are kept.
 
-    Options (``DEFAULT_OPTIONS``): ``label_smoothing``, ``class_weights`` (CE); ``kd_temperature``,
+    Each term's loss, map, Teacher target and options come from the registry
+    (:data:`wsidistill.distill.terms.TERMS`). Options (``DEFAULT_OPTIONS``): ``label_smoothing``, ``class_weights`` (CE); ``kd_temperature``,
     ``kd_t2_scaling``, ``kd_form`` ("kl" | "cross_entropy"); ``attention_norm`` ("sample": min-max
     per sample over classes and space, as the reference; "class": per sample and class) for
     ``atplus``/``gradcam``; ``eps``; ``at_p``; ``fma_match``, ``mip_match``, ``saliency_match``
@@ -55,8 +41,9 @@ class Distiller(nn.Module):
         if unknown:
             raise ValueError(f"unknown Distiller option(s) {unknown}; valid: {list(DEFAULT_OPTIONS)}")
         self.options = DEFAULT_OPTIONS | (options or {})
-        if self.options["attention_norm"] not in ("sample", "class"):
-            raise ValueError(f"attention_norm must be 'sample' or 'class', got {self.options['attention_norm']!r}")
+        for option, choices in CHOICES.items():
+            if self.options[option] not in choices:
+                raise ValueError(f"{option} must be one of {list(choices)}, got {self.options[option]!r}")
         self.weights = {name: float(w) for name, w in weights.items() if w != 0}
         if not self.weights:
             raise ValueError(f"no term has a non-zero weight; valid terms: {list(TERMS)}")
@@ -90,17 +77,17 @@ class Distiller(nn.Module):
     @property
     def teacher_options(self) -> dict:
         """Options :func:`teacher_targets` must use to match this Distiller."""
-        return {"at_p": self.options["at_p"]}
+        return {name: self.options[name] for name in TEACHER_OPTIONS}
 
     def forward(
         self, student_input: Tensor, labels: Tensor, targets: dict[str, Tensor] | None
     ) -> tuple[Tensor, dict[str, float]]:
         """Total weighted loss and each term's (unweighted) value."""
-        needed = {TARGET_KEYS[t] for t in self.weights} - {None}
+        needed = {TERMS[t].target for t in self.weights} - {None}
         missing = sorted(needed - set(targets or {}))
         if missing:
             raise ValueError(f"Teacher targets lack {missing} (terms in use: {list(self.weights)})")
-        if "saliency" in self.weights:
+        if any(TERMS[t].input_grad for t in self.weights):
             student_input = student_input.detach().requires_grad_(True)
         output = self.student(student_input)
         values = {name: self._term(name, output, student_input, labels, targets) for name in self.weights}
@@ -109,42 +96,11 @@ class Distiller(nn.Module):
 
     def _term(self, name: str, output, student_input: Tensor, labels: Tensor, targets) -> Tensor:
         """Value of term ``name`` for the Student's ``output``."""
-        opts = self.options
-        if name == "ce":
-            return losses.ce(
-                output.logits, labels, label_smoothing=opts["label_smoothing"], class_weights=self.class_weights
-            )
-        if name == "kd":
-            return losses.kd(
-                output.logits,
-                targets["logits"],
-                temperature=opts["kd_temperature"],
-                t2_scaling=opts["kd_t2_scaling"],
-                form=opts["kd_form"],
-            )
-        last = list(output.features.values())[-1]
-        if name == "fm":
-            return losses.fm(last, targets["features"], regressor=self.fm_regressor)
-        if name == "sr":
-            return losses.sr(
-                last.mean(dim=(-2, -1)),
-                targets["logits"],
-                self.teacher_weight,
-                self.teacher_bias,
-                regressor=self.sr_regressor,
-            )
-        student_map = attention_map(
-            name,
-            output,
-            self.student.classifier.weight,
-            student_input,
-            create_graph=True,
-            at_p=opts["at_p"],
-        )
-        if name == "at":
-            return losses.at(student_map, targets["at"])
-        if name in ("atplus", "gradcam"):
-            start_dim = 1 if opts["attention_norm"] == "sample" else 2
-            return getattr(losses, name)(student_map, targets[name], start_dim=start_dim, eps=opts["eps"])
-        # fma, mip, saliency
-        return getattr(losses, name)(student_map, targets[name], match=opts[f"{name}_match"], eps=opts["eps"])
+        term = TERMS[name]
+        student_map = None
+        if term.map is not None:
+            student_map = attention_map(name, output, self.student.classifier.weight, student_input,
+                                        create_graph=True, **self.teacher_options)
+        options = {option: self.options[option] for option in term.options}
+        target = None if term.target is None else targets[term.target]
+        return term.loss(TermInput(output, labels, target, student_map, options, self))

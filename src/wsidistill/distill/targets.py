@@ -7,9 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from .terms import MAP_TERMS, attention_map, check_terms
-
-TEACHER_OPTIONS = ("at_p",)
+from .terms import MAP_TERMS, TEACHER_OPTIONS, TERMS, attention_map, check_terms
 
 
 def teacher_targets(teacher: nn.Module, teacher_input: Tensor, terms: Iterable[str], **options) -> dict[str, Tensor]:
@@ -29,8 +27,9 @@ def teacher_targets(teacher: nn.Module, teacher_input: Tensor, terms: Iterable[s
     if teacher.training:
         raise ValueError("the Teacher must be in eval mode: call teacher.eval()")
     map_terms = [t for t in MAP_TERMS if t in terms]
-    images = teacher_input.detach().requires_grad_("saliency" in map_terms)
-    with torch.set_grad_enabled("saliency" in map_terms):
+    input_grad = any(TERMS[t].input_grad for t in map_terms)
+    images = teacher_input.detach().requires_grad_(input_grad)
+    with torch.set_grad_enabled(input_grad):
         output = teacher(images)
         targets = {"logits": output.logits, "features": list(output.features.values())[-1]}
         for term in map_terms:

@@ -37,9 +37,8 @@ import zarr
 from torch import Tensor
 
 from ..distill.d4 import d4_transform
-from ..distill.distiller import DEFAULT_OPTIONS
-from ..distill.targets import TEACHER_OPTIONS, teacher_targets
-from ..distill.terms import TARGET_KEYS, check_terms
+from ..distill.targets import teacher_targets
+from ..distill.terms import TEACHER_DEFAULTS, TERMS, check_terms, target_keys
 from ..errors import InputError
 
 CACHE_FORMAT = "wsidistill-teacher-cache"
@@ -65,18 +64,9 @@ class StaleCacheError(InputError, ValueError):
     """A Teacher-target cache that does not match the stores, Teacher or terms of a training run."""
 
 
-def target_keys(terms: Iterable[str]) -> list[str]:
-    """Teacher-target entries the terms read (``fm`` -> ``features``, ``kd``/``sr`` -> ``logits``, map
-    terms -> their map), in a fixed order; ``ce`` reads none."""
-    terms = check_terms(terms)
-    keys = {TARGET_KEYS[t] for t in terms} - {None}
-    order = ["logits", "features", *[t for t in TARGET_KEYS if TARGET_KEYS[t] == t]]
-    return [k for k in order if k in keys]
-
-
 def teacher_options_with_defaults(options: dict | None) -> dict:
     """The :func:`teacher_targets` options, defaults filled in (``at_p`` 2), for comparison."""
-    return {name: float((options or {}).get(name, DEFAULT_OPTIONS[name])) for name in TEACHER_OPTIONS}
+    return {name: float((options or {}).get(name, default)) for name, default in TEACHER_DEFAULTS.items()}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -402,7 +392,8 @@ class TeacherCache:
                 f"{self.attrs['terms']}); {rebuild} with the union of every method's terms"
             )
         options = teacher_options_with_defaults(teacher_options)
-        if "at" in self.keys and options != teacher_options_with_defaults(self.attrs["teacher_options"]):
+        reads_options = any(key in TERMS and TERMS[key].map_options for key in self.keys)  # e.g. `at` reads at_p
+        if reads_options and options != teacher_options_with_defaults(self.attrs["teacher_options"]):
             raise StaleCacheError(
                 f"Teacher-target cache {self.path} was built with Teacher options {self.attrs['teacher_options']}, "
                 f"this run uses {options}; {rebuild}"
