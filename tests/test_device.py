@@ -60,7 +60,7 @@ def test_bf16_autocast_trains_a_distilled_student_on_the_cpu_code_path(demo_stor
     weights = {"ce": 1, "fm": 0.1, "atplus": 10, "saliency": 10, "kd": 1}
     meta = train(magnification=10, weights=weights, settings=settings, teacher_path=tmp_path / "t/model.pt",
                  out_model=tmp_path / "s/model.pt", out_history=tmp_path / "s/h.csv", method="mixed", **common)
-    assert meta["runtime"] == {"device": "cpu", "precision": "bf16"}
+    assert meta.runtime == {"device": "cpu", "precision": "bf16"}
     history = pd.read_csv(tmp_path / "s/h.csv")
     assert all(math.isfinite(history[f"train_{term}"].iloc[0]) for term in weights)
     model, _ = load_model(tmp_path / "s/model.pt")

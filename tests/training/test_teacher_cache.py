@@ -150,7 +150,7 @@ def test_training_with_the_cache_matches_training_with_the_teacher(setup, tmp_pa
     meta = train(out_model=tmp_path / "fly/model.pt", out_history=tmp_path / "fly/h.csv", **common)
     meta_cached = train(out_model=tmp_path / "cached/model.pt", out_history=tmp_path / "cached/h.csv",
                         teacher_cache=setup["cache"], **common)
-    assert meta["teacher_cache"] is None and meta_cached["teacher_cache"] == str(setup["cache"])
+    assert meta.teacher_cache is None and meta_cached.teacher_cache == str(setup["cache"])
     fly, cached = pd.read_csv(tmp_path / "fly/h.csv"), pd.read_csv(tmp_path / "cached/h.csv")
     # Same augmentations, same targets up to float32 rounding (~1e-7, the Teacher run on other batches), which
     # a few Adam steps amplify; the loss on one batch agrees to 1e-6 (test above).

@@ -78,8 +78,8 @@ def evaluate_model(
     torch.set_num_threads(threads)
     runtime = Runtime.create(device, precision)
     model, meta = load_model(model_path, runtime)
-    magnification = meta["input_magnification"]
-    classes = meta["classes"]
+    magnification = meta.input_magnification
+    classes = meta.classes
     truth, predicted, groups = [], [], []
     timing = {"patches": 0, "seconds": 0.0}
     with atomic_path(out_predictions) as tmp:
@@ -105,13 +105,13 @@ def evaluate_model(
     truth, predicted, groups = (np.concatenate(x) if x else np.zeros(0) for x in (truth, predicted, groups))
     metrics = {
         "model": str(model_path),
-        "method": meta["method"],
-        "magnification": meta["magnification"],
-        "seed": meta["seed"],
+        "method": meta.method,
+        "magnification": meta.magnification,
+        "seed": meta.seed,
         "classes": classes,
         "test_patches": int(len(truth)),
-        "best_epoch": meta["best_epoch"],
-        "val_kappa": meta["val_kappa"],
+        "best_epoch": meta.best_epoch,
+        "val_kappa": meta.val_kappa,
         "inference": {**timing, "device": str(runtime.device), "precision": runtime.precision,
                       "patches_per_second": timing["patches"] / timing["seconds"] if timing["seconds"] else None},
         **summarise(truth.astype(int), predicted.astype(int), len(classes)),
@@ -120,6 +120,6 @@ def evaluate_model(
                       "slide": groups.astype(str).tolist()},
     }
     write_json(out_metrics, metrics)
-    title = f"{Path(model_path).parent.parent.name}, seed {meta['seed']}"
+    title = f"{Path(model_path).parent.parent.name}, seed {meta.seed}"
     write_confusion_matrix(metrics["confusion_matrix"], classes, title, out_confusion_csv, out_confusion_png)
     return metrics

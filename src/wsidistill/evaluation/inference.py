@@ -3,42 +3,51 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from ..device import Runtime
 from ..distill.inputs import student_input_from
-from ..models.checkpoint import model_view
+from ..models.checkpoint import ModelMeta, model_view
 from ..patches.dataset import open_store, read_images, to_tensor
 from ..slides.grid import magnification_name
 
 
 @torch.no_grad()
-def predict_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size: int, runtime: Runtime,
-                          upsample_factor: float | None = None) -> np.ndarray:
+def _probabilities(model: torch.nn.Module, count: int, read_batch: Callable[[slice], torch.Tensor], batch_size: int,
+                   runtime: Runtime) -> np.ndarray:
+    """Softmax class probabilities ``(count, C)`` float32 of ``model`` on ``read_batch(rows)``, batch by batch."""
     model.eval()
     out = []
-    for start in range(0, len(images), batch_size):
-        batch = to_tensor(images[start : start + batch_size], runtime.device)
-        if upsample_factor:
-            batch = student_input_from(batch, "upsampled", upsample_factor)
+    for start in range(0, count, batch_size):
+        batch = read_batch(slice(start, start + batch_size))
         with runtime.autocast():
             logits = model(batch).logits
         out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, model.classifier.out_features), np.float32)
 
 
-@torch.no_grad()
-def infer_store(model, meta: dict, store_path, batch_size, runtime: Runtime) -> tuple[np.ndarray, float]:
-    """Class probabilities for every patch of one store, and the seconds it took."""
-    images = open_store(store_path)[magnification_name(meta["input_magnification"])]["images"]
+def predict_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size: int, runtime: Runtime,
+                          upsample_factor: float | None = None) -> np.ndarray:
+    """Class probabilities ``(N, C)`` for ``images`` ``(N, H, W, 3)`` uint8; ``upsample_factor``: pool by it and
+    upsample back first (an upsampled Student's input)."""
+
+    def read_batch(rows: slice) -> torch.Tensor:
+        batch = to_tensor(images[rows], runtime.device)
+        return student_input_from(batch, "upsampled", upsample_factor) if upsample_factor else batch
+
+    return _probabilities(model, len(images), read_batch, batch_size, runtime)
+
+
+def infer_store(model: torch.nn.Module, meta: ModelMeta, store_path, batch_size: int,
+                runtime: Runtime) -> tuple[np.ndarray, float]:
+    """Class probabilities ``(N, C)`` for every patch of one store (its ``meta.input_magnification`` view, as
+    the model's training input was), and the seconds it took."""
+    images = open_store(store_path)[magnification_name(meta.input_magnification)]["images"]
     started = time.perf_counter()
-    out = []
-    for start in range(0, images.shape[0], batch_size):
-        batch = model_view(to_tensor(read_images(images, slice(start, start + batch_size)), runtime.device), meta)
-        with runtime.autocast():
-            logits = model(batch).logits
-        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-    seconds = time.perf_counter() - started
-    return (np.concatenate(out) if out else np.zeros((0, model.classifier.out_features), np.float32)), seconds
+    probabilities = _probabilities(
+        model, images.shape[0], lambda rows: model_view(to_tensor(read_images(images, rows), runtime.device), meta),
+        batch_size, runtime)
+    return probabilities, time.perf_counter() - started

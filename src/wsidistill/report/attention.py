@@ -21,13 +21,13 @@ import torch  # noqa: E402
 
 from ..distill.attention import align_map, atplus_maps, minmax_normalise  # noqa: E402
 from ..io import save_figure, write_text  # noqa: E402
-from ..models.checkpoint import load_model, model_view  # noqa: E402
+from ..models.checkpoint import ModelMeta, load_model, model_view  # noqa: E402
 from ..patches.dataset import load_patches, to_tensor  # noqa: E402
 from ..slides.grid import magnification_name  # noqa: E402
 
 
 @torch.no_grad()
-def class_attention(model, meta: dict, images: np.ndarray, classes: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+def class_attention(model, meta: ModelMeta, images: np.ndarray, classes: np.ndarray, batch_size: int = 64) -> torch.Tensor:
     """(N, H, W) AT+ map of each patch for its given class, unnormalised, on the model's grid."""
     maps = []
     for start in range(0, len(images), batch_size):
@@ -54,18 +54,18 @@ def attention_study(teacher_path, students: dict[str, str | Path], stores: list[
     out_dir = Path(out_dir)
     teacher, teacher_meta = load_model(teacher_path)
     models = {name: load_model(path) for name, path in students.items()}
-    magnifications = sorted({teacher_meta["input_magnification"]} | {m["input_magnification"] for _, m in models.values()},
+    magnifications = sorted({teacher_meta.input_magnification} | {m.input_magnification for _, m in models.values()},
                             reverse=True)
     patches = load_patches(stores, magnifications)
-    classes = teacher_meta["classes"]
+    classes = teacher_meta.classes
     teacher_maps = class_attention(teacher, teacher_meta,
-                                   patches.images[magnification_name(teacher_meta["input_magnification"])], patches.labels)
+                                   patches.images[magnification_name(teacher_meta.input_magnification)], patches.labels)
     rows, student_maps, correlations = [], {}, {}
     for name, (model, meta) in models.items():
-        maps = class_attention(model, meta, patches.images[magnification_name(meta["input_magnification"])],
+        maps = class_attention(model, meta, patches.images[magnification_name(meta.input_magnification)],
                                patches.labels)
         student_maps[name], correlations[name] = maps, map_correlation(maps, teacher_maps)
-        rows.append({"model": name, "method": meta["method"], "magnification": meta["magnification"],
+        rows.append({"model": name, "method": meta.method, "magnification": meta.magnification,
                      "patches": len(maps), "grid": f"{maps.shape[-2]}x{maps.shape[-1]}",
                      "mean_correlation": float(np.nanmean(correlations[name])) if len(maps) else float("nan"),
                      "std_correlation": float(np.nanstd(correlations[name])) if len(maps) else float("nan")})

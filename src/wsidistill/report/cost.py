@@ -60,10 +60,10 @@ def cost_frame(models: dict[str, str | Path], stores: list[str | Path], threads:
     rows = []
     for name, path in models.items():
         model, meta = load_model(path)
-        side = meta["patch_side"]
+        side = meta.patch_side
         row = {
             "model": name,
-            "magnification": meta["magnification"],
+            "magnification": meta.magnification,
             "input_px": side,
             "input_pixels": side * side,
             "gflops_per_patch": forward_gflops(model, side),

@@ -12,6 +12,8 @@ run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import random
@@ -25,17 +27,18 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__
+from ..config import TEACHER
 from ..device import Runtime
 from ..distill import Distiller, d4_transform, student_input_from, teacher_targets
 from ..evaluation.inference import predict_probabilities
 from ..evaluation.metrics import balanced_accuracy, quadratic_kappa
 from ..io import atomic_path, save_figure
 from ..models import build_model
-from ..models.checkpoint import TEACHER_OUTPUT_STRIDE, load_model, student_output_stride
+from ..models.checkpoint import TEACHER_OUTPUT_STRIDE, ModelMeta, load_model, save_model, student_output_stride
 from ..patches.dataset import load_patches, to_tensor
 from ..slides.grid import magnification_name
 from .augment import hed_jitter
-from .teacher_cache import StaleCacheError, TeacherCache
+from .teacher_cache import StaleCacheError, TeacherCache, describe_stores, file_sha256
 
 
 @dataclass(frozen=True)
@@ -109,99 +112,206 @@ def recalibrate_batchnorm(model: torch.nn.Module, images: np.ndarray, batch_size
     model.eval()
 
 
-def train(
-    *,
-    train_stores: list[str],
-    val_stores: list[str],
-    classes: list[str],
-    magnification: float,
-    arch: str,
-    weights: dict[str, float],
-    settings: TrainSettings,
-    seed: int,
-    out_model: str | Path,
-    out_history: str | Path,
-    teacher_path: str | Path | None = None,
-    student_input: str = "native",
-    distill_options: dict | None = None,
-    threads: int = 1,
-    method: str = "teacher",
-    progress: bool = True,
-    teacher_cache: str | Path | None = None,
-    pretrained: str | Path | None = None,
-) -> dict:
-    """Train one model and write its best checkpoint, history CSV and curve PNG.
+@dataclass(frozen=True)
+class TrainJob:
+    """What one training run trains: data, network, objective and outputs.
 
-    ``teacher_cache``: a Teacher-target cache (:mod:`wsidistill.training.teacher_cache`) of this Teacher and
-    ``train_stores``; the Teacher's targets are then read from it instead of computed each batch.
-    ``pretrained``: a local checkpoint the network starts from (:func:`wsidistill.models.load_pretrained`).
+    ``weights``: the method's loss terms (``{"ce": 1}`` for the Teacher); ``teacher_path``: the
+    Teacher checkpoint a Student distils from; ``student_input``: "native" (the Student's own
+    magnification) or "upsampled" (the Teacher's patches pooled to it and upsampled back);
+    ``teacher_cache``: a Teacher-target cache (:mod:`wsidistill.training.teacher_cache`) of this
+    Teacher and ``train_stores``, read instead of running the Teacher each batch; ``pretrained``: a
+    local checkpoint the network starts from (:func:`wsidistill.models.load_pretrained`).
     """
-    torch.set_num_threads(threads)
-    seed_everything(seed, settings.deterministic)
-    runtime = Runtime.create(settings.device, settings.precision)
-    device = runtime.device
-    out_model = Path(out_model)
-    work_checkpoint = out_model.with_name("checkpoint.pt")
 
-    teacher, teacher_meta = (None, None)
-    if teacher_path is not None:
-        teacher, teacher_meta = load_model(teacher_path, runtime)
-        for parameter in teacher.parameters():
-            parameter.requires_grad_(False)
-    needs_teacher = any(term != "ce" for term in weights)
-    if needs_teacher and teacher is None:
-        raise ValueError(f"method {method!r} uses {sorted(weights)} and needs a Teacher checkpoint")
-    teacher_magnification = teacher_meta["magnification"] if teacher_meta else magnification
-    upsampled = student_input == "upsampled" and teacher is not None
+    train_stores: list[str]
+    val_stores: list[str]
+    classes: list[str]
+    magnification: float
+    arch: str
+    weights: dict[str, float]
+    seed: int
+    out_model: str | Path
+    out_history: str | Path
+    teacher_path: str | Path | None = None
+    student_input: str = "native"
+    distill_options: dict | None = None
+    method: str = TEACHER
+    teacher_cache: str | Path | None = None
+    pretrained: str | Path | None = None
 
-    use_cache = teacher_cache is not None and needs_teacher
-    view_magnifications = [magnification]
-    if teacher is not None and ((needs_teacher and not use_cache) or upsampled):
-        view_magnifications.append(teacher_magnification)
-    view_magnifications = list(dict.fromkeys(view_magnifications))
-    train_set = load_patches(train_stores, view_magnifications)
-    val_set = load_patches(val_stores, [teacher_magnification if upsampled else magnification])
-    if len(train_set) == 0:
-        raise ValueError(f"no labelled training patches in {train_stores}")
 
-    stride = None if upsampled else student_output_stride(arch, magnification, teacher_magnification)
-    if upsampled and arch == "smallcnn":
-        stride = TEACHER_OUTPUT_STRIDE
-    model = runtime.place(build_model(arch, len(classes), output_stride=stride, pretrained=pretrained))
-    distiller = runtime.place(Distiller(model, weights, teacher=teacher, num_classes=len(classes), options=distill_options))
-    cache = None
-    if use_cache:
-        cache = TeacherCache.open(teacher_cache, stores=train_stores, teacher_path=teacher_path,
-                                  terms=distiller.terms, teacher_options=distiller.teacher_options)
-        if len(cache) != len(train_set):
-            raise StaleCacheError(f"{teacher_cache} holds {len(cache)} patches, the training set {len(train_set)}")
-    trainable = [p for p in distiller.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
-    scaler = runtime.grad_scaler()
+def train(*, settings: TrainSettings, threads: int = 1, progress: bool = True, **job) -> ModelMeta:
+    """Train one model and write its best checkpoint, history CSV and curve PNG; return its metadata.
 
-    history: list[dict] = []
-    best = {"kappa": -math.inf, "epoch": -1, "state_dict": None}
-    start_epoch = 0
-    if work_checkpoint.exists():
-        state = torch.load(work_checkpoint, map_location=device, weights_only=False)
-        distiller.load_state_dict(state["distiller"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+    ``job``: the fields of :class:`TrainJob`. ``threads``: intra-op threads (the float sums, and so
+    the weights' last bits, depend on it). Resumes from ``checkpoint.pt`` beside ``out_model`` when
+    that was written with the same settings and inputs (:attr:`Trainer.fingerprint`), else trains
+    from scratch.
+    """
+    trainer = Trainer(TrainJob(**job), settings, threads=threads, progress=progress)
+    trainer.resume()
+    while trainer.epoch < settings.epochs and not trainer.stopped_early:
+        trainer.train_epoch()
+    return trainer.finish()
+
+
+class Trainer:
+    """One training run in pieces: set-up (the constructor), :meth:`resume`, :meth:`train_epoch` (one
+    epoch, its validation and checkpoint), :meth:`finish` (the best model's checkpoint and curves)."""
+
+    def __init__(self, job: TrainJob, settings: TrainSettings, *, threads: int = 1, progress: bool = True) -> None:
+        torch.set_num_threads(threads)
+        seed_everything(job.seed, settings.deterministic)
+        self.job, self.settings, self.progress = job, settings, progress
+        self.runtime = runtime = Runtime.create(settings.device, settings.precision)
+        self.checkpoint_path = Path(job.out_model).with_name("checkpoint.pt")
+
+        self.teacher, self.teacher_meta = None, None
+        if job.teacher_path is not None:
+            self.teacher, self.teacher_meta = load_model(job.teacher_path, runtime)
+            for parameter in self.teacher.parameters():
+                parameter.requires_grad_(False)
+        self.needs_teacher = any(term != "ce" for term in job.weights)
+        if self.needs_teacher and self.teacher is None:
+            raise ValueError(f"method {job.method!r} uses {sorted(job.weights)} and needs a Teacher checkpoint")
+        self.teacher_magnification = self.teacher_meta.magnification if self.teacher_meta else job.magnification
+        self.upsampled = job.student_input == "upsampled" and self.teacher is not None
+        self.factor = self.teacher_magnification / job.magnification
+        self.use_cache = job.teacher_cache is not None and self.needs_teacher
+
+        views = [job.magnification]
+        if self.teacher is not None and ((self.needs_teacher and not self.use_cache) or self.upsampled):
+            views.append(self.teacher_magnification)
+        self.view_magnifications = list(dict.fromkeys(views))
+        self.val_magnification = self.teacher_magnification if self.upsampled else job.magnification
+        self.train_set = load_patches(job.train_stores, self.view_magnifications)
+        self.val_set = load_patches(job.val_stores, [self.val_magnification])
+        if len(self.train_set) == 0:
+            raise ValueError(f"no labelled training patches in {job.train_stores}")
+
+        self.stride = None if self.upsampled else student_output_stride(job.arch, job.magnification,
+                                                                        self.teacher_magnification)
+        if self.upsampled and job.arch == "smallcnn":
+            self.stride = TEACHER_OUTPUT_STRIDE
+        self.model = runtime.place(build_model(job.arch, len(job.classes), output_stride=self.stride,
+                                               pretrained=job.pretrained))
+        self.distiller = runtime.place(Distiller(self.model, job.weights, teacher=self.teacher,
+                                                 num_classes=len(job.classes), options=job.distill_options))
+        self.cache = None
+        if self.use_cache:
+            self.cache = TeacherCache.open(job.teacher_cache, stores=job.train_stores, teacher_path=job.teacher_path,
+                                           terms=self.distiller.terms, teacher_options=self.distiller.teacher_options)
+            if len(self.cache) != len(self.train_set):
+                raise StaleCacheError(f"{job.teacher_cache} holds {len(self.cache)} patches, "
+                                      f"the training set {len(self.train_set)}")
+        trainable = [p for p in self.distiller.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.scaler = runtime.grad_scaler()
+
+        self.provenance = self._provenance(threads)
+        self.fingerprint = hashlib.sha256(json.dumps(self.provenance, sort_keys=True, default=str).encode()).hexdigest()
+        self.history: list[dict] = []
+        self.best = {"kappa": -math.inf, "epoch": -1, "state_dict": None}
+        self.epoch = 0  # the next epoch to train
+        self.epochs_without_gain = 0
+
+    def _provenance(self, threads: int) -> dict:
+        """Every setting and input that shapes the weights, JSON-able: what :attr:`fingerprint` digests.
+
+        ``epochs`` is left out: no schedule depends on it, so a run resumed to train longer ends with a
+        straight run's weights. Stores are identified by slide id, labelled rows and a digest of their
+        labels, coordinates and pixels (:func:`describe_stores`), not by path.
+        """
+        job = self.job
+
+        def stores(paths, magnifications):
+            return [{k: e[k] for k in ("slide_id", "rows", "digest")}
+                    for m in magnifications for e in describe_stores(paths, magnification_name(m))]
+
+        return {
+            "settings": {k: v for k, v in asdict(self.settings).items() if k != "epochs"},
+            "runtime": {"device": str(self.runtime.device), "precision": self.runtime.precision, "threads": threads},
+            "method": job.method,
+            "weights": {k: float(v) for k, v in job.weights.items()},
+            "distill_options": self.distiller.options,
+            "classes": list(job.classes),
+            "arch": job.arch,
+            "seed": job.seed,
+            "magnification": job.magnification,
+            "student_input": "upsampled" if self.upsampled else "native",
+            "teacher_sha256": None if job.teacher_path is None else file_sha256(job.teacher_path),
+            "teacher_cache": self.cache.attrs["dtype"] if self.cache is not None else None,
+            "pretrained_sha256": None if job.pretrained is None else file_sha256(job.pretrained),
+            "train_stores": stores(job.train_stores, self.view_magnifications),
+            "val_stores": stores(job.val_stores, [self.val_magnification]),
+        }
+
+    def resume(self) -> None:
+        """Continue from ``checkpoint.pt`` if it was written with this run's :attr:`fingerprint`; a checkpoint of
+        other settings or inputs is deleted (with a log line) and the run starts from scratch."""
+        if not self.checkpoint_path.exists():
+            return
+        state = torch.load(self.checkpoint_path, map_location=self.runtime.device, weights_only=False)
+        if state.get("fingerprint") != self.fingerprint:
+            old = state.get("provenance") or {}
+            changed = sorted(k for k in self.provenance.keys() | old.keys() if old.get(k) != self.provenance.get(k))
+            print(f"discarding {self.checkpoint_path}: it was written with other settings or inputs "
+                  f"(changed: {', '.join(changed)}); training {self.job.out_model} from scratch", flush=True)
+            self.checkpoint_path.unlink()
+            return
+        self.distiller.load_state_dict(state["distiller"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
-        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
-        print(f"resuming {out_model} from epoch {start_epoch}", flush=True)
+        self.history, self.best, self.epoch = state["history"], state["best"], state["epoch"] + 1
+        self.epochs_without_gain = len(self.history) - 1 - self.best["epoch"] if self.history else 0
+        print(f"resuming {self.job.out_model} from epoch {self.epoch}", flush=True)
 
-    factor = teacher_magnification / magnification
-    student_name = magnification_name(magnification)
-    teacher_name = magnification_name(teacher_magnification)
-    epochs_without_gain = len(history) - 1 - best["epoch"] if history else 0
-    for epoch in range(start_epoch, settings.epochs):
-        if settings.patience is not None and epochs_without_gain >= settings.patience:
-            break
+    @property
+    def stopped_early(self) -> bool:
+        """``patience`` epochs have passed without a better validation score."""
+        return self.settings.patience is not None and self.epochs_without_gain >= self.settings.patience
+
+    def train_epoch(self) -> dict:
+        """Train epoch :attr:`epoch`, validate, checkpoint; return its history row."""
+        epoch, job = self.epoch, self.job
         started = time.perf_counter()
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        totals = self._optimise(epoch)
+        kappa, balanced = self.validate()
+        row = {
+            "epoch": epoch,
+            **{f"train_{k}": v / len(self.train_set) for k, v in totals.items()},
+            "val_kappa": kappa,
+            "val_balanced_accuracy": balanced,
+            "seconds": time.perf_counter() - started,
+        }
+        self.history.append(row)
+        score = kappa if not math.isnan(kappa) else -row["train_loss"]
+        if score > self.best["kappa"]:
+            self.best = {"kappa": score, "epoch": epoch,
+                         "state_dict": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
+            self.epochs_without_gain = 0
+        else:
+            self.epochs_without_gain += 1
+        print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"), flush=True)
+        # Checkpoint first: the history CSV never lists an epoch a resumed run would repeat.
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save({"distiller": self.distiller.state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+                        "history": self.history, "best": self.best, "epoch": epoch,
+                        "fingerprint": self.fingerprint, "provenance": self.provenance}, tmp)
+        _write_history(self.history, job.out_history)
+        self.epoch += 1
+        return row
+
+    def _optimise(self, epoch: int) -> dict[str, float]:
+        """One pass over the training set in a seeded order; per-term loss sums weighted by batch size."""
+        settings, job, runtime, device = self.settings, self.job, self.runtime, self.runtime.device
+        train_set, teacher = self.train_set, self.teacher
+        generator = torch.Generator().manual_seed(job.seed * 100_003 + epoch)
         order = torch.randperm(len(train_set), generator=generator).numpy()
-        distiller.train()
+        self.distiller.train()
         if teacher is not None:
             teacher.eval()
         totals: dict[str, float] = {}
@@ -210,92 +320,85 @@ def train(
         # D4 elements drawn up front, in the order the batches used to draw them (same augmentations).
         elements = [torch.randint(0, 8, (len(rows),), generator=generator) if settings.augment == "d4"
                     else torch.zeros(len(rows), dtype=torch.int64) for rows in batches]
-        cached = cache.iterate(zip(elements, batches), device=device) if cache is not None else None
-        for rows, batch_elements in tqdm(list(zip(batches, elements)),
-                                         desc=f"{method} {student_name} seed{seed} epoch {epoch + 1}/{settings.epochs}",
-                                         disable=not progress, leave=False):
+        cached = self.cache.iterate(zip(elements, batches), device=device) if self.cache is not None else None
+        description = (f"{job.method} {magnification_name(job.magnification)} seed{job.seed} "
+                       f"epoch {epoch + 1}/{settings.epochs}")
+        for rows, batch_elements in tqdm(list(zip(batches, elements)), desc=description,
+                                         disable=not self.progress, leave=False):
             labels = torch.from_numpy(train_set.labels[rows]).to(device)
-            views = [to_tensor(train_set.images[magnification_name(m)][rows], device) for m in view_magnifications]
+            views = [to_tensor(train_set.images[magnification_name(m)][rows], device) for m in self.view_magnifications]
             if settings.augment == "d4":
                 views = augment_pair(views, elements=batch_elements)
             student_view = views[0]
             targets = next(cached) if cached is not None else None
             if teacher is not None and len(views) > 1:
                 teacher_view = views[1]
-                if needs_teacher and cached is None:
+                if self.needs_teacher and cached is None:
                     with runtime.autocast():
-                        targets = teacher_targets(teacher, teacher_view, weights.keys(), **distiller.teacher_options)
-                if upsampled:
-                    student_view = student_input_from(teacher_view, "upsampled", factor)
+                        targets = teacher_targets(teacher, teacher_view, job.weights.keys(),
+                                                  **self.distiller.teacher_options)
+                if self.upsampled:
+                    student_view = student_input_from(teacher_view, "upsampled", self.factor)
             # Only the trained model's view is stain-jittered: the Teacher's targets stay those of the
             # tissue as scanned, so cached targets remain exact.
             student_view = hed_jitter(student_view, settings.stain_jitter, generator)
             with runtime.autocast():
-                loss, terms = distiller(student_view, labels, targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+                loss, terms = self.distiller(student_view, labels, targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             for name, value in {"loss": loss.item(), **terms}.items():
                 totals[name] = totals.get(name, 0.0) + value * len(rows)
+        return totals
 
-        input_view = teacher_name if upsampled else student_name
-        recalibrate_batchnorm(model, train_set.images[input_view], settings.batch_size, runtime,
-                              factor if upsampled else None)
-        val_probs = predict_probabilities(model, val_set.images[input_view], settings.batch_size, runtime,
-                                          factor if upsampled else None) if len(val_set) else np.zeros((0, len(classes)))
-        val_pred = val_probs.argmax(1) if len(val_set) else np.zeros(0, int)
-        kappa = quadratic_kappa(val_set.labels, val_pred, len(classes)) if len(val_set) else float("nan")
-        row = {
-            "epoch": epoch,
-            **{f"train_{k}": v / len(order) for k, v in totals.items()},
-            "val_kappa": kappa,
-            "val_balanced_accuracy": balanced_accuracy(val_set.labels, val_pred, len(classes)) if len(val_set) else float("nan"),
-            "seconds": time.perf_counter() - started,
-        }
-        history.append(row)
-        score = kappa if not math.isnan(kappa) else -row["train_loss"]
-        if score > best["kappa"]:
-            best = {"kappa": score, "epoch": epoch,
-                    "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-            epochs_without_gain = 0
-        else:
-            epochs_without_gain += 1
-        print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"), flush=True)
-        # Checkpoint first: the history CSV never lists an epoch a resumed run would repeat.
-        with atomic_path(work_checkpoint) as tmp:
-            torch.save({"distiller": distiller.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                        "torch_rng": torch.get_rng_state(), "history": history, "best": best, "epoch": epoch}, tmp)
-        _write_history(history, out_history)
+    def validate(self) -> tuple[float, float]:
+        """Recalibrate batch norm on the training patches, then validation quadratic kappa and balanced accuracy
+        (NaN without validation patches)."""
+        settings, classes, val_set = self.settings, self.job.classes, self.val_set
+        view = magnification_name(self.val_magnification)
+        factor = self.factor if self.upsampled else None
+        recalibrate_batchnorm(self.model, self.train_set.images[view], settings.batch_size, self.runtime, factor)
+        if not len(val_set):
+            return float("nan"), float("nan")
+        predicted = predict_probabilities(self.model, val_set.images[view], settings.batch_size, self.runtime,
+                                          factor).argmax(1)
+        return (quadratic_kappa(val_set.labels, predicted, len(classes)),
+                balanced_accuracy(val_set.labels, predicted, len(classes)))
 
-    meta = {
-        "arch": arch,
-        "pretrained": None if pretrained is None else str(pretrained),
-        "num_classes": len(classes),
-        "classes": list(classes),
-        "magnification": magnification,
-        "teacher_magnification": teacher_magnification,
-        "output_stride": stride,
-        "input_magnification": teacher_magnification if upsampled else magnification,
-        "patch_side": int(train_set.images[teacher_name if upsampled else student_name].shape[1]),
-        "student_input": "upsampled" if upsampled else "native",
-        "teacher_cache": str(teacher_cache) if use_cache else None,
-        "method": method,
-        "weights": dict(weights),
-        "seed": seed,
-        "best_epoch": best["epoch"],
-        "val_kappa": best["kappa"],
-        "train_patches": len(train_set),
-        "val_patches": len(val_set),
-        "settings": asdict(settings),
-        "runtime": {"device": str(runtime.device), "precision": runtime.precision},
-        "wsidistill_version": __version__,
-    }
-    with atomic_path(out_model) as tmp:
-        torch.save({"state_dict": best["state_dict"], "meta": meta}, tmp)
-    _plot_history(history, Path(out_history).with_suffix(".png"), title=f"{method} {student_name} seed {seed}")
-    work_checkpoint.unlink(missing_ok=True)
-    return meta
+    def finish(self) -> ModelMeta:
+        """Write the best epoch's model with its metadata and the training curves; delete the checkpoint."""
+        job, best = self.job, self.best
+        meta = ModelMeta(
+            arch=job.arch,
+            pretrained=None if job.pretrained is None else str(job.pretrained),
+            num_classes=len(job.classes),
+            classes=list(job.classes),
+            magnification=job.magnification,
+            teacher_magnification=self.teacher_magnification,
+            output_stride=self.stride,
+            input_magnification=self.val_magnification,
+            patch_side=int(self.train_set.images[magnification_name(self.val_magnification)].shape[1]),
+            student_input="upsampled" if self.upsampled else "native",
+            teacher_cache=str(job.teacher_cache) if self.use_cache else None,
+            method=job.method,
+            weights=dict(job.weights),
+            seed=job.seed,
+            best_epoch=best["epoch"],
+            val_kappa=best["kappa"],
+            train_patches=len(self.train_set),
+            val_patches=len(self.val_set),
+            settings=asdict(self.settings),
+            runtime={"device": str(self.runtime.device), "precision": self.runtime.precision},
+            threads=torch.get_num_threads(),
+            fingerprint=self.fingerprint,
+            wsidistill_version=__version__,
+        )
+        save_model(job.out_model, best["state_dict"], meta)
+        _plot_history(self.history, Path(job.out_history).with_suffix(".png"),
+                      title=f"{job.method} {magnification_name(job.magnification)} seed {job.seed}")
+        self.checkpoint_path.unlink(missing_ok=True)
+        return meta
 
 
 def _write_history(history: list[dict], path: str | Path) -> None:

@@ -184,9 +184,9 @@ def build_teacher_cache(
     teacher, meta = load_model(teacher_path, runtime)
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
-    name = magnification_name(meta["magnification"])
+    name = magnification_name(meta.magnification)
     entries = describe_stores(stores, name)
-    images = load_patches(stores, [meta["magnification"]]).images[name]
+    images = load_patches(stores, [meta.magnification]).images[name]
     n_rows = len(images)
     if n_rows == 0:
         raise ValueError(f"no labelled training patches in {list(map(str, stores))}")
@@ -221,8 +221,8 @@ def build_teacher_cache(
                 "teacher_options": teacher_options,
                 "dtype": dtype,
                 "d4": "element k: torch.rot90 by k % 4 quarter turns on (H, W), then flip W if k >= 4",
-                "teacher": {"path": str(teacher_path), "sha256": file_sha256(teacher_path), "arch": meta["arch"],
-                            "magnification": meta["magnification"]},
+                "teacher": {"path": str(teacher_path), "sha256": file_sha256(teacher_path), "arch": meta.arch,
+                            "magnification": meta.magnification},
                 "stores": entries,
                 "fingerprint": fingerprint(entries),
                 "rows": n_rows,
