@@ -12,13 +12,13 @@ from wsidistill.distill import Distiller, d4_targets, teacher_targets
 from wsidistill.models import build_model
 from wsidistill.models.checkpoint import load_model
 from wsidistill.patches.dataset import load_patches, to_tensor
+from wsidistill.patches.zarr_io import ChunkFiles
 from wsidistill.training.loop import TrainSettings, augment_pair, train
 from wsidistill.training.teacher_cache import (
     COMPRESSOR,
     StaleCacheError,
     TeacherCache,
     _chunk_rows,
-    _ChunkFiles,
     build_teacher_cache,
     target_keys,
 )
@@ -130,7 +130,7 @@ def test_chunk_files_and_zarr_read_the_same(setup, tmp_path):
     array = zarr.open_group(str(tmp_path / "z.zarr"), mode="w", zarr_format=3).create_array(
         "x", shape=(8, 3, 2, 2), chunks=(1, 1, 2, 2), dtype="float32", compressors=COMPRESSOR)
     array[1, 2] = 1.5
-    files = _ChunkFiles(array, tmp_path / "z.zarr" / "x")
+    files = ChunkFiles(array, tmp_path / "z.zarr" / "x")
     assert not (tmp_path / "z.zarr/x/c/1/0/0/0").exists()
     assert np.array_equal(files.read(1, 0), np.zeros((2, 2))) and np.array_equal(files.read(1, 2), np.full((2, 2), 1.5))
 

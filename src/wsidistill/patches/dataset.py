@@ -12,7 +12,8 @@ import zarr
 from zarr.storage import LocalStore
 
 from ..slides.grid import magnification_name
-from .jpeg import read_source_tiles, source_tile_codec
+from .jpeg import source_tile_codec
+from .zarr_io import read_source_tiles
 
 
 def open_store(path: str | Path) -> zarr.Group:

@@ -34,18 +34,16 @@ import threading
 import time
 import uuid
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
 
 import cv2
 import dask.threaded
-import numcodecs
 import numpy as np
 import zarr
 from tqdm import tqdm
-from zarr.codecs import BloscCodec, BytesCodec
+from zarr.codecs import BloscCodec
 from zarr.storage import MemoryStore
 
 from .. import __version__
@@ -63,7 +61,8 @@ from ..slides.annotations import (
 from ..slides.grid import PatchGrid, magnification_name, patch_pixels
 from ..slides.reader import Slide, TiffTiles
 from ..slides.tissue import detect_tissue
-from .jpeg import SlideJpegCodec, encode_shard, source_tile_codec
+from .jpeg import SlideJpegCodec
+from .zarr_io import PatchWriter
 
 #: Target bytes per compressed-chunk payload: large enough for fast reads, small enough to stream.
 CHUNK_BYTES = 2 << 20
@@ -444,121 +443,6 @@ def extract_slide(
     if summary_path:
         write_json(summary_path, summary)
     return summary
-
-
-def _file_encoder(array: zarr.Array):
-    """``rows -> bytes`` of one whole chunk or shard file exactly as ``array``'s metadata declares.
-
-    Blosc arrays take (rows, ...) uint8 pixels, the last chunk padded with the
-    fill value as Zarr stores edge chunks; source-tile arrays take each row's
-    tile bytes.  These are the arrays :func:`create_image_arrays` makes.
-    """
-    if source_tile_codec(array) is not None:
-        chunks_per_shard = tuple(s // c for s, c in zip(array.shards, array.chunks))
-        return lambda rows: encode_shard([tile for row in rows for tile in row], chunks_per_shard)
-    codecs = array.metadata.codecs
-    if not (array.dtype == np.uint8 and array.order == "C" and len(codecs) == 2
-            and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec)):
-        raise ValueError(f"{array.path}: PatchWriter writes uint8 Blosc or source-tile arrays, not {codecs}")
-    blosc = codecs[1]
-    shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
-               "bitshuffle": numcodecs.Blosc.BITSHUFFLE}[blosc.shuffle.value]
-    encode = numcodecs.Blosc(cname=blosc.cname.value, clevel=blosc.clevel, shuffle=shuffle, typesize=blosc.typesize,
-                             blocksize=blosc.blocksize).encode
-    per_chunk = array.chunks[0]
-
-    def encode_chunk(patches: np.ndarray) -> bytes:
-        if len(patches) < per_chunk:
-            patches = np.concatenate([patches, np.full((per_chunk - len(patches), *patches.shape[1:]),
-                                                       array.fill_value, patches.dtype)])
-        return encode(patches)
-
-    return encode_chunk
-
-
-def _rows_per_file(array: zarr.Array) -> int:
-    return (array.shards or array.chunks)[0]
-
-
-def _take_rows(pieces: list, count: int) -> tuple[np.ndarray | list, list]:
-    """The first ``count`` rows of ``pieces`` (arrays or lists; a view when one piece holds them all) and the rest."""
-    head, rest = [], list(pieces)
-    while count:
-        piece = rest.pop(0)
-        if len(piece) > count:
-            head.append(piece[:count])
-            rest.insert(0, piece[count:])
-            count = 0
-        else:
-            head.append(piece)
-            count -= len(piece)
-    if len(head) == 1:
-        return head[0], rest
-    return (np.concatenate(head) if isinstance(head[0], np.ndarray) else [row for piece in head for row in piece]), rest
-
-
-class PatchWriter:
-    """Appends patches to each magnification's array; writer threads store whole chunks meanwhile.
-
-    Chunks (or shards) are encoded here and written as files in ``directory``
-    (where the store lives) under the keys the array's metadata gives:
-    zarr-python's own write path (a fresh fill-value buffer and a copy per
-    chunk, a hop to its event loop and on to a thread) costs four times the
-    compression itself (docs/performance.md).  At most one batch is in
-    flight, so memory is bounded by two batches.
-    """
-
-    def __init__(self, images: dict[str, zarr.Array], directory: str | Path, *, workers: int = 1):
-        self.images = images
-        self.directory = Path(directory)
-        self._encoders = {name: _file_encoder(array) for name, array in images.items()}
-        self._pending = {name: [] for name in images}
-        self._written = dict.fromkeys(images, 0)
-        self._pool = ThreadPoolExecutor(max(1, workers))
-        self._in_flight = []
-
-    def append(self, patches: dict[str, np.ndarray]) -> None:
-        for name in self.images:
-            self._pending[name].append(patches[name])
-
-    def flush(self, *, final: bool = False) -> None:
-        """Hand every whole chunk (and, when final, the last partial one) to the writer threads."""
-        jobs = []
-        for name, array in self.images.items():
-            pieces, per_chunk = self._pending[name], _rows_per_file(array)
-            rows = sum(len(piece) for piece in pieces)
-            while rows >= per_chunk or (final and rows):
-                chunk, pieces = _take_rows(pieces, min(rows, per_chunk))
-                jobs.append((name, self._written[name], chunk))
-                self._written[name] += len(chunk)
-                rows -= len(chunk)
-            self._pending[name] = pieces
-        self._wait()
-        self._in_flight = [self._pool.submit(self._store, *job) for job in jobs]
-        if final:
-            self._wait()
-
-    def _store(self, name: str, start: int, patches: np.ndarray | list) -> None:
-        array = self.images[name]
-        key = array.metadata.encode_chunk_key((start // _rows_per_file(array),) + (0,) * (array.ndim - 1))
-        path = self.directory / array.path / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self._encoders[name](patches))
-
-    def _wait(self) -> None:
-        for future in self._in_flight:
-            future.result()
-        self._in_flight = []
-
-    def __enter__(self) -> PatchWriter:
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        try:
-            if exc_type is None:
-                self.flush(final=True)
-        finally:
-            self._pool.shutdown(wait=True)
 
 
 def _group_blocks(blocks: list[Block], patches: int) -> list[list[Block]]:

@@ -34,7 +34,8 @@ from ..errors import InputError
 from ..io import atomic_path, write_json, write_text
 from ..slides.annotations import majority_labels
 from ..slides.grid import magnification_name, patch_pixels
-from .extract import PatchWriter, area_downsample, create_image_arrays
+from .extract import area_downsample, create_image_arrays
+from .zarr_io import PatchWriter
 
 CLASSES = ("NC", "G3", "G4", "G5")
 NATIVE_MAGNIFICATION = 10

@@ -41,6 +41,7 @@ from ..distill.distiller import DEFAULT_OPTIONS
 from ..distill.targets import TEACHER_OPTIONS, teacher_targets
 from ..distill.terms import TARGET_KEYS, check_terms
 from ..errors import InputError
+from ..patches.zarr_io import ChunkFiles, RowChunkWriter
 
 CACHE_FORMAT = "wsidistill-teacher-cache"
 CACHE_VERSION = 1
@@ -125,33 +126,6 @@ def _chunk_rows(row_bytes: int, n_rows: int) -> int:
     return int(min(1 << (rows.bit_length() - 1), max(1, n_rows)))
 
 
-class _ChunkWriter:
-    """Appends rows of one D4 element to an array and writes whole chunks only."""
-
-    def __init__(self, array: zarr.Array, element: int) -> None:
-        self.array, self.element, self.start = array, element, 0
-        self.rows = array.chunks[1]
-        self.parts: list[np.ndarray] = []
-
-    def append(self, block: np.ndarray) -> None:
-        self.parts.append(block)
-        pending = sum(len(p) for p in self.parts)
-        whole = pending // self.rows * self.rows
-        if whole:
-            self._write(whole)
-
-    def close(self) -> None:
-        pending = sum(len(p) for p in self.parts)
-        if pending:
-            self._write(pending)
-
-    def _write(self, count: int) -> None:
-        data = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
-        self.array[self.element, self.start : self.start + count] = data[:count]
-        self.start += count
-        self.parts = [data[count:]] if count < len(data) else []
-
-
 def build_teacher_cache(
     teacher_path: str | Path,
     stores: Sequence[str | Path],
@@ -205,7 +179,7 @@ def build_teacher_cache(
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         arrays: dict[str, zarr.Array] = {}
         for k in range(D4_ELEMENTS):
-            writers: dict[str, _ChunkWriter] = {}
+            writers: dict[str, RowChunkWriter] = {}
             for start in tqdm(range(0, n_rows, batch_size), desc=f"teacher cache D4 element {k}",
                               disable=not progress, leave=False):
                 batch = d4_transform(to_tensor(images[start : start + batch_size], runtime.device), k)
@@ -219,7 +193,7 @@ def build_teacher_cache(
                         arrays[key] = root.create_array(key, shape=(D4_ELEMENTS, n_rows, *value.shape[1:]),
                                                         chunks=(1, rows, *value.shape[1:]), dtype=dtype,
                                                         compressors=COMPRESSOR)
-                    writers.setdefault(key, _ChunkWriter(arrays[key], k)).append(value)
+                    writers.setdefault(key, RowChunkWriter(arrays[key], tmp, k)).append(value)
             for writer in writers.values():
                 writer.close()
         root.attrs.update(
@@ -244,70 +218,13 @@ def build_teacher_cache(
             "seconds": time.perf_counter() - started}
 
 
-class _ChunkFiles:
-    """Rows of one array read straight from its chunk files in a local store.
-
-    Zarr's reader spends ~0.5 ms of Python per chunk; a batch of 32 one-row chunks read here costs the
-    file reads and the decompression only (~9 ms for 32 rows of 256 KiB on the 2-core dev machine).
-    Used for plain arrays (no sharding) whose codecs are ``bytes`` then at most one of
-    ``blosc``/``zstd``; other arrays are read through zarr.
-    """
-
-    def __init__(self, array: zarr.Array, path: Path) -> None:
-        from numcodecs import Blosc, Zstd
-        from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
-
-        codecs = list(array.metadata.codecs)
-        if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
-            raise NotImplementedError(f"codecs {codecs}")
-        if array.dtype.itemsize > 1 and codecs[0].endian is not None and codecs[0].endian.value != "little":
-            raise NotImplementedError("big-endian chunks")
-        self.decompressor = None
-        if len(codecs) == 2:
-            if isinstance(codecs[1], BloscCodec):
-                self.decompressor = Blosc()
-            elif isinstance(codecs[1], ZstdCodec):
-                self.decompressor = Zstd()
-            else:
-                raise NotImplementedError(f"codec {codecs[1]}")
-        self.path, self.encoding = path, array.metadata.chunk_key_encoding
-        self.shape, self.chunk_shape = tuple(array.shape), tuple(array.chunks)
-        self.dtype = array.dtype.newbyteorder("<")
-        self.fill_value = array.metadata.fill_value
-
-    def chunk(self, element: int, index: int) -> np.ndarray:
-        """Chunk ``index`` along the rows of D4 element ``element``: ``chunk_shape[1:]``."""
-        key = self.encoding.encode_chunk_key((element, index) + (0,) * (len(self.chunk_shape) - 2))
-        try:
-            data = (self.path / key).read_bytes()
-        except FileNotFoundError:  # never written: every value is the fill value
-            return np.full(self.chunk_shape[1:], self.fill_value, self.dtype)
-        if self.decompressor is not None:
-            data = self.decompressor.decode(data)
-        return np.frombuffer(data, self.dtype).reshape(self.chunk_shape[1:])
-
-    def read(self, element: int, row: int) -> np.ndarray:
-        rows = self.chunk_shape[1]
-        return self.chunk(element, row // rows)[row % rows]
-
-    def read_all(self) -> np.ndarray:
-        """The whole array, each chunk read once."""
-        out = np.empty(self.shape, self.dtype)
-        rows = self.chunk_shape[1]
-        for element in range(self.shape[0]):
-            for start in range(0, self.shape[1], rows):
-                stop = min(start + rows, self.shape[1])
-                out[element, start:stop] = self.chunk(element, start // rows)[: stop - start]
-        return out
-
-
 class TeacherCache:
     """Read side of a Teacher-target cache: ``read(elements, rows)`` gives ``teacher_targets``' dict.
 
     Open with :meth:`open`, which checks the cache against the training run and serves only the keys
     its terms read. Arrays that fit in ``memory_bytes`` (all but the features, usually) are read into
     memory once; the others are read per batch, row by row, straight from their chunk files
-    (:class:`_ChunkFiles`), or through zarr for a layout that reader does not handle.
+    (:class:`ChunkFiles`), or through zarr for a layout that reader does not handle.
     """
 
     def __init__(self, path: str | Path, *, keys: Iterable[str] | None = None,
@@ -334,10 +251,10 @@ class TeacherCache:
                 f"{attrs['terms']}); {REBUILD} with the union of every method's terms"
             )
         self.arrays: dict[str, zarr.Array | np.ndarray] = {key: self.root[key] for key in served}
-        self._files: dict[str, _ChunkFiles] = {}
+        self._files: dict[str, ChunkFiles] = {}
         for key in served:
             try:
-                self._files[key] = _ChunkFiles(self.arrays[key], self.path / key)
+                self._files[key] = ChunkFiles(self.arrays[key], self.path / key)
             except NotImplementedError:
                 pass
         budget = memory_bytes
