@@ -10,7 +10,8 @@ import torch
 from ..device import Runtime
 from ..distill.inputs import student_input_from
 from ..models.checkpoint import model_view
-from ..patches.dataset import open_store, read_images, to_tensor
+from ..patches.dataset import read_images, to_tensor
+from ..patches.store import images_path, open_store
 from ..slides.grid import magnification_name
 
 
@@ -32,7 +33,7 @@ def predict_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size
 @torch.no_grad()
 def infer_store(model, meta: dict, store_path, batch_size, runtime: Runtime) -> tuple[np.ndarray, float]:
     """Class probabilities for every patch of one store, and the seconds it took."""
-    images = open_store(store_path)[magnification_name(meta["input_magnification"])]["images"]
+    images = open_store(store_path)[images_path(magnification_name(meta["input_magnification"]))]
     started = time.perf_counter()
     out = []
     for start in range(0, images.shape[0], batch_size):

@@ -1,15 +1,6 @@
 """Slide -> one Zarr v3 store of aligned patches at every magnification.
 
-Layout of ``{slide}.zarr``::
-
-    coords (N, 2) int64        level-0 (x, y) of each patch's top-left corner
-    labels (N,) int8           majority class, -1 when unlabelled
-    tissue_fraction (N,) f4
-    class_fractions (N, C) f4  annotated area of each class in the patch
-    thumbnail (h, w, 3) u1     with attrs thumbnail_downsample
-    tissue_mask (h, w) bool
-    40x/images (N, P, P, 3) u1 one group per magnification, P = patch px there
-    ...
+The store's layout and attributes are those of :mod:`.store`.
 
 The grid's cells are grouped into blocks whose edges fall on the file's tile
 edges, so no two blocks share a tile.  Each block is read once, at the native
@@ -29,6 +20,7 @@ times smaller.  ``reuse_source_tiles=False`` stores Blosc-LZ4 pixels instead.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -46,7 +38,6 @@ from tqdm import tqdm
 from zarr.codecs import BloscCodec
 from zarr.storage import MemoryStore
 
-from .. import __version__
 from ..errors import InputError
 from ..io import atomic_path, write_json
 from ..slides.annotations import (
@@ -61,8 +52,12 @@ from ..slides.annotations import (
 from ..slides.grid import PatchGrid, magnification_name, patch_pixels
 from ..slides.reader import Slide, TiffTiles
 from ..slides.tissue import detect_tissue
+from . import store
 from .jpeg import SlideJpegCodec
-from .zarr_io import PatchWriter
+from .zarr_io import PatchWriter, chunk_files
+
+#: The root group's metadata file (attributes included) in a Zarr v3 store.
+ROOT_METADATA = "zarr.json"
 
 #: Target bytes per compressed-chunk payload: large enough for fast reads, small enough to stream.
 CHUNK_BYTES = 2 << 20
@@ -254,7 +249,7 @@ def create_image_arrays(root: zarr.Group, count: int, sides: dict[str, int],
                       "shards": (int(np.clip(8 * CHUNK_BYTES // (side * side * 3), 1, 4096)), side, side, 3),
                       "serializer": SlideJpegCodec(tables=tables, rgb=rgb), "compressors": None, "fill_value": 255}
         images[name] = root.create_group(name).create_array(
-            "images", shape=(count, side, side, 3), dtype="uint8", **layout,
+            store.IMAGES, shape=(count, side, side, 3), dtype="uint8", **layout,
             chunk_key_encoding={"name": "default", "separator": "."},  # c.7.0.0.0: one file, no folders per chunk
         )
     return images
@@ -373,50 +368,52 @@ def extract_slide(
     # store hops to a thread for every file it checks or writes, 30 ms a slide.
     skeleton = {}
     root = zarr.open_group(MemoryStore(skeleton), mode="w", zarr_format=3)
-    root.create_array("coords", data=coords)
-    root.create_array("labels", data=labels)
-    root.create_array("tissue_fraction", data=tissue_fraction[keep].astype(np.float32))
-    root.create_array("class_fractions", data=fractions.astype(np.float32))
-    for name, image in (("thumbnail", thumbnail), ("tissue_mask", stored_mask)):  # read whole: one chunk
+    root.create_array(store.COORDS, data=coords)
+    root.create_array(store.LABELS, data=labels)
+    root.create_array(store.TISSUE_FRACTION, data=tissue_fraction[keep].astype(np.float32))
+    root.create_array(store.CLASS_FRACTIONS, data=fractions.astype(np.float32))
+    for name, image in ((store.THUMBNAIL, thumbnail), (store.TISSUE_MASK, stored_mask)):  # read whole: one chunk
         root.create_array(name, data=image, chunks=image.shape, compressors=PATCH_CODEC)
     images = create_image_arrays(root, len(keep), sides, (kept_as_tiles, tiles) if tiles is not None else None)
-    root.update_attributes(  # one metadata write, where attrs.update writes once per key
-        {
-            "slide_id": slide_id,
-            "source_path": str(slide_path),
-            "annotations": str(annotations) if annotations else None,
-            "label_mask": str(label_mask) if label_mask else None,
-            "tissue_mask_source": str(tissue_mask) if tissue_mask else None,
-            "slide": info.to_dict(),
-            "mpp": info.mpp,
-            "mpp_source": info.mpp_source,
-            "objective_power": info.objective_power,
-            "objective_power_source": info.objective_power_source,
-            "classes": list(settings.classes),
-            "magnifications": [magnification_name(m) for m in available],
-            "skipped_magnifications": [magnification_name(m) for m in skipped],
-            "teacher_magnification": settings.teacher_magnification,
-            "patch_size": settings.patch_size,
-            "patch_sizes": sides,
-            "cell_level0": cell,
-            "grid": {"columns": grid.columns, "rows": grid.rows},
-            "thumbnail_downsample": thumb_downsample,
-            "min_tissue_fraction": settings.min_tissue_fraction,
-            "min_label_fraction": settings.min_label_fraction,
-            "tissue_method": tissue_method,
-            "read_level": level,
-            "block_cells": [block_columns, block_rows],
-            "source_tiles": kept_as_tiles,
-            "wsidistill_version": __version__,
-            **settings.extra_attrs,
-        }
+    attributes = store.StoreAttributes(
+        slide_id=slide_id,
+        source_path=str(slide_path),
+        annotations=str(annotations) if annotations else None,
+        label_mask=str(label_mask) if label_mask else None,
+        tissue_mask_source=str(tissue_mask) if tissue_mask else None,
+        slide=info.to_dict(),
+        mpp=info.mpp,
+        mpp_source=info.mpp_source,
+        objective_power=info.objective_power,
+        objective_power_source=info.objective_power_source,
+        classes=list(settings.classes),
+        magnifications=[magnification_name(m) for m in available],
+        skipped_magnifications=[magnification_name(m) for m in skipped],
+        teacher_magnification=settings.teacher_magnification,
+        patch_size=settings.patch_size,
+        patch_sizes=sides,
+        cell_level0=cell,
+        grid={"columns": grid.columns, "rows": grid.rows},
+        thumbnail_downsample=thumb_downsample,
+        min_tissue_fraction=settings.min_tissue_fraction,
+        min_label_fraction=settings.min_label_fraction,
+        tissue_method=tissue_method,
+        read_level=level,
+        block_cells=[block_columns, block_rows],
+        source_tiles=kept_as_tiles,
+        extra=settings.extra_attrs,
     )
     with atomic_path(out) as tmp:
         for key, buffer in skeleton.items():
-            (tmp / key).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / key).write_bytes(buffer.to_bytes())
+            if key != ROOT_METADATA:
+                (tmp / key).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / key).write_bytes(buffer.to_bytes())
         _write_blocks(images, tmp, blocks, slide_key, level, cell, sides, threads, settings.scheduler_address,
                       kept_as_tiles, progress=progress, desc=slide_id)
+        # The root metadata last, with the record of every chunk file written: a store missing one is refused.
+        # One metadata write, where attrs.update writes once per key.
+        root.update_attributes(dataclasses.replace(attributes, chunk_files=chunk_files(tmp)).to_dict())
+        (tmp / ROOT_METADATA).write_bytes(skeleton[ROOT_METADATA].to_bytes())
     timings["extract_s"] = time.perf_counter() - extract_started
     timings["total_s"] = time.perf_counter() - started
 

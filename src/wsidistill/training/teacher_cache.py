@@ -17,7 +17,9 @@ Layout of ``{cache}.zarr`` (Zarr v3)::
                         ``r`` rows of about ``CHUNK_BYTES`` (one row for 128 px smallcnn features),
                         Blosc-LZ4 compressed; float32 (exact) or float16
     attrs               format, version, keys, terms, teacher_options, dtype, teacher (path, sha256,
-                        arch, magnification), stores (path, slide_id, rows per store), fingerprint
+                        arch, magnification), stores (path, slide_id, rows per store), fingerprint,
+                        chunk_files (files per array, written last; a cache missing one is refused, as
+                        are patch stores: :mod:`wsidistill.patches.store`)
 
 The fingerprint covers, per store and in order, the slide id, the selected rows' labels and
 coordinates, the shape of the Teacher-magnification images and a content sample of them; with the
@@ -41,7 +43,8 @@ from ..distill.distiller import DEFAULT_OPTIONS
 from ..distill.targets import TEACHER_OPTIONS, teacher_targets
 from ..distill.terms import TARGET_KEYS, check_terms
 from ..errors import InputError
-from ..patches.zarr_io import ChunkFiles, RowChunkWriter
+from ..patches import store as patch_store
+from ..patches.zarr_io import ChunkFiles, RowChunkWriter, chunk_files
 
 CACHE_FORMAT = "wsidistill-teacher-cache"
 CACHE_VERSION = 1
@@ -98,20 +101,21 @@ def describe_stores(stores: Sequence[str | Path], magnification_name: str) -> li
     """
     entries = []
     for path in stores:
-        root = zarr.open_group(str(path), mode="r")
-        labels = root["labels"][:]
+        root = patch_store.open_store(path)
+        slide_id = str(patch_store.read_attributes(root).slide_id)
+        labels = root[patch_store.LABELS][:]
         rows = np.flatnonzero(labels >= 0)
         if magnification_name not in root:
             raise KeyError(f"{path}: no {magnification_name} patches")
-        images = root[magnification_name]["images"]
+        images = root[patch_store.images_path(magnification_name)]
         digest = hashlib.sha256()
-        digest.update(str(root.attrs["slide_id"]).encode())
+        digest.update(slide_id.encode())
         digest.update(np.ascontiguousarray(labels[rows]).tobytes())
-        digest.update(np.ascontiguousarray(root["coords"][:][rows]).tobytes())
+        digest.update(np.ascontiguousarray(root[patch_store.COORDS][:][rows]).tobytes())
         digest.update(repr((tuple(images.shape), str(images.dtype))).encode())
         for row in dict.fromkeys(rows[[0, -1]].tolist() if len(rows) else []):
             digest.update(np.ascontiguousarray(images[row]).tobytes())
-        entries.append({"path": str(path), "slide_id": str(root.attrs["slide_id"]), "rows": int(len(rows)),
+        entries.append({"path": str(path), "slide_id": slide_id, "rows": int(len(rows)),
                         "digest": digest.hexdigest()})
     return entries
 
@@ -210,6 +214,7 @@ def build_teacher_cache(
                 "stores": entries,
                 "fingerprint": fingerprint(entries),
                 "rows": n_rows,
+                patch_store.CHUNK_FILES: chunk_files(tmp),  # last: TeacherCache refuses a cache missing a file
             }
         )
     nbytes = {key: int(np.prod(a.shape)) * np.dtype(dtype).itemsize for key, a in arrays.items()}
@@ -239,6 +244,7 @@ class TeacherCache:
                 f"{self.path} is not a version-{CACHE_VERSION} Teacher-target cache "
                 f"(format {attrs.get('format')!r}, version {attrs.get('version')!r}): rebuild it"
             )
+        patch_store.check_complete(self.path, attrs.get(patch_store.CHUNK_FILES), "Teacher-target cache", REBUILD)
         self.attrs = attrs
         #: Every key the cache holds; ``arrays`` holds the ones :meth:`read` serves.
         self.keys: list[str] = list(attrs["keys"])
