@@ -87,3 +87,34 @@ def tiny_run(tmp_path_factory, repo_root, run_snakemake) -> tuple[Path, dict]:
     result = run_snakemake(workdir)
     assert result.returncode == 0, result.stderr[-4000:]
     return workdir, config
+
+
+@pytest.fixture
+def kill_mid_write():
+    """``kill_mid_write(argv, out)``: run the installed ``wsidistill`` with ``argv``, SIGKILL it as soon as
+    a temporary of ``out`` appears (the write has begun), and return that temporary's path.
+
+    Retries (at most 3 runs) only when the job finished before the poll saw its temporary.
+    """
+    import signal
+    import time
+
+    from wsidistill.io import temporaries
+
+    command = str(Path(sys.executable).parent / "wsidistill")
+
+    def run(argv, out):
+        for _ in range(3):
+            process = subprocess.Popen([command, *map(str, argv)], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+            while process.poll() is None:
+                found = temporaries(out)
+                if found:
+                    process.send_signal(signal.SIGKILL)
+                    process.wait()
+                    return found[0]
+                time.sleep(0.002)
+            assert process.returncode == 0, f"wsidistill {argv[0]} failed before it was killed"
+        pytest.fail(f"wsidistill {argv[0]} finished three times before its temporary could be seen")
+
+    return run

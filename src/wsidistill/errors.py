@@ -10,3 +10,10 @@ class InputError(Exception):
 
     The message names the file or key and the fix.
     """
+
+
+class OutputWriteError(InputError, OSError):
+    """An output that could not be written (disk full, quota, read-only or unwritable folder).
+
+    The message names the output and the file that failed; nothing partial is left behind.
+    """

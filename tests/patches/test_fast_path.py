@@ -10,7 +10,8 @@ import zarr
 
 from wsidistill.demo import plan_cohort, write_slide
 from wsidistill.patches.dataset import read_images
-from wsidistill.patches.extract import ExtractionSettings, PatchWriter, block_shape, create_image_arrays, extract_slide
+from wsidistill.patches.extract import ExtractionSettings, block_shape, create_image_arrays, extract_slide
+from wsidistill.patches.zarr_io import PatchWriter
 from wsidistill.slides.reader import Slide, TiffTiles
 
 SETTINGS = ExtractionSettings(

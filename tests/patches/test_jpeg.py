@@ -9,7 +9,8 @@ import pytest
 import zarr
 
 from wsidistill.patches.dataset import read_images
-from wsidistill.patches.jpeg import SlideJpegCodec, encode_shard, read_source_tiles, source_tile_codec
+from wsidistill.patches.jpeg import SlideJpegCodec, source_tile_codec
+from wsidistill.patches.zarr_io import encode_shard, read_source_tiles
 
 TILE = 32
 

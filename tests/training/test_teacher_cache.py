@@ -11,14 +11,15 @@ import zarr
 from wsidistill.distill import Distiller, d4_transform, teacher_targets
 from wsidistill.models import build_model
 from wsidistill.models.checkpoint import load_model
+from wsidistill.patches import store as patch_store
 from wsidistill.patches.dataset import load_patches, to_tensor
+from wsidistill.patches.zarr_io import ChunkFiles
 from wsidistill.training.loop import TrainSettings, augment_pair, train
 from wsidistill.training.teacher_cache import (
     COMPRESSOR,
     StaleCacheError,
     TeacherCache,
     _chunk_rows,
-    _ChunkFiles,
     build_teacher_cache,
     target_keys,
 )
@@ -130,7 +131,7 @@ def test_chunk_files_and_zarr_read_the_same(setup, tmp_path):
     array = zarr.open_group(str(tmp_path / "z.zarr"), mode="w", zarr_format=3).create_array(
         "x", shape=(8, 3, 2, 2), chunks=(1, 1, 2, 2), dtype="float32", compressors=COMPRESSOR)
     array[1, 2] = 1.5
-    files = _ChunkFiles(array, tmp_path / "z.zarr" / "x")
+    files = ChunkFiles(array, tmp_path / "z.zarr" / "x")
     assert not (tmp_path / "z.zarr/x/c/1/0/0/0").exists()
     assert np.array_equal(files.read(1, 0), np.zeros((2, 2))) and np.array_equal(files.read(1, 2), np.full((2, 2), 1.5))
 
@@ -206,4 +207,65 @@ def test_cli_builds_the_cache_and_reports_a_stale_one(setup, tmp_path, capsys):
                  "--weights", '{"ce": 1, "atplus": 10}', "--teacher-cache", str(out), "--device", "cpu",
                  "--out", str(tmp_path / "m/model.pt"), "--history", str(tmp_path / "m/h.csv")]) == 1
     assert re.match(r"wsidistill distill: error: Teacher-target cache .* is stale", capsys.readouterr().err)
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_killed_cache_build_leaves_nothing_after_a_rerun(setup, tmp_path, kill_mid_write):
+    from wsidistill.cli import main
+    from wsidistill.io import temporaries
+
+    store = write_store(tmp_path / "big.zarr", "big", 1500, 5)  # enough rows for the build to be caught mid-write
+    out = tmp_path / "cache.zarr"
+    argv = ["teacher-cache", "--teacher", setup["teacher_path"], "--train-stores", store, "--terms", "ce", "fm",
+            "--out", out, "--device", "cpu", "--batch-size", "16"]
+    left = kill_mid_write(argv, out)
+    assert left.exists() and not out.exists()
+    assert main([str(a) for a in argv]) == 0
+    assert temporaries(out) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["big.zarr", "cache.zarr"]
+    cache = TeacherCache.open(out, stores=[store], teacher_path=setup["teacher_path"], terms=["fm"])
+    assert len(cache) == int((zarr.open_array(str(store / "labels"))[:] >= 0).sum())
+
+
+def test_a_full_disk_while_caching_is_one_line_naming_the_cache(setup, tmp_path, monkeypatch, capsys):
+    import errno
+    from pathlib import Path
+
+    from wsidistill.cli import main
+
+    write_bytes = Path.write_bytes
+
+    def full_disk(self, data):
+        if "/features/c/" in str(self):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    out = tmp_path / "cache.zarr"
+    assert main(["teacher-cache", "--teacher", str(setup["teacher_path"]), "--train-stores", *map(str, setup["stores"]),
+                 "--terms", "fm", "--out", str(out), "--device", "cpu"]) == 1
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert error.splitlines()[-1].startswith(f"wsidistill teacher-cache: error: cannot write {out}: No space left")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cache_missing_a_chunk_file_is_refused_naming_it(setup, tmp_path, capsys):
+    import shutil
+
+    from wsidistill.cli import main
+
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(setup["cache"], damaged)
+    files = sorted((damaged / "atplus").rglob("c/*/*/*/*/*"))
+    files[3].unlink()
+    message = (f"{damaged}: incomplete Teacher-target cache: atplus has {len(files) - 1} of its {len(files)} chunk "
+               "files; delete it and rebuild it")
+    with pytest.raises(patch_store.IncompleteStoreError, match=f"^{re.escape(message)}"):
+        TeacherCache.open(damaged, stores=setup["stores"], terms=["atplus"])
+    assert main(["distill", "--train-stores", *map(str, setup["stores"]), "--val-stores", str(setup["stores"][1]),
+                 "--magnification", "20", "--teacher", str(setup["teacher_path"]), "--method", "atplus",
+                 "--weights", '{"ce": 1, "atplus": 10}', "--teacher-cache", str(damaged), "--device", "cpu",
+                 "--out", str(tmp_path / "m/model.pt"), "--history", str(tmp_path / "m/h.csv")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"wsidistill distill: error: {message}") and error.count("\n") == 1
     assert not (tmp_path / "m").exists()

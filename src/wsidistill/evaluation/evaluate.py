@@ -19,7 +19,8 @@ from tqdm import tqdm
 from ..device import Runtime
 from ..io import atomic_path, save_figure, write_json, write_text
 from ..models.checkpoint import load_model
-from ..patches.dataset import open_store
+from ..patches import store as patch_store
+from ..patches.store import open_store
 from .inference import infer_store
 from .metrics import balanced_accuracy, bootstrap_ci, quadratic_kappa, summarise
 
@@ -86,15 +87,15 @@ def evaluate_model(
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         for store_path in tqdm(test_stores, desc=f"infer {Path(model_path).parent}", disable=not progress):
             store = open_store(store_path)
-            slide_id = store.attrs["slide_id"]
+            attributes = patch_store.read_attributes(store)
+            slide_id = attributes.slide_id
             probabilities, seconds = infer_store(model, meta, store_path, batch_size, runtime)
-            labels = store["labels"][:]
+            labels = store[patch_store.LABELS][:]
             group = root.create_group(slide_id)
             group.create_array("probabilities", data=probabilities.astype(np.float32))
-            group.create_array("coords", data=store["coords"][:])
-            group.create_array("labels", data=labels)
-            group.attrs.update({"store": str(store_path), "cell_level0": store.attrs["cell_level0"],
-                                "grid": store.attrs["grid"], "seconds": seconds})
+            group.create_array(patch_store.COORDS, data=store[patch_store.COORDS][:])
+            group.create_array(patch_store.LABELS, data=labels)
+            group.attrs.update({"store": str(store_path), **attributes.geometry(), "seconds": seconds})
             timing["patches"] += len(probabilities)
             timing["seconds"] += seconds
             labelled = labels >= 0

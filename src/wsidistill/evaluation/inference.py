@@ -11,7 +11,8 @@ import torch
 from ..device import Runtime
 from ..distill.inputs import student_input_from
 from ..models.checkpoint import ModelMeta, model_view
-from ..patches.dataset import open_store, read_images, to_tensor
+from ..patches.dataset import read_images, to_tensor
+from ..patches.store import images_path, open_store
 from ..slides.grid import magnification_name
 
 
@@ -45,7 +46,7 @@ def infer_store(model: torch.nn.Module, meta: ModelMeta, store_path, batch_size:
                 runtime: Runtime) -> tuple[np.ndarray, float]:
     """Class probabilities ``(N, C)`` for every patch of one store (its ``meta.input_magnification`` view, as
     the model's training input was), and the seconds it took."""
-    images = open_store(store_path)[magnification_name(meta.input_magnification)]["images"]
+    images = open_store(store_path)[images_path(magnification_name(meta.input_magnification))]
     started = time.perf_counter()
     probabilities = _probabilities(
         model, images.shape[0], lambda rows: model_view(to_tensor(read_images(images, rows), runtime.device), meta),

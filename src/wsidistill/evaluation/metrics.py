@@ -1,8 +1,9 @@
 """Classification metrics and slide-level bootstrap statistics for comparison tables.
 
 Labels are ordinal class indices ``0 .. num_classes - 1`` (for the Gleason task:
-NC, G3, G4, G5). All functions are pure numpy; every metric is computed from the
-confusion matrix so that the numbers in the tables share one definition.
+NC, G3, G4, G5). Kappa, balanced accuracy, macro-F1 and the confusion matrix are
+scikit-learn's, after one shared check of the labels (empty sets and labels
+outside the classes raise ValueError); the slide-level bootstraps are here.
 
 Patches from one slide are correlated, so confidence intervals and model
 comparisons resample *slides* (groups), not patches: a patch-level bootstrap
@@ -12,9 +13,12 @@ intervals that are far too narrow.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 
 import numpy as np
+from sklearn import metrics as sklearn_metrics
 
 Metric = Callable[[np.ndarray, np.ndarray, int], float]
 
@@ -35,15 +39,25 @@ def _labels(y_true, y_pred, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     return y_true, y_pred
 
 
+@contextmanager
+def _quiet():
+    """scikit-learn's warnings about the cases documented here (absent classes, a single label, 0/0), silenced:
+    a bootstrap meets them hundreds of times."""
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
 def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
-    """Counts ``C[i, j]`` of samples with true class ``i`` predicted as class ``j``.
+    """Counts ``C[i, j]`` of samples with true class ``i`` predicted as class ``j`` (scikit-learn's).
 
     Shape is always ``(num_classes, num_classes)``, so classes absent from a test
     split still have a row and column and matrices from different runs align.
     """
     y_true, y_pred = _labels(y_true, y_pred, num_classes)
-    flat = y_true * num_classes + y_pred
-    return np.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+    with _quiet():
+        return sklearn_metrics.confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))
 
 
 def per_class_recall(y_true, y_pred, num_classes: int) -> np.ndarray:
@@ -61,12 +75,15 @@ def per_class_recall(y_true, y_pred, num_classes: int) -> np.ndarray:
 
 
 def balanced_accuracy(y_true, y_pred, num_classes: int) -> float:
-    """Mean per-class recall over the classes present in ``y_true``.
+    """Mean per-class recall over the classes present in ``y_true``: scikit-learn's ``balanced_accuracy_score``.
 
-    Same definition as scikit-learn's ``balanced_accuracy_score`` (Brodersen et
-    al., 2010): robust to the class imbalance between benign and high-grade tissue.
+    Brodersen et al., 2010: robust to the class imbalance between benign and
+    high-grade tissue.  A class predicted but never true has no recall and is
+    left out (scikit-learn's warning about it is silenced).
     """
-    return float(np.nanmean(per_class_recall(y_true, y_pred, num_classes)))
+    y_true, y_pred = _labels(y_true, y_pred, num_classes)
+    with _quiet():
+        return float(sklearn_metrics.balanced_accuracy_score(y_true, y_pred))
 
 
 def quadratic_kappa(y_true, y_pred, num_classes: int) -> float:
@@ -74,38 +91,34 @@ def quadratic_kappa(y_true, y_pred, num_classes: int) -> float:
 
     ``kappa = 1 - sum(W * O) / sum(W * E)`` with observed confusion matrix ``O``,
     expected matrix under independence ``E = outer(row totals, column totals) / n``
-    and weights ``W[i, j] = (i - j)**2 / (num_classes - 1)**2`` (Cohen, 1968), so a
-    G3-vs-G5 error costs four times a G3-vs-G4 error. Distances use the class
-    indices ``0 .. num_classes - 1`` even when a class is absent from the data.
+    and weights ``W[i, j] = (i - j)**2`` (Cohen, 1968), so a G3-vs-G5 error costs
+    four times a G3-vs-G4 error: scikit-learn's ``cohen_kappa_score`` with
+    ``weights="quadratic"`` and ``labels`` every class index ``0 .. num_classes - 1``,
+    so distances hold even when a class is absent from the data.
 
     Degenerate case: the expected disagreement ``sum(W * E)`` is 0 only when truth
     and prediction are the same single class, i.e. agreement is perfect; we return
     1.0 there, where the formula (and scikit-learn) give NaN.
     """
-    cm = confusion_matrix(y_true, y_pred, num_classes).astype(float)
-    idx = np.arange(num_classes)
-    weights = (idx[:, None] - idx[None, :]) ** 2 / max(num_classes - 1, 1) ** 2
-    expected = np.outer(cm.sum(axis=1), cm.sum(axis=0)) / cm.sum()
-    expected_disagreement = float((weights * expected).sum())
-    if expected_disagreement == 0.0:
-        return 1.0
-    return float(1.0 - (weights * cm).sum() / expected_disagreement)
+    y_true, y_pred = _labels(y_true, y_pred, num_classes)
+    with _quiet():
+        kappa = float(sklearn_metrics.cohen_kappa_score(y_true, y_pred, labels=np.arange(num_classes),
+                                                        weights="quadratic"))
+    return 1.0 if np.isnan(kappa) else kappa
 
 
 def macro_f1(y_true, y_pred, num_classes: int) -> float:
-    """Unweighted mean F1 over the classes present in ``y_true`` or ``y_pred``.
+    """Unweighted mean F1 over the classes present in ``y_true`` or ``y_pred``: scikit-learn's macro F1.
 
     Per class ``F1 = 2 TP / (2 TP + FP + FN)``. Averaging over the union of true
-    and predicted classes matches scikit-learn's ``f1_score(average="macro")``; a
+    and predicted classes (``f1_score(average="macro")`` without ``labels``): a
     class that is predicted but never true scores 0 and so penalises the model,
     and a class that is neither true nor predicted is left out because its F1 is
-    undefined.
+    undefined (``zero_division=0`` for the 0/0 precision or recall of the others).
     """
-    cm = confusion_matrix(y_true, y_pred, num_classes)
-    tp = np.diag(cm)
-    denom = cm.sum(axis=0) + cm.sum(axis=1)  # = 2 TP + FP + FN
-    present = denom > 0
-    return float(np.mean(2 * tp[present] / denom[present]))
+    y_true, y_pred = _labels(y_true, y_pred, num_classes)
+    with _quiet():
+        return float(sklearn_metrics.f1_score(y_true, y_pred, average="macro", zero_division=0))
 
 
 def summarise(y_true, y_pred, num_classes: int) -> dict:

@@ -12,11 +12,12 @@ import zarr
 from zarr.storage import LocalStore
 
 from ..slides.grid import magnification_name
-from .jpeg import read_source_tiles, source_tile_codec
+from . import store
+from .jpeg import source_tile_codec
+from .store import open_store
+from .zarr_io import read_source_tiles
 
-
-def open_store(path: str | Path) -> zarr.Group:
-    return zarr.open_group(str(path), mode="r")
+__all__ = ["PatchSet", "load_patches", "open_store", "read_images", "to_tensor"]
 
 
 def read_images(array: zarr.Array, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
@@ -51,20 +52,22 @@ def load_patches(stores: Sequence[str | Path], magnifications: Sequence[float], 
     """Load the patches of ``stores`` at ``magnifications`` into memory.
 
     The demo and SICAPv2-sized cohorts fit in memory; patches are kept as
-    uint8 and converted per batch.
+    uint8 and converted per batch.  Each store is checked for completeness
+    (:func:`~wsidistill.patches.store.open_store`: IncompleteStoreError naming it).
     """
     names = [magnification_name(m) for m in magnifications]
     images = {name: [] for name in names}
     labels, slide_index, slide_ids = [], [], []
     for index, path in enumerate(stores):
         root = open_store(path)
-        slide_labels = root["labels"][:]
+        attributes = store.read_attributes(root)
+        slide_labels = root[store.LABELS][:]
         rows = np.flatnonzero(slide_labels >= 0) if labelled_only else np.arange(len(slide_labels))
-        slide_ids.append(root.attrs["slide_id"])
+        slide_ids.append(attributes.slide_id)
         for name in names:
             if name not in root:
-                raise KeyError(f"{path}: no {name} patches (skipped at extraction: {root.attrs['skipped_magnifications']})")
-            array = root[name]["images"]
+                raise KeyError(f"{path}: no {name} patches (skipped at extraction: {attributes.skipped_magnifications})")
+            array = root[store.images_path(name)]
             images[name].append(read_images(array, rows) if len(rows) else np.zeros((0, *array.shape[1:]), np.uint8))
         labels.append(slide_labels[rows])
         slide_index.append(np.full(len(rows), index))

@@ -1,15 +1,6 @@
 """Slide -> one Zarr v3 store of aligned patches at every magnification.
 
-Layout of ``{slide}.zarr``::
-
-    coords (N, 2) int64        level-0 (x, y) of each patch's top-left corner
-    labels (N,) int8           majority class, -1 when unlabelled
-    tissue_fraction (N,) f4
-    class_fractions (N, C) f4  annotated area of each class in the patch
-    thumbnail (h, w, 3) u1     with attrs thumbnail_downsample
-    tissue_mask (h, w) bool
-    40x/images (N, P, P, 3) u1 one group per magnification, P = patch px there
-    ...
+The store's layout and attributes are those of :mod:`.store`.
 
 The grid's cells are grouped into blocks whose edges fall on the file's tile
 edges, so no two blocks share a tile.  Each block is read once, at the native
@@ -29,26 +20,24 @@ times smaller.  ``reuse_source_tiles=False`` stores Blosc-LZ4 pixels instead.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
 import uuid
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
 
 import cv2
 import dask.threaded
-import numcodecs
 import numpy as np
 import zarr
 from tqdm import tqdm
-from zarr.codecs import BloscCodec, BytesCodec
+from zarr.codecs import BloscCodec
 from zarr.storage import MemoryStore
 
-from .. import __version__
 from ..errors import InputError
 from ..io import atomic_path, write_json
 from ..slides.annotations import (
@@ -63,7 +52,12 @@ from ..slides.annotations import (
 from ..slides.grid import PatchGrid, magnification_name, patch_pixels
 from ..slides.reader import Slide, TiffTiles
 from ..slides.tissue import detect_tissue
-from .jpeg import SlideJpegCodec, encode_shard, source_tile_codec
+from . import store
+from .jpeg import SlideJpegCodec
+from .zarr_io import PatchWriter, chunk_files
+
+#: The root group's metadata file (attributes included) in a Zarr v3 store.
+ROOT_METADATA = "zarr.json"
 
 #: Target bytes per compressed-chunk payload: large enough for fast reads, small enough to stream.
 CHUNK_BYTES = 2 << 20
@@ -255,7 +249,7 @@ def create_image_arrays(root: zarr.Group, count: int, sides: dict[str, int],
                       "shards": (int(np.clip(8 * CHUNK_BYTES // (side * side * 3), 1, 4096)), side, side, 3),
                       "serializer": SlideJpegCodec(tables=tables, rgb=rgb), "compressors": None, "fill_value": 255}
         images[name] = root.create_group(name).create_array(
-            "images", shape=(count, side, side, 3), dtype="uint8", **layout,
+            store.IMAGES, shape=(count, side, side, 3), dtype="uint8", **layout,
             chunk_key_encoding={"name": "default", "separator": "."},  # c.7.0.0.0: one file, no folders per chunk
         )
     return images
@@ -374,50 +368,52 @@ def extract_slide(
     # store hops to a thread for every file it checks or writes, 30 ms a slide.
     skeleton = {}
     root = zarr.open_group(MemoryStore(skeleton), mode="w", zarr_format=3)
-    root.create_array("coords", data=coords)
-    root.create_array("labels", data=labels)
-    root.create_array("tissue_fraction", data=tissue_fraction[keep].astype(np.float32))
-    root.create_array("class_fractions", data=fractions.astype(np.float32))
-    for name, image in (("thumbnail", thumbnail), ("tissue_mask", stored_mask)):  # read whole: one chunk
+    root.create_array(store.COORDS, data=coords)
+    root.create_array(store.LABELS, data=labels)
+    root.create_array(store.TISSUE_FRACTION, data=tissue_fraction[keep].astype(np.float32))
+    root.create_array(store.CLASS_FRACTIONS, data=fractions.astype(np.float32))
+    for name, image in ((store.THUMBNAIL, thumbnail), (store.TISSUE_MASK, stored_mask)):  # read whole: one chunk
         root.create_array(name, data=image, chunks=image.shape, compressors=PATCH_CODEC)
     images = create_image_arrays(root, len(keep), sides, (kept_as_tiles, tiles) if tiles is not None else None)
-    root.update_attributes(  # one metadata write, where attrs.update writes once per key
-        {
-            "slide_id": slide_id,
-            "source_path": str(slide_path),
-            "annotations": str(annotations) if annotations else None,
-            "label_mask": str(label_mask) if label_mask else None,
-            "tissue_mask_source": str(tissue_mask) if tissue_mask else None,
-            "slide": info.to_dict(),
-            "mpp": info.mpp,
-            "mpp_source": info.mpp_source,
-            "objective_power": info.objective_power,
-            "objective_power_source": info.objective_power_source,
-            "classes": list(settings.classes),
-            "magnifications": [magnification_name(m) for m in available],
-            "skipped_magnifications": [magnification_name(m) for m in skipped],
-            "teacher_magnification": settings.teacher_magnification,
-            "patch_size": settings.patch_size,
-            "patch_sizes": sides,
-            "cell_level0": cell,
-            "grid": {"columns": grid.columns, "rows": grid.rows},
-            "thumbnail_downsample": thumb_downsample,
-            "min_tissue_fraction": settings.min_tissue_fraction,
-            "min_label_fraction": settings.min_label_fraction,
-            "tissue_method": tissue_method,
-            "read_level": level,
-            "block_cells": [block_columns, block_rows],
-            "source_tiles": kept_as_tiles,
-            "wsidistill_version": __version__,
-            **settings.extra_attrs,
-        }
+    attributes = store.StoreAttributes(
+        slide_id=slide_id,
+        source_path=str(slide_path),
+        annotations=str(annotations) if annotations else None,
+        label_mask=str(label_mask) if label_mask else None,
+        tissue_mask_source=str(tissue_mask) if tissue_mask else None,
+        slide=info.to_dict(),
+        mpp=info.mpp,
+        mpp_source=info.mpp_source,
+        objective_power=info.objective_power,
+        objective_power_source=info.objective_power_source,
+        classes=list(settings.classes),
+        magnifications=[magnification_name(m) for m in available],
+        skipped_magnifications=[magnification_name(m) for m in skipped],
+        teacher_magnification=settings.teacher_magnification,
+        patch_size=settings.patch_size,
+        patch_sizes=sides,
+        cell_level0=cell,
+        grid={"columns": grid.columns, "rows": grid.rows},
+        thumbnail_downsample=thumb_downsample,
+        min_tissue_fraction=settings.min_tissue_fraction,
+        min_label_fraction=settings.min_label_fraction,
+        tissue_method=tissue_method,
+        read_level=level,
+        block_cells=[block_columns, block_rows],
+        source_tiles=kept_as_tiles,
+        extra=settings.extra_attrs,
     )
     with atomic_path(out) as tmp:
         for key, buffer in skeleton.items():
-            (tmp / key).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / key).write_bytes(buffer.to_bytes())
+            if key != ROOT_METADATA:
+                (tmp / key).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / key).write_bytes(buffer.to_bytes())
         _write_blocks(images, tmp, blocks, slide_key, level, cell, sides, threads, settings.scheduler_address,
                       kept_as_tiles, progress=progress, desc=slide_id)
+        # The root metadata last, with the record of every chunk file written: a store missing one is refused.
+        # One metadata write, where attrs.update writes once per key.
+        root.update_attributes(dataclasses.replace(attributes, chunk_files=chunk_files(tmp)).to_dict())
+        (tmp / ROOT_METADATA).write_bytes(skeleton[ROOT_METADATA].to_bytes())
     timings["extract_s"] = time.perf_counter() - extract_started
     timings["total_s"] = time.perf_counter() - started
 
@@ -444,121 +440,6 @@ def extract_slide(
     if summary_path:
         write_json(summary_path, summary)
     return summary
-
-
-def _file_encoder(array: zarr.Array):
-    """``rows -> bytes`` of one whole chunk or shard file exactly as ``array``'s metadata declares.
-
-    Blosc arrays take (rows, ...) uint8 pixels, the last chunk padded with the
-    fill value as Zarr stores edge chunks; source-tile arrays take each row's
-    tile bytes.  These are the arrays :func:`create_image_arrays` makes.
-    """
-    if source_tile_codec(array) is not None:
-        chunks_per_shard = tuple(s // c for s, c in zip(array.shards, array.chunks))
-        return lambda rows: encode_shard([tile for row in rows for tile in row], chunks_per_shard)
-    codecs = array.metadata.codecs
-    if not (array.dtype == np.uint8 and array.order == "C" and len(codecs) == 2
-            and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec)):
-        raise ValueError(f"{array.path}: PatchWriter writes uint8 Blosc or source-tile arrays, not {codecs}")
-    blosc = codecs[1]
-    shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
-               "bitshuffle": numcodecs.Blosc.BITSHUFFLE}[blosc.shuffle.value]
-    encode = numcodecs.Blosc(cname=blosc.cname.value, clevel=blosc.clevel, shuffle=shuffle, typesize=blosc.typesize,
-                             blocksize=blosc.blocksize).encode
-    per_chunk = array.chunks[0]
-
-    def encode_chunk(patches: np.ndarray) -> bytes:
-        if len(patches) < per_chunk:
-            patches = np.concatenate([patches, np.full((per_chunk - len(patches), *patches.shape[1:]),
-                                                       array.fill_value, patches.dtype)])
-        return encode(patches)
-
-    return encode_chunk
-
-
-def _rows_per_file(array: zarr.Array) -> int:
-    return (array.shards or array.chunks)[0]
-
-
-def _take_rows(pieces: list, count: int) -> tuple[np.ndarray | list, list]:
-    """The first ``count`` rows of ``pieces`` (arrays or lists; a view when one piece holds them all) and the rest."""
-    head, rest = [], list(pieces)
-    while count:
-        piece = rest.pop(0)
-        if len(piece) > count:
-            head.append(piece[:count])
-            rest.insert(0, piece[count:])
-            count = 0
-        else:
-            head.append(piece)
-            count -= len(piece)
-    if len(head) == 1:
-        return head[0], rest
-    return (np.concatenate(head) if isinstance(head[0], np.ndarray) else [row for piece in head for row in piece]), rest
-
-
-class PatchWriter:
-    """Appends patches to each magnification's array; writer threads store whole chunks meanwhile.
-
-    Chunks (or shards) are encoded here and written as files in ``directory``
-    (where the store lives) under the keys the array's metadata gives:
-    zarr-python's own write path (a fresh fill-value buffer and a copy per
-    chunk, a hop to its event loop and on to a thread) costs four times the
-    compression itself (docs/performance.md).  At most one batch is in
-    flight, so memory is bounded by two batches.
-    """
-
-    def __init__(self, images: dict[str, zarr.Array], directory: str | Path, *, workers: int = 1):
-        self.images = images
-        self.directory = Path(directory)
-        self._encoders = {name: _file_encoder(array) for name, array in images.items()}
-        self._pending = {name: [] for name in images}
-        self._written = dict.fromkeys(images, 0)
-        self._pool = ThreadPoolExecutor(max(1, workers))
-        self._in_flight = []
-
-    def append(self, patches: dict[str, np.ndarray]) -> None:
-        for name in self.images:
-            self._pending[name].append(patches[name])
-
-    def flush(self, *, final: bool = False) -> None:
-        """Hand every whole chunk (and, when final, the last partial one) to the writer threads."""
-        jobs = []
-        for name, array in self.images.items():
-            pieces, per_chunk = self._pending[name], _rows_per_file(array)
-            rows = sum(len(piece) for piece in pieces)
-            while rows >= per_chunk or (final and rows):
-                chunk, pieces = _take_rows(pieces, min(rows, per_chunk))
-                jobs.append((name, self._written[name], chunk))
-                self._written[name] += len(chunk)
-                rows -= len(chunk)
-            self._pending[name] = pieces
-        self._wait()
-        self._in_flight = [self._pool.submit(self._store, *job) for job in jobs]
-        if final:
-            self._wait()
-
-    def _store(self, name: str, start: int, patches: np.ndarray | list) -> None:
-        array = self.images[name]
-        key = array.metadata.encode_chunk_key((start // _rows_per_file(array),) + (0,) * (array.ndim - 1))
-        path = self.directory / array.path / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self._encoders[name](patches))
-
-    def _wait(self) -> None:
-        for future in self._in_flight:
-            future.result()
-        self._in_flight = []
-
-    def __enter__(self) -> PatchWriter:
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        try:
-            if exc_type is None:
-                self.flush(final=True)
-        finally:
-            self._pool.shutdown(wait=True)
 
 
 def _group_blocks(blocks: list[Block], patches: int) -> list[list[Block]]:

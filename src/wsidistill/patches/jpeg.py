@@ -8,16 +8,15 @@ Aperio's RGB-coded components), so the pixels read back are the reader's.
 
 The codec is registered with zarr-python under :data:`CODEC_NAME` on import
 and through the ``zarr.codecs`` entry point, so any process with wsidistill
-installed opens such stores with plain ``zarr.open``.
+installed opens such stores with plain ``zarr.open``.  Its shards are written and
+read directly by :mod:`.zarr_io` (``encode_shard``, ``read_source_tiles``).
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from pathlib import Path
 
-import google_crc32c
 import imagecodecs
 import numpy as np
 import zarr
@@ -27,10 +26,6 @@ from zarr.core.common import parse_named_configuration
 from zarr.registry import register_codec
 
 CODEC_NAME = "wsidistill.slide_jpeg"
-
-#: Index entry of a chunk absent from its shard (zarr's sharding_indexed specification).
-EMPTY = np.iinfo(np.uint64).max
-
 
 @dataclass(frozen=True)
 class SlideJpegCodec(ArrayBytesCodec):
@@ -92,68 +87,9 @@ class SlideJpegCodec(ArrayBytesCodec):
 register_codec(CODEC_NAME, SlideJpegCodec)
 
 
-def encode_shard(chunks: list[bytes], chunks_per_shard: tuple[int, ...]) -> bytes:
-    """A ``sharding_indexed`` shard (index at the end, then bytes and crc32c index codecs) of encoded chunks.
-
-    ``chunks`` are in C order of the shard's chunk grid, ``b""`` for a chunk
-    that is absent (read back as the fill value); missing trailing ones are absent too.
-    """
-    index = np.full((int(np.prod(chunks_per_shard)), 2), EMPTY, dtype="<u8")
-    offset = 0
-    for i, chunk in enumerate(chunks):
-        if chunk:
-            index[i] = offset, len(chunk)
-            offset += len(chunk)
-    index_bytes = index.tobytes()
-    return b"".join([*chunks, index_bytes, google_crc32c.value(index_bytes).to_bytes(4, "little")])
-
-
 def source_tile_codec(array: zarr.Array) -> SlideJpegCodec | None:
     """The codec of an array whose shards hold slide JPEG tiles, else None."""
     codecs = array.metadata.codecs
     if not (isinstance(codecs[0], ShardingCodec) and isinstance(codecs[0].codecs[0], SlideJpegCodec)):
         return None
     return codecs[0].codecs[0]
-
-
-def read_source_tiles(array: zarr.Array, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` (indices) of a source-tile array in a local directory, decoded straight from its shard files.
-
-    Only the tiles of those rows are decoded.  The same pixels zarr-python
-    reads (tested), without its 0.4 ms of work per chunk on top of the decode
-    (more than the decode itself).  Shard indexes are checked against their
-    CRC-32C.
-    """
-    codec = source_tile_codec(array)
-    rows = np.asarray(rows, dtype=np.int64)
-    rows_per_shard = array.shards[0]
-    _, tile_h, tile_w, _ = array.chunks
-    across, down = array.shape[2] // tile_w, array.shape[1] // tile_h
-    tiles_per_shard = rows_per_shard * across * down
-    out = np.empty((len(rows), *array.shape[1:]), np.uint8)
-    directory = Path(array.store_path.store.root) / array.path
-    shards = rows // rows_per_shard
-    order = np.argsort(shards, kind="stable")
-    for positions in np.split(order, np.flatnonzero(np.diff(shards[order])) + 1) if len(rows) else []:
-        path = directory / array.metadata.encode_chunk_key((int(shards[positions[0]]), 0, 0, 0))
-        if not path.exists():  # a shard never written reads as the fill value, as in zarr
-            out[positions] = array.fill_value
-            continue
-        data = path.read_bytes()
-        index_bytes = data[-4 - 16 * tiles_per_shard : -4]
-        if google_crc32c.value(index_bytes).to_bytes(4, "little") != data[-4:]:
-            raise ValueError(f"{path}: the shard index fails its checksum; extract the slide again")
-        index = np.frombuffer(index_bytes, "<u8").reshape(rows_per_shard, down * across, 2)
-        for position in positions:
-            for k, (offset, length) in enumerate(index[rows[position] % rows_per_shard]):
-                r, c = divmod(k, across)
-                pixels = out[position, r * tile_h : (r + 1) * tile_h, c * tile_w : (c + 1) * tile_w]
-                if offset == EMPTY:
-                    pixels[:] = array.fill_value
-                elif across == down == 1:
-                    imagecodecs.jpeg8_decode(data[offset : offset + length], tables=codec.tables,
-                                             colorspace=codec.colorspace, out=pixels)
-                else:
-                    pixels[:] = imagecodecs.jpeg8_decode(data[offset : offset + length], tables=codec.tables,
-                                                         colorspace=codec.colorspace)
-    return out

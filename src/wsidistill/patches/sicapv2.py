@@ -29,12 +29,13 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from .. import __version__
 from ..errors import InputError
 from ..io import atomic_path, write_json, write_text
 from ..slides.annotations import majority_labels
 from ..slides.grid import magnification_name, patch_pixels
-from .extract import PatchWriter, area_downsample, create_image_arrays
+from . import store
+from .extract import area_downsample, create_image_arrays
+from .zarr_io import PatchWriter, chunk_files
 
 CLASSES = ("NC", "G3", "G4", "G5")
 NATIVE_MAGNIFICATION = 10
@@ -203,36 +204,36 @@ def import_slide(root: Path, slide_id: str, patches: pd.DataFrame, patient_id: s
                 means[i * BATCH : i * BATCH + len(batch[smallest])] = batch[smallest].mean(axis=(1, 2)).round()
                 writer.flush()
         thumbnail = _mosaic(coords, means, cell, columns, rows)
-        group.create_array("coords", data=coords)
-        group.create_array("labels", data=labels)
-        group.create_array("tissue_fraction", data=np.ones(len(paths), np.float32))
-        group.create_array("class_fractions", data=fractions)
-        group.create_array("thumbnail", data=thumbnail)
-        group.create_array("tissue_mask", data=(thumbnail < 255).any(axis=-1))
-        group.update_attributes({
-            "slide_id": slide_id,
-            "patient_id": patient_id,
-            "split": patches.split.iloc[0],
-            "source_path": str(root),
-            "source": "SICAPv2",
-            "coords_unit": "xini/yini of SICAPv2's image names",
-            "mpp": 1.0,
-            "mpp_source": "SICAPv2 (10x patches)",
-            "objective_power": NATIVE_MAGNIFICATION,
-            "objective_power_source": "SICAPv2 (10x patches)",
-            "classes": list(CLASSES),
-            "magnifications": list(sides),
-            "skipped_magnifications": [],
-            "teacher_magnification": NATIVE_MAGNIFICATION,
-            "patch_size": PATCH_SIZE,
-            "patch_sizes": sides,
-            "cell_level0": cell,
-            "grid": {"columns": columns, "rows": rows},
-            "thumbnail_downsample": cell,
-            "min_label_fraction": 0.5,
-            "tissue_method": "SICAPv2 selection",
-            "wsidistill_version": __version__,
-        })
+        group.create_array(store.COORDS, data=coords)
+        group.create_array(store.LABELS, data=labels)
+        group.create_array(store.TISSUE_FRACTION, data=np.ones(len(paths), np.float32))
+        group.create_array(store.CLASS_FRACTIONS, data=fractions)
+        group.create_array(store.THUMBNAIL, data=thumbnail)
+        group.create_array(store.TISSUE_MASK, data=(thumbnail < 255).any(axis=-1))
+        group.update_attributes(store.StoreAttributes(  # last, with the record of every chunk file written
+            slide_id=slide_id,
+            patient_id=patient_id,
+            split=patches.split.iloc[0],
+            source_path=str(root),
+            source=store.SICAPV2,
+            coords_unit="xini/yini of SICAPv2's image names",
+            mpp=1.0,
+            mpp_source="SICAPv2 (10x patches)",
+            objective_power=NATIVE_MAGNIFICATION,
+            objective_power_source="SICAPv2 (10x patches)",
+            classes=list(CLASSES),
+            magnifications=list(sides),
+            skipped_magnifications=[],
+            teacher_magnification=NATIVE_MAGNIFICATION,
+            patch_size=PATCH_SIZE,
+            patch_sizes=sides,
+            cell_level0=cell,
+            grid={"columns": columns, "rows": rows},
+            thumbnail_downsample=cell,
+            min_label_fraction=0.5,
+            tissue_method="SICAPv2 selection",
+            chunk_files=chunk_files(tmp),
+        ).to_dict())
     counts = {c: int((labels == i).sum()) for i, c in enumerate(CLASSES)}
     counts["unlabelled"] = int((labels < 0).sum())
     summary = {"slide_id": slide_id, "store": str(out / f"{slide_id}.zarr"), "split": patches.split.iloc[0],

@@ -86,12 +86,12 @@ def attention_study(teacher_path, students: dict[str, str | Path], stores: list[
 def _agreement_markdown(frame: pd.DataFrame) -> str:
     table = frame.pivot_table(index="method", columns="magnification", values="mean_correlation")
     table = table[sorted(table.columns, reverse=True)]
+    cells = table.map(lambda v: "" if np.isnan(v) else f"{v:.3f}").rename(columns=lambda m: f"{m:g}x")
     lines = ["# Teacher-Student attention agreement", "",
              "Mean Pearson correlation between the Teacher's and the Student's AT+ map of each labelled test patch "
              "for its annotated class (1: the Student looks exactly where the Teacher looks).", "",
-             "| method | " + " | ".join(f"{m:g}x" for m in table.columns) + " |", "|---|" + "---|" * len(table.columns)]
-    for method, values in table.iterrows():
-        lines.append(f"| {method} | " + " | ".join("" if np.isnan(v) else f"{v:.3f}" for v in values) + " |")
+             cells.rename_axis(index="method", columns=None).to_markdown(
+                 colalign=("left", *["right"] * len(cells.columns)), disable_numparse=True)]
     return "\n".join(lines) + "\n"
 
 

@@ -19,7 +19,7 @@ import zarr  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from ..io import save_figure  # noqa: E402
-from ..patches.dataset import open_store  # noqa: E402
+from ..patches import store as patch_store  # noqa: E402
 from .palette import class_colors, class_rgb  # noqa: E402
 
 
@@ -51,11 +51,13 @@ def legend_handles(classes):
 
 
 def _slide_layers(store_path):
-    store = open_store(store_path)
+    store = patch_store.open_store(store_path)
+    attributes = patch_store.read_attributes(store)
     return store, {
-        "slide_id": store.attrs["slide_id"], "classes": store.attrs["classes"], "cell": store.attrs["cell_level0"],
-        "grid": store.attrs["grid"], "thumbnail": store["thumbnail"][:], "downsample": store.attrs["thumbnail_downsample"],
-        "coords": store["coords"][:], "labels": store["labels"][:].astype(int),
+        "slide_id": attributes.slide_id, "classes": attributes.classes, "cell": attributes.cell_level0,
+        "grid": attributes.grid, "thumbnail": store[patch_store.THUMBNAIL][:],
+        "downsample": attributes.thumbnail_downsample, "coords": store[patch_store.COORDS][:],
+        "labels": store[patch_store.LABELS][:].astype(int), "tissue_method": attributes.tissue_method,
     }
 
 
@@ -126,12 +128,11 @@ def comparison_panel(store_path: str | Path, predictions: dict[str, str | Path],
 
 def extraction_qc(store_path: str | Path, out_png: str | Path) -> None:
     """Quality control of extraction: thumbnail, tissue-mask outline and kept cells coloured by label."""
-    _, s = _slide_layers(store_path)
-    store = open_store(store_path)
+    store, s = _slide_layers(store_path)
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, _figure_height(s["thumbnail"], 5)))
     left.imshow(s["thumbnail"])
-    left.contour(store["tissue_mask"][:], levels=[0.5], colors="lime", linewidths=0.8)
-    left.set_title(f"tissue mask ({store.attrs['tissue_method']})", fontsize=9)
+    left.contour(store[patch_store.TISSUE_MASK][:], levels=[0.5], colors="lime", linewidths=0.8)
+    left.set_title(f"tissue mask ({s['tissue_method']})", fontsize=9)
     left.axis("off")
     labels = np.where(s["labels"] >= 0, s["labels"], -1)
     overlay = class_overlay(labels, s["coords"], s["cell"], s["grid"], s["classes"])

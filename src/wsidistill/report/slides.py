@@ -16,7 +16,7 @@ import zarr
 from ..evaluation.grading import grade_from_patch_labels
 from ..evaluation.metrics import quadratic_kappa
 from ..io import write_text
-from ..patches.dataset import open_store
+from ..patches.store import LABELS, open_store, read_attributes
 
 GRADE_GROUPS = 6  # 0 (benign) .. 5
 
@@ -31,7 +31,8 @@ def slide_grades(predictions: dict[str, str | Path], stores: list[str | Path]) -
     references = {}
     for store_path in stores:
         store = open_store(store_path)
-        references[store.attrs["slide_id"]] = (store.attrs["classes"], store["labels"][:])
+        attributes = read_attributes(store)
+        references[attributes.slide_id] = (attributes.classes, store[LABELS][:])
     rows = []
     for model, path in predictions.items():
         root = zarr.open_group(str(path), mode="r")

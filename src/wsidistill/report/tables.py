@@ -123,10 +123,8 @@ def comparison_markdown(frame: pd.DataFrame, baseline: str = "ce") -> str:
     lines = []
     for name, title in TITLES.items():
         header, rows = comparison_cells(frame, name)
-        lines += [f"### {title} (mean ± std over seeds)", "", "| " + " | ".join(header) + " |",
-                  "|---|" + "---|" * (len(header) - 1)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        lines.append("")
+        table = pd.DataFrame(rows, columns=header).to_markdown(index=False, stralign="left", disable_numparse=True)
+        lines += [f"### {title} (mean ± std over seeds)", "", table, ""]
     return "\n".join([*lines, _legend(frame, baseline), ""])
 
 

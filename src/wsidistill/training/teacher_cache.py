@@ -17,7 +17,9 @@ Layout of ``{cache}.zarr`` (Zarr v3)::
                         ``r`` rows of about ``CHUNK_BYTES`` (one row for 128 px smallcnn features),
                         Blosc-LZ4 compressed; float32 (exact) or float16
     attrs               format, version, keys, terms, teacher_options, dtype, teacher (path, sha256,
-                        arch, magnification), stores (path, slide_id, rows per store), fingerprint
+                        arch, magnification), stores (path, slide_id, rows per store), fingerprint,
+                        chunk_files (files per array, written last; a cache missing one is refused, as
+                        are patch stores: :mod:`wsidistill.patches.store`)
 
 The fingerprint covers, per store and in order, the slide id, the selected rows' labels and
 coordinates, the shape of the Teacher-magnification images and a content sample of them; with the
@@ -40,6 +42,8 @@ from ..distill.d4 import d4_transform
 from ..distill.targets import teacher_targets
 from ..distill.terms import TEACHER_DEFAULTS, TERMS, check_terms, target_keys
 from ..errors import InputError
+from ..patches import store as patch_store
+from ..patches.zarr_io import ChunkFiles, RowChunkWriter, chunk_files
 
 CACHE_FORMAT = "wsidistill-teacher-cache"
 CACHE_VERSION = 1
@@ -87,20 +91,21 @@ def describe_stores(stores: Sequence[str | Path], magnification_name: str) -> li
     """
     entries = []
     for path in stores:
-        root = zarr.open_group(str(path), mode="r")
-        labels = root["labels"][:]
+        root = patch_store.open_store(path)
+        slide_id = str(patch_store.read_attributes(root).slide_id)
+        labels = root[patch_store.LABELS][:]
         rows = np.flatnonzero(labels >= 0)
         if magnification_name not in root:
             raise KeyError(f"{path}: no {magnification_name} patches")
-        images = root[magnification_name]["images"]
+        images = root[patch_store.images_path(magnification_name)]
         digest = hashlib.sha256()
-        digest.update(str(root.attrs["slide_id"]).encode())
+        digest.update(slide_id.encode())
         digest.update(np.ascontiguousarray(labels[rows]).tobytes())
-        digest.update(np.ascontiguousarray(root["coords"][:][rows]).tobytes())
+        digest.update(np.ascontiguousarray(root[patch_store.COORDS][:][rows]).tobytes())
         digest.update(repr((tuple(images.shape), str(images.dtype))).encode())
         for row in dict.fromkeys(rows[[0, -1]].tolist() if len(rows) else []):
             digest.update(np.ascontiguousarray(images[row]).tobytes())
-        entries.append({"path": str(path), "slide_id": str(root.attrs["slide_id"]), "rows": int(len(rows)),
+        entries.append({"path": str(path), "slide_id": slide_id, "rows": int(len(rows)),
                         "digest": digest.hexdigest()})
     return entries
 
@@ -113,33 +118,6 @@ def _chunk_rows(row_bytes: int, n_rows: int) -> int:
     """Rows per chunk: a power of two near ``CHUNK_BYTES`` of data, at least one row."""
     rows = max(1, CHUNK_BYTES // max(1, row_bytes))
     return int(min(1 << (rows.bit_length() - 1), max(1, n_rows)))
-
-
-class _ChunkWriter:
-    """Appends rows of one D4 element to an array and writes whole chunks only."""
-
-    def __init__(self, array: zarr.Array, element: int) -> None:
-        self.array, self.element, self.start = array, element, 0
-        self.rows = array.chunks[1]
-        self.parts: list[np.ndarray] = []
-
-    def append(self, block: np.ndarray) -> None:
-        self.parts.append(block)
-        pending = sum(len(p) for p in self.parts)
-        whole = pending // self.rows * self.rows
-        if whole:
-            self._write(whole)
-
-    def close(self) -> None:
-        pending = sum(len(p) for p in self.parts)
-        if pending:
-            self._write(pending)
-
-    def _write(self, count: int) -> None:
-        data = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
-        self.array[self.element, self.start : self.start + count] = data[:count]
-        self.start += count
-        self.parts = [data[count:]] if count < len(data) else []
 
 
 def build_teacher_cache(
@@ -195,7 +173,7 @@ def build_teacher_cache(
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         arrays: dict[str, zarr.Array] = {}
         for k in range(D4_ELEMENTS):
-            writers: dict[str, _ChunkWriter] = {}
+            writers: dict[str, RowChunkWriter] = {}
             for start in tqdm(range(0, n_rows, batch_size), desc=f"teacher cache D4 element {k}",
                               disable=not progress, leave=False):
                 batch = d4_transform(to_tensor(images[start : start + batch_size], runtime.device), k)
@@ -209,7 +187,7 @@ def build_teacher_cache(
                         arrays[key] = root.create_array(key, shape=(D4_ELEMENTS, n_rows, *value.shape[1:]),
                                                         chunks=(1, rows, *value.shape[1:]), dtype=dtype,
                                                         compressors=COMPRESSOR)
-                    writers.setdefault(key, _ChunkWriter(arrays[key], k)).append(value)
+                    writers.setdefault(key, RowChunkWriter(arrays[key], tmp, k)).append(value)
             for writer in writers.values():
                 writer.close()
         root.attrs.update(
@@ -226,6 +204,7 @@ def build_teacher_cache(
                 "stores": entries,
                 "fingerprint": fingerprint(entries),
                 "rows": n_rows,
+                patch_store.CHUNK_FILES: chunk_files(tmp),  # last: TeacherCache refuses a cache missing a file
             }
         )
     nbytes = {key: int(np.prod(a.shape)) * np.dtype(dtype).itemsize for key, a in arrays.items()}
@@ -234,70 +213,13 @@ def build_teacher_cache(
             "seconds": time.perf_counter() - started}
 
 
-class _ChunkFiles:
-    """Rows of one array read straight from its chunk files in a local store.
-
-    Zarr's reader spends ~0.5 ms of Python per chunk; a batch of 32 one-row chunks read here costs the
-    file reads and the decompression only (~9 ms for 32 rows of 256 KiB on the 2-core dev machine).
-    Used for plain arrays (no sharding) whose codecs are ``bytes`` then at most one of
-    ``blosc``/``zstd``; other arrays are read through zarr.
-    """
-
-    def __init__(self, array: zarr.Array, path: Path) -> None:
-        from numcodecs import Blosc, Zstd
-        from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
-
-        codecs = list(array.metadata.codecs)
-        if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
-            raise NotImplementedError(f"codecs {codecs}")
-        if array.dtype.itemsize > 1 and codecs[0].endian is not None and codecs[0].endian.value != "little":
-            raise NotImplementedError("big-endian chunks")
-        self.decompressor = None
-        if len(codecs) == 2:
-            if isinstance(codecs[1], BloscCodec):
-                self.decompressor = Blosc()
-            elif isinstance(codecs[1], ZstdCodec):
-                self.decompressor = Zstd()
-            else:
-                raise NotImplementedError(f"codec {codecs[1]}")
-        self.path, self.encoding = path, array.metadata.chunk_key_encoding
-        self.shape, self.chunk_shape = tuple(array.shape), tuple(array.chunks)
-        self.dtype = array.dtype.newbyteorder("<")
-        self.fill_value = array.metadata.fill_value
-
-    def chunk(self, element: int, index: int) -> np.ndarray:
-        """Chunk ``index`` along the rows of D4 element ``element``: ``chunk_shape[1:]``."""
-        key = self.encoding.encode_chunk_key((element, index) + (0,) * (len(self.chunk_shape) - 2))
-        try:
-            data = (self.path / key).read_bytes()
-        except FileNotFoundError:  # never written: every value is the fill value
-            return np.full(self.chunk_shape[1:], self.fill_value, self.dtype)
-        if self.decompressor is not None:
-            data = self.decompressor.decode(data)
-        return np.frombuffer(data, self.dtype).reshape(self.chunk_shape[1:])
-
-    def read(self, element: int, row: int) -> np.ndarray:
-        rows = self.chunk_shape[1]
-        return self.chunk(element, row // rows)[row % rows]
-
-    def read_all(self) -> np.ndarray:
-        """The whole array, each chunk read once."""
-        out = np.empty(self.shape, self.dtype)
-        rows = self.chunk_shape[1]
-        for element in range(self.shape[0]):
-            for start in range(0, self.shape[1], rows):
-                stop = min(start + rows, self.shape[1])
-                out[element, start:stop] = self.chunk(element, start // rows)[: stop - start]
-        return out
-
-
 class TeacherCache:
     """Read side of a Teacher-target cache: ``read(elements, rows)`` gives ``teacher_targets``' dict.
 
     Open with :meth:`open`, which checks the cache against the training run and serves only the keys
     its terms read. Arrays that fit in ``memory_bytes`` (all but the features, usually) are read into
     memory once; the others are read per batch, row by row, straight from their chunk files
-    (:class:`_ChunkFiles`), or through zarr for a layout that reader does not handle.
+    (:class:`ChunkFiles`), or through zarr for a layout that reader does not handle.
     """
 
     def __init__(self, path: str | Path, *, keys: Iterable[str] | None = None,
@@ -312,6 +234,7 @@ class TeacherCache:
                 f"{self.path} is not a version-{CACHE_VERSION} Teacher-target cache "
                 f"(format {attrs.get('format')!r}, version {attrs.get('version')!r}): rebuild it"
             )
+        patch_store.check_complete(self.path, attrs.get(patch_store.CHUNK_FILES), "Teacher-target cache", REBUILD)
         self.attrs = attrs
         #: Every key the cache holds; ``arrays`` holds the ones :meth:`read` serves.
         self.keys: list[str] = list(attrs["keys"])
@@ -324,10 +247,10 @@ class TeacherCache:
                 f"{attrs['terms']}); {REBUILD} with the union of every method's terms"
             )
         self.arrays: dict[str, zarr.Array | np.ndarray] = {key: self.root[key] for key in served}
-        self._files: dict[str, _ChunkFiles] = {}
+        self._files: dict[str, ChunkFiles] = {}
         for key in served:
             try:
-                self._files[key] = _ChunkFiles(self.arrays[key], self.path / key)
+                self._files[key] = ChunkFiles(self.arrays[key], self.path / key)
             except NotImplementedError:
                 pass
         budget = memory_bytes
