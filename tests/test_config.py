@@ -3,12 +3,21 @@ import copy
 import pytest
 import yaml
 
-from wsidistill.config import ConfigError, active_methods, check_config, student_magnifications
+from wsidistill.config import (
+    ConfigError,
+    active_methods,
+    check_config,
+    cli_flags,
+    load_schema,
+    section_defaults,
+    student_magnifications,
+    validate_config,
+)
 
 
 @pytest.fixture
 def config(repo_root):
-    return yaml.safe_load((repo_root / "config.yaml").read_text())
+    return validate_config(yaml.safe_load((repo_root / "config.yaml").read_text()))
 
 
 def test_default_config_passes(config):
@@ -27,6 +36,11 @@ def test_default_config_passes(config):
         (lambda c: c["annotation_classes"].update(Tumour="G6"), "`annotation_classes` maps to ['G6']"),
         (lambda c: c["methods"].update(ce=None, atplus=None), "`methods` has no method left"),
         (lambda c: c["methods"].update(ce=None), "`baseline_method` 'ce' is not one of `methods` ['atplus']"),
+        (lambda c: c["methods"].update(atplus={"ce": 1, "atplsu": 10}), "`methods.atplus` has unknown loss term"),
+        (lambda c: c["methods"].update(atplus={"ce": 0, "atplus": 0}), "`methods.atplus`: every weight is 0"),
+        (lambda c: c.update(distill_options={"kd_temprature": 2}), "`distill_options` has unknown key(s) ['kd_temprature']"),
+        (lambda c: c.update(panel_methods=["nosuch"]), "`panel_methods` names ['nosuch']"),
+        (lambda c: c.update(label_mask_classes={"3": "G6"}), "`label_mask_classes` maps to ['G6']"),
     ],
 )
 def test_bad_values_name_the_key(config, change, message):
@@ -40,5 +54,98 @@ def test_bad_values_name_the_key(config, change, message):
 def test_a_null_method_is_dropped(config):
     """How an overlay config removes a method of config.yaml (Snakemake merges configs key by key)."""
     config["methods"]["atplus"] = None
+    with pytest.raises(ConfigError, match="`panel_methods` names \\['atplus'\\]"):
+        check_config(config)
+    config["panel_methods"] = ["ce"]  # as config/resolution.yaml does
     check_config(config)
     assert active_methods(config) == {"ce": {"ce": 1}}
+
+
+def test_defaults_come_from_the_schema(repo_root):
+    """Keys left out of config.yaml take the schema's default; config.yaml need not repeat them."""
+    config = validate_config({"samples": "s.tsv", "teacher": {"magnification": 40}, "methods": {"ce": {"ce": 1}}})
+    assert config["extraction"] == section_defaults("extraction")
+    assert config["classes"] == ["NC", "G3", "G4", "G5"] and config["device"] == "auto"
+    assert config["training"]["lr"] == load_schema()["properties"]["training"]["properties"]["lr"]["default"]
+    check_config(config)
+
+
+def test_extraction_defaults_are_declared_once(repo_root):
+    """The schema's extraction defaults are those of ExtractionSettings and of `wsidistill extract`."""
+    import dataclasses
+
+    from wsidistill.cli import build_parser
+    from wsidistill.patches.extract import ExtractionSettings
+
+    defaults = section_defaults("extraction")
+    fields = {f.name: f.default for f in dataclasses.fields(ExtractionSettings)}
+    assert {key: fields[key] for key in defaults} == defaults
+    args = build_parser().parse_args(["extract", "slide.svs", "--out", "s.zarr"])
+    assert {key: getattr(args, key) for key in defaults} == defaults
+
+
+def test_cli_flags_are_read_back_by_the_cli_as_the_section():
+    """Workflow -> CLI and CLI -> settings use the same naming: a section survives the round trip."""
+    from wsidistill.cli import build_parser
+
+    section = {"patch_size": 64, "min_tissue_fraction": 0.25, "min_label_fraction": 0.75,
+               "tissue_method": "tiatoolbox-otsu", "on_missing_magnification": "error", "block_cells": 3,
+               "reuse_source_tiles": False}
+    assert cli_flags({"patch_size": 64, "reuse_source_tiles": False, "x": None, "y": [1, 2], "z": {"a": 1}}) == [
+        "--patch-size", "64", "--no-reuse-source-tiles", "--y", "1", "2", "--z", '{"a": 1}']
+    args = build_parser().parse_args(["extract", "slide.svs", "--out", "s.zarr", *cli_flags(section)])
+    assert {key: getattr(args, key) for key in section} == section
+
+
+def _leaves(schema, path=()):
+    """(dotted key, its schema) for every key the config schema declares, nested ones included."""
+    for key, spec in schema.get("properties", {}).items():
+        yield ".".join((*path, key)), spec
+        yield from _leaves(spec, (*path, key))
+
+
+def _bad_value(spec):
+    types = spec.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if "enum" in spec or "pattern" in spec:
+        return "no such value!"
+    if "string" not in types:
+        return "not-a-value"
+    return 12345
+
+
+#: Keys whose bad value needs a shape the generic one does not give.
+SPECIAL_BAD = {
+    "methods": {"ce": {"nosuch": 1}},
+    "annotation_classes": {"Benign": "NOSUCH"},
+    "label_mask_classes": {"3": "NOSUCH"},
+    "distill_options": {"nosuch": 1},
+    "panel_methods": ["nosuch"],
+    "baseline_method": "nosuch",
+    "teacher.magnification": 30,
+}
+
+
+def bad_configs(config):
+    """One config per key of the schema, with that key set to a bad value: (key, config)."""
+    for key, spec in _leaves(load_schema()):
+        bad = copy.deepcopy(config)
+        *parents, leaf = key.split(".")
+        section = bad
+        for parent in parents:
+            section = section.setdefault(parent, {})
+        section[leaf] = SPECIAL_BAD.get(key, _bad_value(spec))
+        yield key, bad
+
+
+def test_every_key_of_the_schema_is_checked_before_any_job(config):
+    """The README's promise, key by key: a bad value of any key raises ConfigError naming that key."""
+    keys = []
+    for key, bad in bad_configs(config):
+        with pytest.raises(ConfigError) as err:
+            validate_config(bad)
+            check_config(bad)
+        message = str(err.value)
+        assert f"`{key}" in message and "\n" not in message, (key, message)
+        keys.append(key)
+    assert {"extraction.patch_size", "training.lr", "device", "methods", "distill_options", "panel_methods"} <= set(keys)

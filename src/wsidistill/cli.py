@@ -13,10 +13,13 @@ import sys
 import warnings
 from pathlib import Path
 
+from .config import config_default, flag_name, section_schema
 from .errors import InputError
 
-DEFAULT_CLASSES = ["NC", "G3", "G4", "G5"]
-DEFAULT_CLASS_MAP = {"Benign": "NC", "Gleason 3": "G3", "Gleason 4": "G4", "Gleason 5": "G5"}
+#: Defaults of the config schema, the one place they are declared.
+DEFAULT_CLASSES = config_default("classes")
+DEFAULT_CLASS_MAP = config_default("annotation_classes")
+_SCHEMA_TYPES = {"integer": int, "number": float, "string": str}
 
 
 def _json(text: str):
@@ -29,6 +32,17 @@ def _json(text: str):
 def _add_runtime_arguments(parser):
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (autocast on CUDA)")
+
+
+def _add_config_section(parser, section: str) -> None:
+    """One option per key of config section ``section``, with the schema's type, choices, default and
+    description: the inverse of :func:`wsidistill.config.cli_flags`, which the workflow uses to call us."""
+    for key, spec in section_schema(section).items():
+        kwargs = {"default": spec.get("default"), "help": spec.get("description")}
+        if spec["type"] == "boolean":
+            parser.add_argument(flag_name(key), action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            parser.add_argument(flag_name(key), type=_SCHEMA_TYPES[spec["type"]], choices=spec.get("enum"), **kwargs)
 
 
 def _add_demo(sub):
@@ -69,20 +83,13 @@ def _add_extract(sub):
     p.add_argument("--tissue-mask", type=Path, help="PNG/JPEG/TIFF tissue mask (nonzero = tissue) replacing detection")
     p.add_argument("--summary", type=Path, help="extraction summary JSON")
     p.add_argument("--qc", type=Path, help="quality-control PNG: thumbnail, tissue mask and kept patches")
-    p.add_argument("--magnifications", type=float, nargs="+", default=[40, 20, 10, 5])
+    p.add_argument("--magnifications", type=float, nargs="+", default=config_default("magnifications"))
     p.add_argument("--teacher-magnification", type=float, help="defaults to the highest magnification")
-    p.add_argument("--patch-size", type=int, default=256, help="patch side in px at the Teacher's magnification")
     p.add_argument("--mpp", type=float, help="override the slide's microns per pixel")
     p.add_argument("--objective-power", type=float, help="override the slide's objective power")
     p.add_argument("--classes", nargs="+", default=DEFAULT_CLASSES)
     p.add_argument("--class-map", type=_json, default=DEFAULT_CLASS_MAP, help="JSON: annotation name -> class")
-    p.add_argument("--min-tissue-fraction", type=float, default=0.5)
-    p.add_argument("--min-label-fraction", type=float, default=0.5)
-    p.add_argument("--tissue-method", default="hsv-otsu")
-    p.add_argument("--on-missing-magnification", choices=["skip", "error"], default="skip")
-    p.add_argument("--block-cells", type=int, default=8)
-    p.add_argument("--no-reuse-source-tiles", dest="reuse_source_tiles", action="store_false",
-                   help="store Blosc-LZ4 pixels even where patches are whole JPEG tiles of the slide")
+    _add_config_section(p, "extraction")
     p.add_argument("--scheduler-address", help="dask distributed scheduler to use instead of local threads")
     p.add_argument("--threads", type=int, default=1)
 
@@ -222,20 +229,14 @@ def run(args: argparse.Namespace) -> None:
 
         write_sample_sheet(plan_cohort(args.slides, args.seed), args.out, args.sheet)
     elif args.verb == "extract":
-        from .patches.extract import ExtractionSettings, extract_slide
+        from .patches.extract import EXTRACTION_DEFAULTS, ExtractionSettings, extract_slide
 
         settings = ExtractionSettings(
             classes=tuple(args.classes),
             class_map=args.class_map,
             magnifications=tuple(sorted(args.magnifications, reverse=True)),
             teacher_magnification=args.teacher_magnification or max(args.magnifications),
-            patch_size=args.patch_size,
-            min_tissue_fraction=args.min_tissue_fraction,
-            min_label_fraction=args.min_label_fraction,
-            tissue_method=args.tissue_method,
-            on_missing_magnification=args.on_missing_magnification,
-            block_cells=args.block_cells,
-            reuse_source_tiles=args.reuse_source_tiles,
+            **{key: getattr(args, key) for key in EXTRACTION_DEFAULTS},
             scheduler_address=args.scheduler_address,
             **({"label_mask_classes": {int(k): v for k, v in args.label_mask_classes.items()}}
                if args.label_mask_classes else {}),

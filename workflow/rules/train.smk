@@ -6,6 +6,12 @@ rule train_teacher:
     output:
         model=f"results/models/{TEACHER}_{{mag}}x/seed{{seed}}/model.pt",
         history=f"results/models/{TEACHER}_{{mag}}x/seed{{seed}}/history.csv",
+        history_plot=report(
+            f"results/models/{TEACHER}_{{mag}}x/seed{{seed}}/history.png",
+            caption="../report/history.rst",
+            category="Training",
+            subcategory=f"{TEACHER}_{{mag}}x",
+        ),
     conda:
         "../../environment.yml"
     log:
@@ -21,14 +27,18 @@ rule train_teacher:
         runtime=240,
     shell:
         "wsidistill train-teacher --train-stores {input.train:q} --val-stores {input.val:q} "
-        "--magnification {wildcards.mag} --seed {wildcards.seed} {params.flags} "
+        "--magnification {wildcards.mag:q} --seed {wildcards.seed:q} {params.flags:q} "
         "--out {output.model:q} --history {output.history:q} --threads {threads} > {log:q} 2>&1"
+
+
+#: The Teacher's model of one seed ("{seed}" keeps the wildcard).
+TEACHER_MODEL = expand(rules.train_teacher.output.model, mag=f"{TEACHER_MAG:g}", seed="{seed}")[0]
 
 
 rule teacher_cache:
     input:
         train=stores("train"),
-        teacher=model_path(f"{TEACHER}_{mag_name(TEACHER_MAG)}", "{seed}"),
+        teacher=TEACHER_MODEL,
     output:
         cache=directory(teacher_cache_path("{seed}")),
     conda:
@@ -38,7 +48,7 @@ rule teacher_cache:
     benchmark:
         f"results/benchmarks/cache/{TEACHER}_{mag_name(TEACHER_MAG)}/seed{{seed}}.tsv"
     params:
-        terms=shlex.join(CACHE_TERMS),
+        terms=CACHE_TERMS,
         options=json.dumps(config["distill_options"]),
         device=config["device"],
         precision=config["precision"],
@@ -48,8 +58,8 @@ rule teacher_cache:
         mem_mb=6000,
         runtime=120,
     shell:
-        "wsidistill teacher-cache --teacher {input.teacher:q} --train-stores {input.train:q} --terms {params.terms} "
-        "--distill-options {params.options:q} --device {params.device} --precision {params.precision} "
+        "wsidistill teacher-cache --teacher {input.teacher:q} --train-stores {input.train:q} --terms {params.terms:q} "
+        "--distill-options {params.options:q} --device {params.device:q} --precision {params.precision:q} "
         "--out {output.cache:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -57,12 +67,20 @@ rule distill:
     input:
         train=stores("train"),
         val=stores("val"),
-        teacher=model_path(f"{TEACHER}_{mag_name(TEACHER_MAG)}", "{seed}"),
-        cache=lambda wildcards: teacher_cache_path(wildcards.seed) if uses_teacher_cache(wildcards.method) else [],
+        teacher=TEACHER_MODEL,
+        cache=lambda wildcards: (
+            expand(rules.teacher_cache.output.cache, seed=wildcards.seed) if uses_teacher_cache(wildcards.method) else []
+        ),
         pretrained=pretrained_input("student"),
     output:
         model="results/models/{method}_{mag}x/seed{seed}/model.pt",
         history="results/models/{method}_{mag}x/seed{seed}/history.csv",
+        history_plot=report(
+            "results/models/{method}_{mag}x/seed{seed}/history.png",
+            caption="../report/history.rst",
+            category="Training",
+            subcategory="{method}_{mag}x",
+        ),
     conda:
         "../../environment.yml"
     log:
@@ -74,9 +92,7 @@ rule distill:
         weights=lambda wildcards: json.dumps(METHODS[wildcards.method]),
         options=json.dumps(config["distill_options"]),
         student_input=config["student"]["input"],
-        cache=lambda wildcards, input: (
-            f"--teacher-cache {shlex.quote(input.cache)}" if uses_teacher_cache(wildcards.method) else ""
-        ),
+        cache=lambda wildcards, input: ["--teacher-cache", input.cache] if input.cache else [],
     threads: 2
     resources:
         gpu=1,
@@ -84,7 +100,7 @@ rule distill:
         runtime=240,
     shell:
         "wsidistill distill --train-stores {input.train:q} --val-stores {input.val:q} --teacher {input.teacher:q} "
-        "--method {wildcards.method} --weights {params.weights:q} --magnification {wildcards.mag} "
-        "--student-input {params.student_input} --distill-options {params.options:q} {params.cache} "
-        "--seed {wildcards.seed} {params.flags} "
+        "--method {wildcards.method:q} --weights {params.weights:q} --magnification {wildcards.mag:q} "
+        "--student-input {params.student_input:q} --distill-options {params.options:q} {params.cache:q} "
+        "--seed {wildcards.seed:q} {params.flags:q} "
         "--out {output.model:q} --history {output.history:q} --threads {threads} > {log:q} 2>&1"

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from zarr.codecs import BloscCodec
 from zarr.storage import MemoryStore
 
+from ..config import section_defaults
 from ..errors import InputError
 from ..io import atomic_path, write_json
 from ..slides.annotations import (
@@ -77,20 +78,28 @@ class MagnificationUnavailable(InputError, ValueError):
     """A requested magnification finer than the slide's native resolution."""
 
 
+#: The config's ``extraction`` keys with their defaults, declared once in the config schema.
+EXTRACTION_DEFAULTS = section_defaults("extraction")
+
+
 @dataclass(frozen=True)
 class ExtractionSettings:
+    """What shapes a patch store: the config's ``classes``, ``annotation_classes`` (``class_map``),
+    ``magnifications``, ``teacher.magnification`` and its ``extraction`` section, whose keys and
+    defaults come from the config schema (``EXTRACTION_DEFAULTS``)."""
+
     classes: tuple[str, ...]
     class_map: dict[str, str]
     magnifications: tuple[float, ...]
     teacher_magnification: float
-    patch_size: int
-    min_tissue_fraction: float = 0.5
-    min_label_fraction: float = 0.5
-    tissue_method: str = "hsv-otsu"
-    on_missing_magnification: str = "skip"
-    block_cells: int = 8
+    patch_size: int = EXTRACTION_DEFAULTS["patch_size"]
+    min_tissue_fraction: float = EXTRACTION_DEFAULTS["min_tissue_fraction"]
+    min_label_fraction: float = EXTRACTION_DEFAULTS["min_label_fraction"]
+    tissue_method: str = EXTRACTION_DEFAULTS["tissue_method"]
+    on_missing_magnification: str = EXTRACTION_DEFAULTS["on_missing_magnification"]
+    block_cells: int = EXTRACTION_DEFAULTS["block_cells"]
     thumbnail_max_side: int = 1024
-    reuse_source_tiles: bool = True
+    reuse_source_tiles: bool = EXTRACTION_DEFAULTS["reuse_source_tiles"]
     scheduler_address: str | None = None
     label_mask_classes: dict[int, str | None] = field(default_factory=lambda: dict(RADBOUD_CLASSES))
     extra_attrs: dict = field(default_factory=dict)

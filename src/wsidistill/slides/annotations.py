@@ -13,7 +13,6 @@ excluded from training).
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,8 +24,11 @@ import tifffile
 from shapely.geometry import box, shape
 from shapely.ops import unary_union
 
-from ..errors import InputError
+from .geojson import AnnotationError, check_annotation_classes, classification_name
+from .geojson import features as _features
 from .reader import TiffPyramid
+
+__all__ = ["AnnotationError", "check_annotation_classes", "classification_name"]
 
 UNLABELLED = -1
 
@@ -41,41 +43,6 @@ ASPECT_TOLERANCE = 0.02
 
 #: Level-0 pixels of mask read at once when labelling patches: memory stays bounded on any slide.
 MASK_BAND_PIXELS = 4 << 20
-
-
-class AnnotationError(InputError, ValueError):
-    """Annotations (GeoJSON, label or tissue mask) that cannot be read or mapped onto the configured classes."""
-
-
-def classification_name(feature: dict) -> str | None:
-    props = feature.get("properties") or {}
-    classification = props.get("classification") or {}
-    return classification.get("name") or props.get("name")
-
-
-def _features(path: Path) -> list:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AnnotationError(f"{path}: not readable GeoJSON ({err})") from err
-    features = data.get("features", []) if isinstance(data, dict) and data.get("type") == "FeatureCollection" else data
-    if not isinstance(features, list):
-        raise AnnotationError(f"{path}: expected a GeoJSON FeatureCollection or a list of features")
-    return features
-
-
-def check_annotation_classes(paths: Sequence[str | Path], class_map: Mapping[str, str]) -> None:
-    """Fail before any job when a GeoJSON uses a classification missing from ``class_map``, naming every file."""
-    problems = []
-    for path in paths:
-        unknown = sorted({classification_name(f) or "<unnamed>" for f in _features(Path(path))} - set(class_map))
-        if unknown:
-            problems.append(f"{path}: {unknown}")
-    if problems:
-        raise AnnotationError(
-            f"annotation classes not in config `annotation_classes` (known: {sorted(class_map)}): "
-            + "; ".join(problems) + ". Add them to the mapping or remove those annotations."
-        )
 
 
 def read_geojson(
