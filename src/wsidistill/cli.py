@@ -117,6 +117,8 @@ def _add_train(sub):
             p.add_argument("--method", required=True)
             p.add_argument("--weights", type=_json, required=True, help='JSON of named loss terms, e.g. {"ce": 1}')
             p.add_argument("--student-input", choices=["native", "upsampled"], default="native")
+            p.add_argument("--student-grid", choices=["native", "teacher"], default="native",
+                           help="last-block grid: native (Teacher's stride, grid shrinks, floor 4x4) or the Teacher's")
             p.add_argument("--distill-options", type=_json, default={})
             p.add_argument("--teacher-cache", type=Path, help="Teacher-target cache (`wsidistill teacher-cache`)")
 
@@ -272,6 +274,7 @@ def run(args: argparse.Namespace) -> None:
             out_model=args.out, out_history=args.history, threads=args.threads,
             teacher_path=args.teacher if is_student else None,
             student_input=args.student_input if is_student else "native",
+            student_grid=args.student_grid if is_student else "native",
             distill_options=args.distill_options if is_student else None,
             method=args.method if is_student else "teacher",
             teacher_cache=args.teacher_cache if is_student else None, pretrained=args.pretrained,

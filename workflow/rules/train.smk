@@ -74,6 +74,7 @@ rule distill:
         weights=lambda wildcards: json.dumps(METHODS[wildcards.method]),
         options=json.dumps(config["distill_options"]),
         student_input=config["student"]["input"],
+        student_grid=config["student"]["grid"],
         cache=lambda wildcards, input: (
             f"--teacher-cache {shlex.quote(input.cache)}" if uses_teacher_cache(wildcards.method) else ""
         ),
@@ -85,6 +86,6 @@ rule distill:
     shell:
         "wsidistill distill --train-stores {input.train:q} --val-stores {input.val:q} --teacher {input.teacher:q} "
         "--method {wildcards.method} --weights {params.weights:q} --magnification {wildcards.mag} "
-        "--student-input {params.student_input} --distill-options {params.options:q} {params.cache} "
+        "--student-input {params.student_input} --student-grid {params.student_grid} --distill-options {params.options:q} {params.cache} "
         "--seed {wildcards.seed} {params.flags} "
         "--out {output.model:q} --history {output.history:q} --threads {threads} > {log:q} 2>&1"

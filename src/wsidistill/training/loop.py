@@ -123,6 +123,7 @@ def train(
     out_history: str | Path,
     teacher_path: str | Path | None = None,
     student_input: str = "native",
+    student_grid: str = "native",
     distill_options: dict | None = None,
     threads: int = 1,
     method: str = "teacher",
@@ -135,6 +136,7 @@ def train(
     ``teacher_cache``: a Teacher-target cache (:mod:`wsidistill.training.teacher_cache`) of this Teacher and
     ``train_stores``; the Teacher's targets are then read from it instead of computed each batch.
     ``pretrained``: a local checkpoint the network starts from (:func:`wsidistill.models.load_pretrained`).
+    ``student_grid``: ``native`` | ``teacher``, the Student design (:func:`wsidistill.models.checkpoint.student_output_stride`).
     """
     torch.set_num_threads(threads)
     seed_everything(seed, settings.deterministic)
@@ -164,9 +166,12 @@ def train(
     if len(train_set) == 0:
         raise ValueError(f"no labelled training patches in {train_stores}")
 
-    stride = None if upsampled else student_output_stride(arch, magnification, teacher_magnification)
+    teacher_stride = teacher.output_stride if teacher is not None else TEACHER_OUTPUT_STRIDE
+    side = int(train_set.images[magnification_name(magnification)].shape[1])
+    stride = None if upsampled else student_output_stride(arch, magnification, teacher_magnification, side=side,
+                                                          grid=student_grid, teacher_stride=teacher_stride)
     if upsampled and arch == "smallcnn":
-        stride = TEACHER_OUTPUT_STRIDE
+        stride = teacher_stride
     model = runtime.place(build_model(arch, len(classes), output_stride=stride, pretrained=pretrained))
     distiller = runtime.place(Distiller(model, weights, teacher=teacher, num_classes=len(classes), options=distill_options))
     cache = None
@@ -276,6 +281,8 @@ def train(
         "magnification": magnification,
         "teacher_magnification": teacher_magnification,
         "output_stride": stride,
+        # Student design realised: an upsampled Student reads the Teacher's input, so it is on the Teacher's grid.
+        "student_grid": None if teacher is None else ("teacher" if upsampled else student_grid),
         "input_magnification": teacher_magnification if upsampled else magnification,
         "patch_side": int(train_set.images[teacher_name if upsampled else student_name].shape[1]),
         "student_input": "upsampled" if upsampled else "native",
