@@ -83,8 +83,9 @@ def test_a_heatmap_per_test_slide_and_model(tiny_run):
 def test_report_tables_cost_grades_and_attention(tiny_run):
     workdir, config = tiny_run
     cost = pd.read_csv(workdir / "results/tables/cost.csv")
-    assert cost.model.tolist() == ["teacher_40x", "ce_10x"]
-    assert cost.pixel_ratio_vs_teacher.tolist() == [1, 16]
+    assert cost.model.tolist() == ["teacher_40x", "ce_10x", "ce_10x"]  # the Student's native and teacher grid designs
+    assert cost.design.tolist() == ["Teacher", "native", "teacher"] and cost.trained.tolist() == [True, True, False]
+    assert cost.pixel_ratio_vs_teacher.tolist() == [1, 16, 16]
     assert (cost.gflops_per_patch > 0).all() and (cost.cpu_patches_per_second > 0).all()
     grades = pd.read_csv(workdir / "results/tables/slides.csv")
     summary = grades[grades.slide_id == "ALL"]

@@ -124,6 +124,8 @@ def _add_train(sub):
             p.add_argument("--method", required=True)
             p.add_argument("--weights", type=_json, required=True, help='JSON of named loss terms, e.g. {"ce": 1}')
             p.add_argument("--student-input", choices=["native", "upsampled"], default="native")
+            p.add_argument("--student-grid", choices=["native", "teacher"], default="native",
+                           help="last-block grid: native (Teacher's stride, grid shrinks, floor 4x4) or the Teacher's")
             p.add_argument("--distill-options", type=_json, default={})
             p.add_argument("--teacher-cache", type=Path, help="Teacher-target cache (`wsidistill teacher-cache`)")
 
@@ -160,9 +162,14 @@ def _add_evaluate(sub):
     t.add_argument("--baseline", default="ce")
     t.add_argument("--threads", type=int, default=1)
 
-    c = sub.add_parser("cost", help="pixels, FLOPs and measured throughput per magnification")
-    c.add_argument("--models", nargs="+", required=True, help="NAME=PATH, the Teacher first")
-    c.add_argument("--stores", nargs="+", required=True)
+    c = sub.add_parser("cost", help="pixels, FLOPs and measured throughput per magnification and Student design")
+    given = c.add_mutually_exclusive_group(required=True)
+    given.add_argument("--models", nargs="+", help="NAME=PATH, the Teacher first")
+    given.add_argument("--arch", help="no trained models: build this architecture untrained (with --patch-size)")
+    c.add_argument("--patch-size", type=int, default=256, help="with --arch: px at the Teacher's magnification")
+    c.add_argument("--magnifications", nargs="+", type=float, default=[40, 20, 10, 5],
+                   help="with --arch: the Teacher's first")
+    c.add_argument("--stores", nargs="*", default=[], help="test stores, for tissue patches per slide")
     c.add_argument("--csv", required=True, type=Path)
     c.add_argument("--md", required=True, type=Path)
     c.add_argument("--threads", type=int, default=1)
@@ -274,6 +281,7 @@ def run(args: argparse.Namespace) -> None:
             out_model=args.out, out_history=args.history, threads=args.threads,
             teacher_path=args.teacher if is_student else None,
             student_input=args.student_input if is_student else "native",
+            student_grid=args.student_grid if is_student else "native",
             distill_options=args.distill_options if is_student else None,
             method=args.method if is_student else TEACHER,
             teacher_cache=args.teacher_cache if is_student else None, pretrained=args.pretrained,
@@ -303,7 +311,8 @@ def run(args: argparse.Namespace) -> None:
     elif args.verb == "cost":
         from .report.cost import write_cost
 
-        write_cost(_pairs(args.models), args.stores, args.csv, args.md, threads=args.threads)
+        write_cost(_pairs(args.models) if args.models else None, args.stores, args.csv, args.md, threads=args.threads,
+                   design=None if args.models else (args.arch, args.patch_size, args.magnifications))
     elif args.verb == "heatmaps":
         from .report.heatmaps import comparison_panel, slide_heatmap
 

@@ -82,15 +82,18 @@ def test_cache_layout(setup):
     assert [s["rows"] for s in cache.attrs["stores"]] == [8, 7]
 
 
+# Stride 4 on the 16 px 20x patch: the Teacher's 4x4 grid; stride 8: a coarser 2x2 grid, so the loss pools
+# the cached Teacher-grid targets to the Student's grid (the cache holds Teacher targets, never the Student's).
+@pytest.mark.parametrize("student_stride", [4, 8], ids=["teacher-grid", "coarser-grid"])
 @pytest.mark.parametrize("memory_bytes", [0, 1 << 30], ids=["zarr", "memory"])
 @pytest.mark.parametrize("weights", METHODS, ids=lambda w: "+".join(w))
-def test_cached_and_on_the_fly_targets_give_the_same_loss(setup, weights, memory_bytes):
+def test_cached_and_on_the_fly_targets_give_the_same_loss(setup, weights, memory_bytes, student_stride):
     teacher, _ = load_model(setup["teacher_path"])
     patches = load_patches(setup["stores"], [40, 20])
     cache = TeacherCache.open(setup["cache"], stores=setup["stores"], teacher_path=setup["teacher_path"],
                               terms=weights, memory_bytes=memory_bytes)
     torch.manual_seed(1)
-    student = build_model("smallcnn", len(CLASSES), output_stride=4).eval()
+    student = build_model("smallcnn", len(CLASSES), output_stride=student_stride).eval()
     distiller = Distiller(student, weights, teacher=teacher, num_classes=len(CLASSES))
     rows = np.array([0, 2, 3, 5, 7, 8, 10, 11, 13, 14])  # both slides
     elements = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 3, 6])  # every D4 element

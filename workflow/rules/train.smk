@@ -92,6 +92,7 @@ rule distill:
         weights=lambda wildcards: json.dumps(METHODS[wildcards.method]),
         options=json.dumps(config["distill_options"]),
         student_input=config["student"]["input"],
+        student_grid=config["student"]["grid"],
         cache=lambda wildcards, input: ["--teacher-cache", input.cache] if input.cache else [],
     threads: 2
     resources:
@@ -101,6 +102,6 @@ rule distill:
     shell:
         "wsidistill distill --train-stores {input.train:q} --val-stores {input.val:q} --teacher {input.teacher:q} "
         "--method {wildcards.method:q} --weights {params.weights:q} --magnification {wildcards.mag:q} "
-        "--student-input {params.student_input:q} --distill-options {params.options:q} {params.cache:q} "
+        "--student-input {params.student_input:q} --student-grid {params.student_grid:q} --distill-options {params.options:q} {params.cache:q} "
         "--seed {wildcards.seed:q} {params.flags:q} "
         "--out {output.model:q} --history {output.history:q} --threads {threads} > {log:q} 2>&1"

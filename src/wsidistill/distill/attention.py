@@ -32,12 +32,20 @@ def minmax_normalise(x: Tensor, eps: float = 1e-8, start_dim: int = 1) -> Tensor
 
 
 def align_map(x: Tensor, size: Sequence[int]) -> Tensor:
-    """Resample ``(B, C, H, W)`` maps to grid ``size``.
+    """Resample ``(B, C, H, W)`` maps (or features) to grid ``size`` ``(H', W')``: ``(B, C, H', W')``.
 
-    Shrinking uses adaptive average pooling (each target cell averages the cells it covers: the
-    Teacher's finer grid integrated over the Student's cell); enlarging uses bilinear interpolation
-    (``align_corners=False``). Both are linear and map constants to constants, so resampling
-    commutes with min-max and L2 normalisation up to ``eps``.
+    Shrinking uses adaptive average pooling: each target cell averages the cells it covers, i.e. the
+    Teacher's finer grid integrated over the Student's cell (exact area pooling when ``H / H'`` and
+    ``W / W'`` are whole, as for every power-of-two stride here; overlapping windows otherwise).
+    Enlarging uses bilinear interpolation (``align_corners=False``). A map already on ``size`` is
+    returned as is.
+
+    Resampling does **not** commute with normalisation: pooling lowers a map's maximum and raises its
+    minimum, so min-max normalising and then pooling leaves the Student's grid a target that no longer
+    spans ``[0, 1]`` (and L2-normalising then pooling a target of norm below 1). The losses therefore
+    pool first, then normalise (:mod:`wsidistill.distill.losses`). Resampling is linear and maps
+    constants to constants, so an already-normalised map becomes the pooled-then-normalised one only
+    when normalised *again* after pooling.
     """
     size = tuple(size)
     if tuple(x.shape[-2:]) == size:

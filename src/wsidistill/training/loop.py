@@ -119,7 +119,8 @@ class TrainJob:
     ``weights``: the method's loss terms (``{"ce": 1}`` for the Teacher); ``teacher_path``: the
     Teacher checkpoint a Student distils from; ``student_input``: "native" (the Student's own
     magnification) or "upsampled" (the Teacher's patches pooled to it and upsampled back);
-    ``teacher_cache``: a Teacher-target cache (:mod:`wsidistill.training.teacher_cache`) of this
+    ``student_grid``: ``native`` | ``teacher``, the Student design
+    (:func:`wsidistill.models.checkpoint.student_output_stride`); ``teacher_cache``: a Teacher-target cache (:mod:`wsidistill.training.teacher_cache`) of this
     Teacher and ``train_stores``, read instead of running the Teacher each batch; ``pretrained``: a
     local checkpoint the network starts from (:func:`wsidistill.models.load_pretrained`).
     """
@@ -135,6 +136,7 @@ class TrainJob:
     out_history: str | Path
     teacher_path: str | Path | None = None
     student_input: str = "native"
+    student_grid: str = "native"
     distill_options: dict | None = None
     method: str = TEACHER
     teacher_cache: str | Path | None = None
@@ -190,10 +192,13 @@ class Trainer:
         if len(self.train_set) == 0:
             raise ValueError(f"no labelled training patches in {job.train_stores}")
 
-        self.stride = None if self.upsampled else student_output_stride(job.arch, job.magnification,
-                                                                        self.teacher_magnification)
+        teacher_stride = self.teacher.output_stride if self.teacher is not None else TEACHER_OUTPUT_STRIDE
+        side = int(self.train_set.images[magnification_name(job.magnification)].shape[1])
+        self.stride = None if self.upsampled else student_output_stride(
+            job.arch, job.magnification, self.teacher_magnification, side=side, grid=job.student_grid,
+            teacher_stride=teacher_stride)
         if self.upsampled and job.arch == "smallcnn":
-            self.stride = TEACHER_OUTPUT_STRIDE
+            self.stride = teacher_stride
         self.model = runtime.place(build_model(job.arch, len(job.classes), output_stride=self.stride,
                                                pretrained=job.pretrained))
         self.distiller = runtime.place(Distiller(self.model, job.weights, teacher=self.teacher,
@@ -209,6 +214,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
         self.scaler = runtime.grad_scaler()
 
+        # The Student design realised: an upsampled Student reads the Teacher's input, so it is on the Teacher's grid.
+        self.student_grid = None if self.teacher is None else ("teacher" if self.upsampled else job.student_grid)
         self.provenance = self._provenance(threads)
         self.fingerprint = hashlib.sha256(json.dumps(self.provenance, sort_keys=True, default=str).encode()).hexdigest()
         self.history: list[dict] = []
@@ -240,6 +247,7 @@ class Trainer:
             "seed": job.seed,
             "magnification": job.magnification,
             "student_input": "upsampled" if self.upsampled else "native",
+            "student_grid": self.student_grid,
             "teacher_sha256": None if job.teacher_path is None else file_sha256(job.teacher_path),
             "teacher_cache": self.cache.attrs["dtype"] if self.cache is not None else None,
             "pretrained_sha256": None if job.pretrained is None else file_sha256(job.pretrained),
@@ -380,6 +388,7 @@ class Trainer:
             input_magnification=self.val_magnification,
             patch_side=int(self.train_set.images[magnification_name(self.val_magnification)].shape[1]),
             student_input="upsampled" if self.upsampled else "native",
+            student_grid=self.student_grid,
             teacher_cache=str(job.teacher_cache) if self.use_cache else None,
             method=job.method,
             weights=dict(job.weights),
