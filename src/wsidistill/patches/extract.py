@@ -112,7 +112,7 @@ class Block:
 
 
 @lru_cache(maxsize=8)
-def _open(path: str, mpp: float | None, objective_power: float | None) -> Slide:
+def open_slide(path: str, mpp: float | None, objective_power: float | None) -> Slide:
     """One open handle per slide and process; reads are thread-safe."""
     return Slide(path, mpp=mpp, objective_power=objective_power)
 
@@ -175,7 +175,7 @@ def _read_block(slide_key, level, block_corners, cell, sides, kept_as_tiles=None
     derive the others: fresh buffers that size would cost page faults on
     every block.
     """
-    slide = _open(*slide_key)
+    slide = open_slide(*slide_key)
     downsample = slide.info.level_downsamples[level]
     native = round(cell / downsample)
     count = sum(map(len, block_corners))
@@ -351,7 +351,7 @@ def extract_slide(
         raise AnnotationError(f"{annotations} and {label_mask}: give either GeoJSON annotations or a label mask "
                               "for a slide, not both")
     slide_key = (str(Path(slide_path).resolve()), mpp, objective_power)
-    slide = _open(*slide_key)
+    slide = open_slide(*slide_key)
     info = slide.info
 
     available, skipped = [], []
