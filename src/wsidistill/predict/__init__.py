@@ -60,7 +60,7 @@ def predict_slides(slides: Sequence[str | Path], model_path: str | Path, out_dir
             records.append(write_slide_outputs(prediction, model, out_dir, min_tumour_fraction=min_tumour_fraction))
         except InputError as err:
             message = str(err).splitlines()[0]
-            print(f"wsidistill predict: error: {message}", file=sys.stderr, flush=True)
+            tqdm.write(f"wsidistill predict: error: {message}", file=sys.stderr)  # not inside a progress bar line
             failures.append(f"{slide_id} ({message})")
             records.append({"slide_id": slide_id, "path": str(path), "status": "failed", "error": message})
     if summary is not False:
