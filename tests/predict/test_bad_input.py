@@ -68,3 +68,23 @@ def test_a_checkpoint_without_model_metadata(tmp_path, slides, capsys):
     assert main(["predict", str(slides["good"]), "--model", str(model), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and str(model) in err
+
+
+def test_workflow_plans_predict_only_when_enabled(tmp_path, repo_root, run_snakemake, slides):
+    import yaml
+
+    config = yaml.safe_load((repo_root / "config.yaml").read_text())
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    assert "predict" not in run_snakemake(tmp_path, "-n").stdout.split("Job stats")[-1].split()  # off by default
+    (tmp_path / "new.tsv").write_text(f"slide_id\tpath\nnew1\t{slides['good']}\nnew2\t{slides['scan20']}\n")
+    config["predict"].update(enabled=True, samples=str(tmp_path / "new.tsv"), model="ce_5x", seed=0)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(tmp_path, "-n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for path in ("results/predict/ce_5x_seed0/new1.geojson", "results/predict/ce_5x_seed0/new2.json",
+                 "results/predict/ce_5x_seed0/summary.csv", "results/models/ce_5x/seed0/model.pt"):
+        assert path in result.stdout
+    config["predict"]["model"] = "nosuch_5x"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(tmp_path, "-n")
+    assert result.returncode != 0 and "predict.model 'nosuch_5x'" in result.stdout + result.stderr
