@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import config_default, flag_name, section_schema
+from .config import config_default, flag_name, section_defaults, section_schema
 from .errors import InputError
 
 #: Defaults of the config schema, the one place they are declared.
@@ -202,6 +202,32 @@ def _add_attention(sub):
     a.add_argument("--threads", type=int, default=1)
 
 
+def _add_predict(sub):
+    p = sub.add_parser("predict", help="apply a trained model to new slides: probabilities, heatmap, grade, QuPath GeoJSON")
+    p.add_argument("slides", nargs="+", type=Path, metavar="SLIDE", help="any slide OpenSlide or tiatoolbox reads")
+    p.add_argument("--model", required=True, type=Path, help="model.pt written by train-teacher or distill")
+    p.add_argument("--out", required=True, type=Path, help="folder for {slide_id}.zarr/.png/.geojson/.json")
+    p.add_argument("--slide-id", nargs="+", dest="slide_ids", help="one per slide (default: the file names)")
+    p.add_argument("--summary", type=Path, help="summary CSV over the slides (default OUT/summary.csv)")
+    p.add_argument("--no-summary", action="store_true", help="write no summary CSV (the workflow's per-slide jobs)")
+    # Tissue detection and blocks as extraction's (their defaults are the schema's `extraction` section).
+    extraction = section_defaults("extraction")
+    p.add_argument("--tissue-method", default=extraction["tissue_method"])
+    p.add_argument("--min-tissue-fraction", type=float, default=extraction["min_tissue_fraction"])
+    p.add_argument("--block-cells", type=int, default=extraction["block_cells"])
+    predict = section_schema("predict")
+    for key in ("min_tumour_fraction", "batch_size"):
+        p.add_argument(flag_name(key), type=_SCHEMA_TYPES[predict[key]["type"]], default=predict[key]["default"],
+                       help=predict[key].get("description"))
+    _add_runtime_arguments(p)
+    p.add_argument("--threads", type=int, default=1)
+
+    s = sub.add_parser("predict-summary", help="summary CSV over per-slide predict JSONs")
+    s.add_argument("--slides", nargs="+", required=True, type=Path, help="{slide_id}.json files")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--threads", type=int, default=1)
+
+
 def _pairs(items: list[str]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items)
 
@@ -216,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_figures(sub)
     _add_attention(sub)
+    _add_predict(sub)
     return parser
 
 
@@ -331,6 +358,21 @@ def run(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
         attention_study(args.teacher, _pairs(args.students), args.stores, args.out_dir,
                         panel_students=args.panel_students, samples_per_class=args.samples_per_class)
+    elif args.verb == "predict":
+        from .predict import PredictSettings, predict_slides
+
+        settings = PredictSettings(tissue_method=args.tissue_method, min_tissue_fraction=args.min_tissue_fraction,
+                                   block_cells=args.block_cells, batch_size=args.batch_size, threads=args.threads)
+        records = predict_slides(args.slides, args.model, args.out, slide_ids=args.slide_ids, settings=settings,
+                                 device=args.device, precision=args.precision,
+                                 summary=False if args.no_summary else args.summary,
+                                 min_tumour_fraction=args.min_tumour_fraction)
+        for record in records:
+            print(json.dumps({k: record[k] for k in ("slide_id", "tissue_patches", "gleason_score", "grade_group")}))
+    elif args.verb == "predict-summary":
+        from .predict import summarise_slide_jsons
+
+        summarise_slide_jsons(args.slides, args.out)
     elif args.verb == "slide-grades":
         from .report.slides import write_slide_grades
 

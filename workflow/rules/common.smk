@@ -217,3 +217,42 @@ def final_outputs():
     if SOURCE == "demo":
         outputs.append(rules.demo_sheet.output[0])
     return outputs
+
+
+# `wsidistill predict`: the model and the new slides of config section `predict`.
+PREDICT = config["predict"]
+
+
+def _predict_model():
+    """(output name, checkpoint path) of the model to apply: a path, or a model this workflow trains."""
+    if PREDICT["path"]:
+        path = Path(PREDICT["path"])
+        return PREDICT.get("name") or path.parent.parent.name or path.stem, str(path)
+    name, seed = PREDICT["model"], PREDICT["seed"]
+    if name not in MODELS:
+        stop(f"config error: predict.model {name!r} is not a model this config trains ({', '.join(MODELS)}); "
+             "give one of those, or predict.path to a checkpoint")
+    return f"{name}_seed{seed}", model_path(name, seed)
+
+
+def _load_predict_sheet():
+    """slide_id -> slide path, from the sheet `predict.samples` (columns slide_id and path; paths relative to
+    the sheet or absolute), validated as the training sheet is (ids, duplicates, files)."""
+    if not PREDICT["samples"]:
+        stop("config error: predict.samples is not set; give a sheet (TSV) with columns slide_id and path")
+    try:
+        sheet = load_sample_sheet(PREDICT["samples"], required=("slide_id", "path"))
+    except SampleSheetError as err:
+        stop(f"predict sheet error: {err}")
+    return dict(zip(sheet.slide_id, sheet.path))
+
+
+if PREDICT["enabled"]:
+    PREDICT_NAME, PREDICT_MODEL = _predict_model()
+    PREDICT_SLIDES = _load_predict_sheet()
+else:
+    PREDICT_NAME, PREDICT_MODEL, PREDICT_SLIDES = "none", [], {}
+
+
+def predict_outputs():
+    return [f"results/predict/{PREDICT_NAME}/summary.csv"] if PREDICT["enabled"] else []

@@ -31,8 +31,13 @@ class SampleSheetError(InputError, ValueError):
     """A sample sheet that would make a job fail later; raised before any job."""
 
 
-def load_sample_sheet(path: str | Path, *, check_files: bool = True) -> pd.DataFrame:
-    """Read and validate a TSV (or CSV) sample sheet; paths come back absolute."""
+def load_sample_sheet(path: str | Path, *, check_files: bool = True,
+                      required: tuple[str, ...] = REQUIRED_COLUMNS) -> pd.DataFrame:
+    """Read and validate a TSV (or CSV) sample sheet; paths come back absolute.
+
+    ``required``: the columns the sheet must have; a training sheet needs :data:`REQUIRED_COLUMNS`, a sheet
+    of new slides to predict only ``("slide_id", "path")``. Raises :class:`SampleSheetError` naming the file.
+    """
     path = Path(path)
     if not path.exists():
         raise SampleSheetError(f"sample sheet {path} not found. Set `samples` in config.yaml to your sheet's path.")
@@ -41,13 +46,13 @@ def load_sample_sheet(path: str | Path, *, check_files: bool = True) -> pd.DataF
         sheet = pd.read_csv(path, sep=sep, dtype={"slide_id": str, "patient_id": str}, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise SampleSheetError(f"sample sheet {path} is empty; it needs a header line "
-                               f"({', '.join(REQUIRED_COLUMNS)}) and one row per slide") from None
+                               f"({', '.join(required)}) and one row per slide") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise SampleSheetError(f"sample sheet {path} is not a readable table: {message}") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in sheet.columns]
+    missing = [c for c in required if c not in sheet.columns]
     if missing:
-        raise SampleSheetError(f"{path}: missing columns {missing}; required: {list(REQUIRED_COLUMNS)}")
+        raise SampleSheetError(f"{path}: missing columns {missing}; required: {list(required)}")
     unknown = sorted(set(sheet.columns) - set(REQUIRED_COLUMNS) - set(OPTIONAL_COLUMNS))
     if unknown:
         raise SampleSheetError(f"{path}: unknown columns {unknown}; optional ones are {list(OPTIONAL_COLUMNS)}")
@@ -61,10 +66,10 @@ def load_sample_sheet(path: str | Path, *, check_files: bool = True) -> pd.DataF
             "slide_id values " + ", ".join(f"{s!r} (line {line})" for line, s in bad_ids)
             + " use characters other than letters, digits, '.', '_' and '-' (or start with '.' or '-'); rename them"
         )
-    bad_splits = sorted(set(sheet.split) - set(SPLITS))
+    bad_splits = sorted(set(sheet.split) - set(SPLITS)) if "split" in sheet else []
     if bad_splits:
         problems.append(f"unknown split values {bad_splits}; use one of {list(SPLITS)}")
-    leaking = sheet.groupby("patient_id").split.nunique()
+    leaking = sheet.groupby("patient_id").split.nunique() if {"split", "patient_id"} <= set(sheet) else pd.Series()
     leaking = sorted(leaking[leaking > 1].index)
     if leaking:
         problems.append(f"patients {leaking} have slides in more than one split; split by patient")
