@@ -75,7 +75,11 @@ def _add_extract(sub):
     p.add_argument("--mpp", type=float, help="override the slide's microns per pixel")
     p.add_argument("--objective-power", type=float, help="override the slide's objective power")
     p.add_argument("--classes", nargs="+", default=DEFAULT_CLASSES)
-    p.add_argument("--class-map", type=_json, default=DEFAULT_CLASS_MAP, help="JSON: annotation name -> class")
+    p.add_argument("--class-map", type=_json, default=DEFAULT_CLASS_MAP,
+                   help="JSON: annotation name -> class, or null to ignore that name")
+    p.add_argument("--annotation-overlap", default="innermost",
+                   choices=["innermost", "smallest_area", "highest_class", "undecided"],
+                   help="who gets the area where annotations of different classes overlap (docs/real_world_inputs.md)")
     p.add_argument("--min-tissue-fraction", type=float, default=0.5)
     p.add_argument("--min-label-fraction", type=float, default=0.5)
     p.add_argument("--tissue-method", default="hsv-otsu")
@@ -237,6 +241,7 @@ def run(args: argparse.Namespace) -> None:
             block_cells=args.block_cells,
             reuse_source_tiles=args.reuse_source_tiles,
             scheduler_address=args.scheduler_address,
+            annotation_overlap=args.annotation_overlap,
             **({"label_mask_classes": {int(k): v for k, v in args.label_mask_classes.items()}}
                if args.label_mask_classes else {}),
         )

@@ -131,6 +131,7 @@ def extract_flags(wildcards, input):
         "--tissue-method", extraction["tissue_method"],
         "--on-missing-magnification", extraction["on_missing_magnification"],
         "--block-cells", str(extraction["block_cells"]),
+        "--annotation-overlap", extraction.get("annotation_overlap", "innermost"),
     ]
     if not extraction["reuse_source_tiles"]:
         flags.append("--no-reuse-source-tiles")

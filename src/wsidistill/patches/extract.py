@@ -57,7 +57,7 @@ from ..slides.annotations import (
     class_fractions,
     label_mask_fractions,
     majority_labels,
-    read_geojson,
+    read_annotations,
     read_tissue_mask,
 )
 from ..slides.grid import PatchGrid, magnification_name, patch_pixels
@@ -99,6 +99,8 @@ class ExtractionSettings:
     reuse_source_tiles: bool = True
     scheduler_address: str | None = None
     label_mask_classes: dict[int, str | None] = field(default_factory=lambda: dict(RADBOUD_CLASSES))
+    #: who gets the area where annotations of different classes overlap (slides.annotations.OVERLAP_RULES)
+    annotation_overlap: str = "innermost"
     extra_attrs: dict = field(default_factory=dict)
 
 
@@ -355,17 +357,24 @@ def extract_slide(
     coords = grid_rc.astype(np.int64) * cell
 
     fractions = np.zeros((len(keep), len(settings.classes)))
+    undecided, overlaps = None, {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if annotations:
-            regions = read_geojson(annotations, settings.class_map, settings.classes, info.dimensions)
-            fractions = class_fractions(regions, coords, cell)
+            regions = read_annotations(annotations, settings.class_map, settings.classes, info.dimensions,
+                                       overlap=settings.annotation_overlap)
+            fractions = class_fractions(regions.regions, coords, cell)
+            undecided = class_fractions({"undecided": regions.undecided}, coords, cell)[:, 0]
+            touched = class_fractions(regions.overlaps, coords, cell) > 0
+            overlaps = {pair: {"annotation_pairs": regions.overlap_pairs[pair], "patches": int(touched[:, k].sum()),
+                               "undecided_patches": int((touched[:, k] & (undecided > 0)).sum())}
+                        for k, pair in enumerate(regions.overlaps)}
         elif label_mask:
             fractions = label_mask_fractions(label_mask, settings.label_mask_classes, settings.classes, coords, cell,
                                              info.dimensions)
     for warning in caught:
         note(str(warning.message))
-    labels = majority_labels(fractions, settings.min_label_fraction)
+    labels = majority_labels(fractions, settings.min_label_fraction, undecided)
     timings["labels_s"] = time.perf_counter() - started - timings["tissue_s"]
 
     blocks = _plan_blocks(coords, block_rc)
@@ -431,6 +440,8 @@ def extract_slide(
         "grid_cells": grid.columns * grid.rows,
         "tissue_patches": int(len(keep)),
         "patches_per_class": counts,
+        "annotation_overlap": settings.annotation_overlap,
+        "annotation_overlaps": overlaps,
         "magnifications": [magnification_name(m) for m in available],
         "skipped_magnifications": [magnification_name(m) for m in skipped],
         "pixel_reader": info.pixel_reader,

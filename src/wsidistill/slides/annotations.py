@@ -1,14 +1,29 @@
 """Region annotations and patch labels: QuPath GeoJSON, PANDA label masks, user tissue masks.
 
-QuPath exports GeoJSON FeatureCollections whose features carry
-``properties.classification.name``; config maps those names to the pipeline's
-classes.  PANDA-style label masks are pyramidal TIFFs whose pixel values are
-classes (Radboud: 0 background, 1 stroma, 2 benign epithelium, 3-5 Gleason
-3-5); config maps values to classes, ``None`` ignoring a value.  Either way a
-patch's class fractions are the share of its area given to each class, and its
-label is the class with the largest share, kept only when that share is at
-least ``min_label_fraction``; other patches get -1 (kept for heatmaps,
-excluded from training).
+QuPath GeoJSON is read in every form QuPath and other tools write: a
+FeatureCollection, a single Feature or a list of features; classifications as
+``{"name": ...}``, as QuPath >= 0.4's derived ``{"names": ["Gleason 3",
+"Positive"]}`` (joined as QuPath displays it, ``"Gleason 3: Positive"``), as a
+plain string, or missing (then ``properties.name``, else ``"<unnamed>"``);
+Polygon, MultiPolygon and the polygons of a GeometryCollection, holes kept.
+Config ``annotation_classes`` maps names to the pipeline's classes, ``null``
+ignoring a name.  Features without a usable polygon (no geometry, points and
+lines, geometry ``shapely.make_valid`` cannot turn into an area) are skipped
+with one warning that counts them.
+
+Where annotations of different classes overlap, an overlap rule
+(:data:`OVERLAP_RULES`, config ``extraction.annotation_overlap``) gives the
+shared area to one of them or leaves it undecided; the default, ``innermost``,
+gives it to the annotation drawn inside the other, as QuPath's hierarchy reads
+a Gleason 4 nest drawn inside a Benign region.
+
+PANDA-style label masks are rasters whose pixel values are classes (Radboud: 0
+background, 1 stroma, 2 benign epithelium, 3-5 Gleason 3-5); config maps values
+to classes, ``None`` ignoring a value.  Either way a patch's class fractions are
+the share of its area given to each class, and its label is the class with the
+largest share, kept only when that share is at least ``min_label_fraction`` and
+larger than the patch's undecided share; other patches get -1 (kept for
+heatmaps, excluded from training).
 """
 
 from __future__ import annotations
@@ -16,6 +31,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -23,7 +39,6 @@ import numpy as np
 import shapely
 import tifffile
 from shapely.geometry import box, shape
-from shapely.ops import unary_union
 
 from ..errors import InputError
 from .reader import TiffPyramid
@@ -42,78 +57,271 @@ ASPECT_TOLERANCE = 0.02
 #: Level-0 pixels of mask read at once when labelling patches: memory stays bounded on any slide.
 MASK_BAND_PIXELS = 4 << 20
 
+#: Name given to features without a classification; map it in `annotation_classes` like any other.
+UNNAMED = "<unnamed>"
+
+#: Rules for the area shared by annotations of different classes (config ``extraction.annotation_overlap``):
+#: innermost - the annotation lying inside the other wins (QuPath's hierarchy); partial overlaps are undecided;
+#: smallest_area - the smaller annotation wins any overlap; equal areas are undecided;
+#: highest_class - the class later in `classes` (the higher grade) wins;
+#: undecided - every overlap of different classes is undecided.
+OVERLAP_RULES = ("innermost", "smallest_area", "highest_class", "undecided")
+
+#: An annotation lies inside another when at least this share of its area does (hand-drawn edges wobble).
+CONTAINED_FRACTION = 0.98
+
+#: Overlaps smaller than this (level-0 px^2) are shared edges, not overlaps.
+MIN_OVERLAP_AREA = 1.0
+
 
 class AnnotationError(InputError, ValueError):
     """Annotations (GeoJSON, label or tissue mask) that cannot be read or mapped onto the configured classes."""
 
 
+def _feature_label(index: int, feature) -> str:
+    ident = feature.get("id") if isinstance(feature, dict) else None
+    return f"feature {index}" + (f" (id {ident})" if isinstance(ident, (str, int)) else "")
+
+
 def classification_name(feature: dict) -> str | None:
-    props = feature.get("properties") or {}
-    classification = props.get("classification") or {}
-    return classification.get("name") or props.get("name")
+    """The class name of a GeoJSON feature as QuPath displays it, or None when it has none.
+
+    Raises ValueError for a classification of a form no tool writes (a number, a list, a dict without names).
+    """
+    props = feature.get("properties") if isinstance(feature, dict) else None
+    props = props if isinstance(props, dict) else {}
+    classification = props.get("classification")
+    if classification is None:
+        name = props.get("name")
+        return name.strip() or None if isinstance(name, str) else None
+    if isinstance(classification, str):
+        return classification.strip() or None
+    if isinstance(classification, dict):
+        name, names = classification.get("name"), classification.get("names")
+        if isinstance(name, str) and name.strip():
+            return name.strip()
+        if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+            return ": ".join(n.strip() for n in names)  # QuPath's derived classes, e.g. "Gleason 3: Positive"
+        if name is None and names is None:
+            return None
+    raise ValueError(f"classification {json.dumps(classification)[:80]} is neither a name, "
+                     '{"name": ...} nor {"names": [...]}')
 
 
 def _features(path: Path) -> list:
+    """The file's features: a FeatureCollection's, a single Feature, or a list of features."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # some Windows tools write a byte-order mark
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise AnnotationError(f"{path}: not readable GeoJSON ({err})") from err
-    features = data.get("features", []) if isinstance(data, dict) and data.get("type") == "FeatureCollection" else data
-    if not isinstance(features, list):
-        raise AnnotationError(f"{path}: expected a GeoJSON FeatureCollection or a list of features")
-    return features
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        data = data.get("features")
+    elif isinstance(data, dict) and data.get("type") in ("Feature", "GeometryCollection") or (
+            isinstance(data, dict) and "coordinates" in data):
+        data = [data]
+    if not isinstance(data, list):
+        raise AnnotationError(f"{path}: expected a GeoJSON FeatureCollection, a Feature or a list of features "
+                              "(as QuPath exports them)")
+    return data
 
 
-def check_annotation_classes(paths: Sequence[str | Path], class_map: Mapping[str, str]) -> None:
-    """Fail before any job when a GeoJSON uses a classification missing from ``class_map``, naming every file."""
+def _class_names(path: Path, features: list) -> list[str | None]:
+    """Each feature's class name (UNNAMED when it has none), None for an item that is not a feature at all."""
+    names = []
+    for index, feature in enumerate(features):
+        if not isinstance(feature, dict):
+            names.append(None)
+            continue
+        try:
+            names.append(classification_name(feature) or UNNAMED)
+        except ValueError as err:
+            raise AnnotationError(f"{path}: {_feature_label(index, feature)}: {err}. Fix or remove it.") from None
+    return names
+
+
+def _unknown_classes(path: Path, names: list, features: list, class_map: Mapping) -> str | None:
+    unknown: dict[str, list[str]] = {}
+    for index, (name, feature) in enumerate(zip(names, features)):
+        if name is not None and name not in class_map:
+            unknown.setdefault(name, []).append(_feature_label(index, feature))
+    if not unknown:
+        return None
+    where = "; ".join(f"{name!r} in {', '.join(labels[:3])}{' and %d more' % (len(labels) - 3) if len(labels) > 3 else ''}"
+                      for name, labels in sorted(unknown.items()))
+    return f"{path}: {sorted(unknown)} ({where})"
+
+
+def check_annotation_classes(paths: Sequence[str | Path], class_map: Mapping[str, str | None]) -> None:
+    """Fail before any job when a GeoJSON is unreadable or uses a classification missing from ``class_map``.
+
+    One AnnotationError names every file at fault (and, for unknown classes, the features); nothing else is raised.
+    """
     problems = []
     for path in paths:
-        unknown = sorted({classification_name(f) or "<unnamed>" for f in _features(Path(path))} - set(class_map))
-        if unknown:
-            problems.append(f"{path}: {unknown}")
+        path = Path(path)
+        try:
+            features = _features(path)
+            problem = _unknown_classes(path, _class_names(path, features), features, class_map)
+        except AnnotationError as err:
+            problem = str(err)
+        if problem:
+            problems.append(problem)
     if problems:
         raise AnnotationError(
-            f"annotation classes not in config `annotation_classes` (known: {sorted(class_map)}): "
-            + "; ".join(problems) + ". Add them to the mapping or remove those annotations."
+            f"annotation classes not in config `annotation_classes` (known: {sorted(class_map)}), or unreadable "
+            "annotations: " + "; ".join(problems) + ". Add the classes to the mapping (null ignores a class) or "
+            "remove those annotations."
         )
+
+
+def _polygonal(geometry) -> shapely.Geometry | None:
+    """A feature's geometry as a valid (Multi)Polygon with area, or None when it has none."""
+    if not isinstance(geometry, dict):
+        return None
+    try:
+        geom = shape(geometry)
+        if not geom.is_valid:
+            geom = shapely.make_valid(geom)
+        if geom.geom_type == "GeometryCollection":  # make_valid and some exporters mix polygons with lines
+            geom = shapely.union_all([g for g in geom.geoms if g.geom_type in ("Polygon", "MultiPolygon")])
+        valid = geom.geom_type in ("Polygon", "MultiPolygon") and not geom.is_empty and geom.area > 0 \
+            and np.isfinite(geom.bounds).all()
+    except Exception:  # noqa: BLE001 - shapely's shape() raises a different type for each malformed form
+        return None
+    return geom if valid else None
+
+
+@dataclass
+class Annotations:
+    """Annotated regions after the overlap rule.
+
+    ``regions``: class -> its area (disjoint across classes); ``undecided``: area
+    the rule could not give to one class; ``overlaps``: "A/B" (classes in
+    `classes` order) -> the area where annotations of A and B overlap, and
+    ``overlap_pairs`` the number of overlapping annotation pairs.  Level-0 px.
+    """
+
+    regions: dict[str, shapely.Geometry]
+    undecided: shapely.Geometry = field(default_factory=shapely.Polygon)
+    overlaps: dict[str, shapely.Geometry] = field(default_factory=dict)
+    overlap_pairs: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+
+
+def _winner(rule: str, i: int, j: int, classes: list, areas: list, shared: float) -> int | None:
+    """Which of annotations i and j (of different classes) gets their shared area under ``rule``; None: undecided."""
+    if rule == "innermost":
+        i_inside, j_inside = shared >= CONTAINED_FRACTION * areas[i], shared >= CONTAINED_FRACTION * areas[j]
+        return i if i_inside and not j_inside else j if j_inside and not i_inside else None
+    if rule == "smallest_area":
+        if abs(areas[i] - areas[j]) <= 1e-6 * max(areas[i], areas[j]):
+            return None
+        return i if areas[i] < areas[j] else j
+    if rule == "highest_class":
+        return i if classes[i] > classes[j] else j
+    return None
+
+
+def _resolve_overlaps(geoms: list, class_index: list, names: Sequence[str], rule: str) -> Annotations:
+    areas = [g.area for g in geoms]
+    cut: list[list] = [[] for _ in geoms]  # areas each annotation loses to others or to undecided
+    undecided, overlaps, pairs = [], {}, {}
+    tree = shapely.STRtree(geoms)
+    left, right = tree.query(geoms, predicate="intersects")
+    for i, j in zip(left.tolist(), right.tolist()):
+        if i >= j or class_index[i] == class_index[j]:
+            continue
+        shared = shapely.intersection(geoms[i], geoms[j])
+        if shared.area < MIN_OVERLAP_AREA:
+            continue
+        low, high = sorted((class_index[i], class_index[j]))
+        key = f"{names[low]}/{names[high]}"
+        overlaps.setdefault(key, []).append(shared)
+        pairs[key] = pairs.get(key, 0) + 1
+        winner = _winner(rule, i, j, class_index, areas, shared.area)
+        if winner is None:
+            undecided.append(shared)
+            cut[i].append(shared)
+            cut[j].append(shared)
+        else:
+            cut[j if winner == i else i].append(shared)
+    regions: dict[str, list] = {c: [] for c in names}
+    for geom, index, lost in zip(geoms, class_index, cut):
+        regions[names[index]].append(geom.difference(shapely.union_all(lost)) if lost else geom)
+    return Annotations(
+        regions={c: shapely.union_all(g) if g else shapely.Polygon() for c, g in regions.items()},
+        undecided=shapely.union_all(undecided) if undecided else shapely.Polygon(),
+        overlaps={k: shapely.union_all(v) for k, v in overlaps.items()},
+        overlap_pairs=pairs,
+    )
+
+
+def read_annotations(
+    path: str | Path,
+    class_map: Mapping[str, str | None],
+    classes: Sequence[str],
+    slide_dimensions: tuple[int, int] | None = None,
+    *,
+    overlap: str = "innermost",
+) -> Annotations:
+    """Annotated regions per class, after the ``overlap`` rule, clipped to the slide (level-0 px).
+
+    Raises AnnotationError, one line naming the file (and the features), for an
+    unreadable file, a classification absent from ``class_map`` or of no known
+    form, or a mapping onto a name not in ``classes``.  Features of classes
+    mapped to None are ignored; unusable features are skipped with one warning
+    counting them; clipping a region that leaves the slide is a warning.
+    """
+    path = Path(path)
+    if overlap not in OVERLAP_RULES:
+        raise AnnotationError(f"unknown annotation overlap rule {overlap!r}: choose one of {', '.join(OVERLAP_RULES)} "
+                              "(`extraction.annotation_overlap`)")
+    features = _features(path)
+    names = _class_names(path, features)
+    unknown = _unknown_classes(path, names, features, class_map)
+    if unknown:
+        raise AnnotationError(f"{unknown}: not in config `annotation_classes` (known: {sorted(class_map)}). "
+                              "Add them to the mapping (null ignores a class) or remove those annotations.")
+    targets = {class_map[n] for n in names if n is not None} - {None} - set(classes)
+    if targets:
+        raise AnnotationError(f"{path}: `annotation_classes` maps to {sorted(targets)}, which are not in `classes` "
+                              f"{list(classes)}")
+    geoms, class_index, skipped = [], [], []
+    for index, (name, feature) in enumerate(zip(names, features)):
+        if name is not None and class_map[name] is None:
+            continue
+        geom = _polygonal(feature.get("geometry")) if name is not None else None
+        if geom is None:
+            skipped.append(_feature_label(index, feature))
+            continue
+        geoms.append(geom)
+        class_index.append(list(classes).index(class_map[name]))
+    if skipped:
+        warnings.warn(f"{path}: skipped {len(skipped)} feature(s) without a usable polygon (no geometry, points or "
+                      f"lines, or a shape that cannot be repaired): {', '.join(skipped[:5])}"
+                      + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
+    result = _resolve_overlaps(geoms, class_index, list(classes), overlap)
+    result.skipped = len(skipped)
+    if slide_dimensions is not None:
+        bounds = box(0, 0, *slide_dimensions)
+        outside = [c for c, g in result.regions.items() if not g.is_empty and not bounds.contains(g)]
+        if outside:
+            warnings.warn(f"{path}: annotations of {outside} extend beyond the slide and were clipped", stacklevel=2)
+            result.regions = {c: g.intersection(bounds) for c, g in result.regions.items()}
+            result.undecided = result.undecided.intersection(bounds)
+    return result
 
 
 def read_geojson(
     path: str | Path,
-    class_map: Mapping[str, str],
+    class_map: Mapping[str, str | None],
     classes: Sequence[str],
     slide_dimensions: tuple[int, int] | None = None,
+    *,
+    overlap: str = "innermost",
 ) -> dict[str, shapely.Geometry]:
-    """Union of annotated regions per class, clipped to the slide.
-
-    Raises AnnotationError naming the file and any classification absent from
-    ``class_map``; clipping a region that leaves the slide is a warning.
-    """
-    path = Path(path)
-    features = _features(path)
-    unknown = sorted({classification_name(f) or "<unnamed>" for f in features} - set(class_map))
-    if unknown:
-        raise AnnotationError(
-            f"{path}: annotation classes {unknown} are not in config `annotation_classes` "
-            f"(known: {sorted(class_map)}). Add them to the mapping or remove those annotations."
-        )
-    regions: dict[str, list] = {c: [] for c in classes}
-    for feature in features:
-        target = class_map[classification_name(feature)]
-        if target not in regions:
-            raise AnnotationError(f"{path}: `annotation_classes` maps to {target!r}, which is not in `classes`")
-        geometry = shape(feature["geometry"])
-        if not geometry.is_valid:
-            geometry = shapely.make_valid(geometry)
-        regions[target].append(geometry)
-    merged = {c: unary_union(g) if g else shapely.Polygon() for c, g in regions.items()}
-    if slide_dimensions is not None:
-        bounds = box(0, 0, *slide_dimensions)
-        outside = [c for c, g in merged.items() if not g.is_empty and not bounds.contains(g)]
-        if outside:
-            warnings.warn(f"{path}: annotations of {outside} extend beyond the slide and were clipped", stacklevel=2)
-            merged = {c: g.intersection(bounds) for c, g in merged.items()}
-    return merged
+    """Class -> annotated region (level-0 px) after the ``overlap`` rule: :func:`read_annotations`' regions."""
+    return read_annotations(path, class_map, classes, slide_dimensions, overlap=overlap).regions
 
 
 def class_fractions(regions: Mapping[str, shapely.Geometry], coords: np.ndarray, cell: int) -> np.ndarray:
@@ -129,13 +337,21 @@ def class_fractions(regions: Mapping[str, shapely.Geometry], coords: np.ndarray,
     return fractions
 
 
-def majority_labels(fractions: np.ndarray, min_label_fraction: float) -> np.ndarray:
-    """Class with the largest area per patch, or -1 below ``min_label_fraction``."""
+def majority_labels(fractions: np.ndarray, min_label_fraction: float, undecided: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """(N,) int8: the class with the largest area per patch, or -1 below ``min_label_fraction``.
+
+    ``undecided`` (N,) is each patch's share the overlap rule left undecided:
+    a patch where it is at least the best class's share gets -1.
+    """
     if fractions.shape[0] == 0:
         return np.zeros(0, dtype=np.int8)
     best = fractions.argmax(axis=1)
     covered = fractions[np.arange(len(best)), best]
-    return np.where(covered >= min_label_fraction, best, UNLABELLED).astype(np.int8)
+    labelled = covered >= min_label_fraction
+    if undecided is not None:
+        labelled &= ~((undecided > 0) & (undecided >= covered))
+    return np.where(labelled, best, UNLABELLED).astype(np.int8)
 
 
 def _mask_scale(path: Path, mask_size: tuple[int, int], slide_dimensions: tuple[int, int]) -> float:
