@@ -1,8 +1,11 @@
 import numpy as np
 import openslide
 import pytest
+import tifffile
+import zarr
 
 from wsidistill.demo import plan_cohort, write_slide
+from wsidistill.demo.formats import write_pyramid
 from wsidistill.slides import reader
 from wsidistill.slides.reader import Slide, SlideReadError, resolve_resolution
 
@@ -58,16 +61,67 @@ def test_native_magnification_comes_from_metadata_or_is_derived_and_recorded(sli
         assert (slide.info.objective_power, slide.info.objective_power_source) == (20, "metadata")
         assert slide.best_level_for(slide.downsample_for(40)) == 0  # never coarser than asked
     with Slide(slides["tiff"]) as slide:  # generic TIFF: MPP only
-        assert (slide.info.objective_power, slide.info.objective_power_source) == (40, "derived from mpp")
+        assert slide.info.objective_power == 40 and slide.info.objective_power_source.startswith("derived from mpp")
     with pytest.raises(SlideReadError, match=r"nometa.*neither microns per pixel nor objective power.*`mpp`"):
         Slide(slides["nometa"])
     with Slide(slides["nometa"], mpp=0.5) as slide:
         assert (slide.info.mpp, slide.info.mpp_source) == (0.5, "sample sheet")
-        assert (slide.info.objective_power, slide.info.objective_power_source) == (20, "derived from mpp")
+        assert (slide.info.objective_power, slide.info.objective_power_source) == (20, "derived from mpp (sample sheet)")
 
 
 def test_overrides_win_over_metadata():
-    assert resolve_resolution("s.svs", 0.25, 40, power_override=20) == (0.25, "metadata", 20, "sample sheet")
+    assert resolve_resolution("s.svs", 0.25, 40, mpp_override=0.5)[:4] == (0.5, "sample sheet", 20, "derived from mpp "
+                                                                             "(sample sheet; objective power 40x "
+                                                                             "(metadata) and mpp 0.5 um/px (sample "
+                                                                             "sheet, 20.0x) disagree)")
+    resolution = resolve_resolution("s.svs", 0.25, 40, power_override=20)
+    assert resolution[:3] == (0.5, resolution.mpp_source, 20) and "sample sheet" in resolution.mpp_source
+    assert resolution.warnings == ()
+    assert resolve_resolution("s.svs", 0.25, 40, power_override=40, mpp_override=0.2265)[:4] == (
+        0.2265, "sample sheet", 40, "sample sheet")
+
+
+@pytest.mark.parametrize(("mpp", "power", "expected"), [
+    (0.2520, None, 40), (0.2265, None, 40), (0.2527, None, 40), (0.5040, None, 20), (0.4415, None, 20),
+    (0.9972, None, 10), (0.1725, None, 60), (None, 20, 20), (0.2265, 40, 40), (0.243, 20, 40),
+])
+def test_derived_powers_snap_to_the_nearest_standard_objective(mpp, power, expected):
+    resolution = resolve_resolution("s.svs", mpp, power)
+    assert resolution.objective_power == expected
+    if power is None:
+        assert resolution.objective_power_source.startswith("derived from mpp (")
+
+
+def test_every_disagreement_is_handled_or_named(tmp_path):
+    # AppMag 20 but 0.243 um/px (a 20x objective behind a 2x adapter): the pixels are 40x; a warning names all
+    resolution = resolve_resolution("p250.mrxs", 0.243, 20)
+    assert (resolution.objective_power, resolution.mpp) == (40, 0.243)
+    assert len(resolution.warnings) == 1 and all(s in resolution.warnings[0] for s in (
+        "p250.mrxs", "20x", "0.243", "`objective_power`", "`mpp`"))
+    # a placeholder resolution (72 dpi) is ignored, and without a power the slide cannot be placed
+    with pytest.raises(SlideReadError, match=r"dpi\.tif: the slide records neither.*`mpp`"):
+        resolve_resolution("dpi.tif", 352.8, None)
+    resolution = resolve_resolution("dpi.tif", 352.8, 20)
+    assert resolution[:3] == (0.5, "derived from objective power", 20) and "352.8" in resolution.warnings[0]
+    with pytest.raises(SlideReadError, match=r"wide\.svs: the pixels are not square \(0\.25 x 0\.5 um\).*`mpp`"):
+        resolve_resolution("wide.svs", 0.25, 40, mpp_y=0.5)
+    assert resolve_resolution("wide.svs", 0.25, 40, mpp_y=0.5, mpp_override=0.25).mpp == 0.25
+
+
+def test_a_slide_at_an_odd_mpp_extracts_the_same_physical_field(tmp_path):
+    """A 0.2265 um/px TIFF with no power: 40x, 283 px cells resampled to 256, no grid error."""
+    from wsidistill.patches.extract import ExtractionSettings, extract_slide
+
+    level0 = tifffile.imread(write_slide(plan_cohort(6, 0)[0], tmp_path, width=1024, height=768)["slide"], level=0)
+    path = tmp_path / "odd.tif"
+    write_pyramid(path, [(0, level0)], 1024, 768, description=None, mpp=0.2265, aperio=False)
+    settings = ExtractionSettings(classes=("NC", "G3"), class_map={}, magnifications=(40, 10),
+                                  teacher_magnification=40, patch_size=256, min_tissue_fraction=0)
+    summary = extract_slide(path, tmp_path / "s.zarr", settings, slide_id="s", progress=False)
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    assert root.attrs["objective_power"] == 40 and root.attrs["objective_power_source"].startswith("derived from mpp")
+    assert root.attrs["cell_level0"] == 283 and summary["tissue_patches"] == 3 * 2
+    assert root["40x/images"].shape == (6, 256, 256, 3) and root["10x/images"].shape == (6, 64, 64, 3)
 
 
 def test_thumbnail_read_in_strips_matches_one_read(slides, monkeypatch):

@@ -60,7 +60,7 @@ from ..slides.annotations import (
     read_annotations,
     read_tissue_mask,
 )
-from ..slides.grid import PatchGrid, magnification_name, patch_pixels
+from ..slides.grid import GridError, PatchGrid, field_cell, magnification_name, patch_pixels
 from ..slides.reader import Slide, TiffTiles
 from ..slides.tissue import detect_tissue
 from .jpeg import SlideJpegCodec, encode_shard, source_tile_codec
@@ -323,7 +323,9 @@ def extract_slide(
         else:
             available.append(magnification)
 
-    cell = patch_pixels(settings.patch_size, info.objective_power, settings.teacher_magnification)
+    for message in slide.warnings:
+        note(message)
+    cell = field_cell(settings.patch_size, settings.teacher_magnification, info.mpp, info.objective_power)
     grid = PatchGrid.for_slide(info.dimensions, cell)
     thumbnail, thumb_downsample = slide.thumbnail(settings.thumbnail_max_side)
     if tissue_mask:
@@ -339,10 +341,13 @@ def extract_slide(
     keep = np.flatnonzero(tissue_fraction >= settings.min_tissue_fraction)
     timings["tissue_s"] = time.perf_counter() - started
 
-    sides = {magnification_name(m): patch_pixels(settings.patch_size, m, settings.teacher_magnification)
-             for m in available}
+    try:
+        sides = {magnification_name(m): patch_pixels(settings.patch_size, m, settings.teacher_magnification)
+                 for m in available}
+    except GridError as err:
+        raise GridError(f"{slide_path}: {err}") from None
     finest = max(available, default=info.objective_power)
-    level = slide.best_level_for(info.objective_power / finest)
+    level = slide.best_level_for(cell * settings.teacher_magnification / (settings.patch_size * finest))
     level_downsample = info.level_downsamples[level]
     block_columns, block_rows = block_shape(cell, slide.tile_size(level), level_downsample, settings.block_cells)
     tiles = _source_tiles(slide, level, cell, sides[magnification_name(finest)]) \

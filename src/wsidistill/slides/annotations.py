@@ -37,11 +37,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import shapely
-import tifffile
 from shapely.geometry import box, shape
 
 from ..errors import InputError
-from .reader import TiffPyramid
+from .reader import RasterLevel, TiffPyramid
 
 UNLABELLED = -1
 
@@ -365,13 +364,38 @@ def _mask_scale(path: Path, mask_size: tuple[int, int], slide_dimensions: tuple[
     return slide_w / mask_w
 
 
-def _open_mask(path: Path) -> TiffPyramid:
+class _ImageMask:
+    """A PNG/JPEG/BMP mask read whole, with :class:`TiffPyramid`'s interface (one level)."""
+
+    def __init__(self, path: Path, image: np.ndarray):
+        self.levels = [RasterLevel(path, image, 0)]
+        self.dimensions = (self.levels[0].width, self.levels[0].height)
+
+    def __enter__(self) -> _ImageMask:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _open_mask(path: Path) -> TiffPyramid | _ImageMask:
+    """A mask raster of any layout: a tiled or stripped TIFF (every level), or an image file OpenCV reads."""
     if not path.exists():
         raise AnnotationError(f"{path}: mask file not found. Check the sample sheet or the command line.")
-    try:
-        return TiffPyramid(path)
-    except ValueError as err:
-        raise AnnotationError(str(err)) from err
+    with open(path, "rb") as head:
+        is_tiff = head.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    if is_tiff:
+        try:
+            return TiffPyramid(path)
+        except ValueError as err:
+            raise AnnotationError(str(err)) from err
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None or image.dtype != np.uint8:
+        raise AnnotationError(f"{path}: not a readable 8-bit mask (TIFF, PNG or another image OpenCV reads, one "
+                              "value per pixel). Re-export it as an 8-bit image.")
+    if image.ndim == 3:
+        image = image[..., ::-1] if image.shape[2] == 3 else image[..., [2, 1, 0, 3]]  # BGR(A) -> RGB(A): red first
+    return _ImageMask(path, image)
 
 
 def label_mask_fractions(
@@ -384,6 +408,8 @@ def label_mask_fractions(
 ) -> np.ndarray:
     """(N, C) share of each level-0 cell whose mask value maps to each class.
 
+    The mask is any raster :func:`_open_mask` reads (tiled or stripped TIFF,
+    PNG) covering the whole slide at any scale (PANDA: the value in red).
     Read at the coarsest mask level that still gives ``MASK_PIXELS_PER_CELL``
     pixels per cell side, in bands of cell rows, so memory does not grow with
     the slide.  Values mapped to None (background) and unmapped values count
@@ -443,27 +469,16 @@ def read_tissue_mask(
 ) -> tuple[np.ndarray, float]:
     """A user's tissue mask (nonzero = tissue) and its level-0 downsample.
 
-    PNG/JPEG are read whole; a pyramidal TIFF at its coarsest level with at
-    least ``min_side`` pixels on the long side, so a full-resolution mask does
-    not have to fit in memory.
+    Any raster :func:`_open_mask` reads: PNG/JPEG whole; a TIFF (tiled or
+    stripped) at its coarsest level with at least ``min_side`` pixels on the
+    long side, so a full-resolution pyramidal mask does not have to fit in memory.
     """
     path = Path(path)
     if not path.exists():
         raise AnnotationError(f"{path}: tissue mask not found. Check the --tissue-mask path.")
-    if path.suffix.lower() in (".tif", ".tiff"):
-        try:
-            with _open_mask(path) as pyramid:
-                big_enough = [lv for lv in pyramid.levels if max(lv.width, lv.height) >= min_side]
-                level = big_enough[-1] if big_enough else pyramid.levels[0]
-                image = level.read(0, 0, level.width, level.height)[..., 0]
-        except AnnotationError:
-            try:  # a small untiled TIFF
-                image = np.asarray(tifffile.imread(path))
-            except (tifffile.TiffFileError, OSError, ValueError) as err:
-                raise AnnotationError(f"{path}: not a readable tissue mask ({err})") from err
-    else:
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise AnnotationError(f"{path}: not a readable tissue mask image (PNG, JPEG or TIFF, nonzero = tissue)")
-    mask = (image.reshape(image.shape[0], image.shape[1], -1)[..., :3] > 0).any(axis=-1)
+    with _open_mask(path) as pyramid:
+        big_enough = [lv for lv in pyramid.levels if max(lv.width, lv.height) >= min_side]
+        level = big_enough[-1] if big_enough else pyramid.levels[0]
+        image = level.read(0, 0, level.width, level.height)
+    mask = (image[..., :3] > 0).any(axis=-1)
     return mask, _mask_scale(path, (mask.shape[1], mask.shape[0]), slide_dimensions)
