@@ -63,7 +63,10 @@ DIRECT_COMPRESSIONS = frozenset(
 )
 
 #: Suffixes OpenSlide does not read but tiatoolbox does; other unrecognised files are errors.
-TIATOOLBOX_SUFFIXES = (".jp2", ".png", ".jpg", ".jpeg")
+TIATOOLBOX_SUFFIXES = (".jp2", ".j2k")
+
+#: Plain images read whole by OpenCV, alpha kept (tiatoolbox drops it, leaving transparent pixels' colour).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 #: Suffixes read through tifffile when OpenSlide refuses them or misses their pyramid.
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
@@ -502,7 +505,7 @@ class Slide:
         try:
             self._osr = openslide.OpenSlide(str(self.path))
         except openslide.OpenSlideUnsupportedFormatError as err:
-            self._tiles = tifffile_levels(self.path, self._fd) if tiff else None
+            self._tiles = tifffile_levels(self.path, self._fd) if tiff else self._image_level()
             if self._tiles is None:
                 self._tia = self._open_with_tiatoolbox(err)
         except (openslide.OpenSlideError, OSError) as err:
@@ -528,8 +531,8 @@ class Slide:
             if vendor in DIRECT_VENDORS:
                 self._tiles = tiff_levels(self.path, self._fd, level_dimensions)
         elif self._tiles is not None:
-            vendor = "tifffile"
-            *mpp_xy, slide_power = tiff_resolution(self.path)
+            vendor = "tifffile" if tiff else "image"
+            *mpp_xy, slide_power = tiff_resolution(self.path) if tiff else (None, None, None)
             level_dimensions = tuple((level.width, level.height) for level in self._tiles)
             level_downsamples = tuple(level_dimensions[0][0] / w for w, _ in level_dimensions)
         else:
@@ -557,9 +560,21 @@ class Slide:
             mpp_source=resolved.mpp_source,
             objective_power=resolved.objective_power,
             objective_power_source=resolved.objective_power_source,
-            pixel_reader="tiff tiles" if direct else "tifffile" if self._tiles else (
+            pixel_reader="tiff tiles" if direct else vendor if self._tiles else (
                 "openslide" if self._osr is not None else "tiatoolbox"),
         )
+
+    def _image_level(self) -> list[RasterLevel] | None:
+        """A plain image (PNG, JPEG) as one level read whole, alpha kept; None for other files."""
+        if not self.path.name.lower().endswith(IMAGE_SUFFIXES):
+            return None
+        image = cv2.imread(str(self.path), cv2.IMREAD_UNCHANGED)
+        if image is None or image.dtype != np.uint8:
+            raise SlideReadError(f"{self.path}: not a readable 8-bit image. Re-export it, or remove it from the "
+                                 "sample sheet.")
+        if image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+        return [RasterLevel(self.path, image, 255)]
 
     def _open_with_tiatoolbox(self, openslide_error: Exception):
         name = self.path.name.lower()
