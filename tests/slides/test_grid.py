@@ -40,3 +40,14 @@ def test_tissue_fraction_counts_mask_pixels_per_cell():
     mask[:4, :4] = True  # cell (0, 0) full
     mask[4:6, 4:8] = True  # cell (1, 1) half
     np.testing.assert_allclose(grid.tissue_fraction(mask, 16), [1, 0, 0, 0.5])
+
+
+def test_extraction_grid_errors_name_the_slide_and_the_fix(tmp_path, capsys):
+    from wsidistill.cli import main
+    from wsidistill.demo import plan_cohort, write_slide
+
+    slide = write_slide(plan_cohort(6, 0)[0], tmp_path, width=512, height=384)["slide"]
+    assert main(["extract", str(slide), "--out", str(tmp_path / "s.zarr"), "--patch-size", "100",
+                 "--magnifications", "40", "5"]) == 1
+    error = capsys.readouterr().err
+    assert "demo000.svs: a 100 px field at 40x is 12.5 px at 5x" in error and "multiple of 8" in error
