@@ -3,7 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from wsidistill.slides.annotations import AnnotationError, class_fractions, majority_labels, read_geojson
+from wsidistill.slides.annotations import AnnotationError, class_fractions, majority_labels, read_annotations
+
+
+def read_geojson(*args, **kwargs):
+    return read_annotations(*args, **kwargs).regions
 
 CLASSES = ["NC", "G3", "G4", "G5"]
 CLASS_MAP = {"Benign": "NC", "Gleason 3": "G3", "Gleason 4": "G4", "Gleason 5": "G5"}
@@ -211,8 +215,6 @@ def cells(n=4, cell=100):
 
 
 def test_a_nest_drawn_inside_a_larger_region_labels_its_patches_with_its_own_class(tmp_path):
-    from wsidistill.slides.annotations import read_annotations
-
     annotations = read_annotations(nest_in_benign(tmp_path), CLASS_MAP, CLASSES)
     fractions = class_fractions(annotations.regions, cells(), 100)
     labels = majority_labels(fractions, 0.5).reshape(4, 4)
@@ -226,8 +228,6 @@ def test_a_nest_drawn_inside_a_larger_region_labels_its_patches_with_its_own_cla
 @pytest.mark.parametrize(("rule", "centre"), [("innermost", 2), ("smallest_area", 2), ("highest_class", 2),
                                              ("undecided", -1)])
 def test_overlap_rules(tmp_path, rule, centre):
-    from wsidistill.slides.annotations import read_annotations
-
     annotations = read_annotations(nest_in_benign(tmp_path), CLASS_MAP, CLASSES, overlap=rule)
     coords = cells()
     fractions = class_fractions(annotations.regions, coords, 100)
@@ -237,8 +237,6 @@ def test_overlap_rules(tmp_path, rule, centre):
 
 
 def test_partial_overlap_is_undecided_under_innermost_and_the_patch_gets_minus_1(tmp_path):
-    from wsidistill.slides.annotations import read_annotations
-
     path = write(tmp_path, [feature("Gleason 3", polygon(0, 0, 200, 100)), feature("Gleason 5", polygon(100, 0, 300, 100))])
     annotations = read_annotations(path, CLASS_MAP, CLASSES)
     coords = np.array([[0, 0], [100, 0], [200, 0]])

@@ -1,6 +1,6 @@
 """Region annotations and patch labels: QuPath GeoJSON, PANDA label masks, user tissue masks.
 
-QuPath GeoJSON is read in every form QuPath and other tools write: a
+QuPath GeoJSON (:func:`read_annotations`) is read in every form QuPath and other tools write: a
 FeatureCollection, a single Feature or a list of features; classifications as
 ``{"name": ...}``, as QuPath >= 0.4's derived ``{"names": ["Gleason 3",
 "Positive"]}`` (joined as QuPath displays it, ``"Gleason 3: Positive"``), as a
@@ -309,18 +309,6 @@ def read_annotations(
             result.regions = {c: g.intersection(bounds) for c, g in result.regions.items()}
             result.undecided = result.undecided.intersection(bounds)
     return result
-
-
-def read_geojson(
-    path: str | Path,
-    class_map: Mapping[str, str | None],
-    classes: Sequence[str],
-    slide_dimensions: tuple[int, int] | None = None,
-    *,
-    overlap: str = "innermost",
-) -> dict[str, shapely.Geometry]:
-    """Class -> annotated region (level-0 px) after the ``overlap`` rule: :func:`read_annotations`' regions."""
-    return read_annotations(path, class_map, classes, slide_dimensions, overlap=overlap).regions
 
 
 def class_fractions(regions: Mapping[str, shapely.Geometry], coords: np.ndarray, cell: int) -> np.ndarray:
