@@ -10,9 +10,10 @@ tissue.  Morphology then closes gaps and drops specks smaller than
 
 Ink colours (OpenCV hue 0..179, saturation and value 0..255):
 
-- green and blue marker: hue 35..124 with saturation >= 40.  H&E lies outside:
-  eosin is pink-red (hue >= 150 or <= 15), haematoxylin purple (125..150 at
-  thumbnail scale, where nuclei mix with eosin);
+- green and blue marker: hue 36..117 with saturation >= 40 (blue marker on
+  glass scans at about 110..117).  H&E lies outside: eosin is pink-red
+  (hue >= 150 or <= 15), haematoxylin blue-purple (118..150; a pure, bluer
+  hue would take very blue haematoxylin with it);
 - black marker: value < 60 (darker than any H&E tissue at thumbnail scale);
 - red marker is **not** removed: its hue is eosin's, and a saturation cut that
   caught red ink would also cut densely eosinophilic stroma.  Slides with red
@@ -28,7 +29,7 @@ from scipy import ndimage
 METHODS = ("hsv-otsu", "tiatoolbox-otsu", "tiatoolbox-morphological")
 
 #: OpenCV hue range of green and blue marker, and the least saturation that counts as ink (not grey glass).
-INK_HUES = (35, 124)
+INK_HUES = (36, 117)
 INK_MIN_SATURATION = 40
 
 #: Value below which a pixel is black marker (or the slide's dark edge), never tissue.
@@ -56,7 +57,7 @@ def ink_mask(hsv: np.ndarray) -> np.ndarray:
     ink = coloured | (value < BLACK_INK_VALUE)
     # a stroke's soft edge: the ring of pixels around it that are still more saturated than glass
     return ink | (ndimage.binary_dilation(ink, iterations=1) & (saturation >= INK_MIN_SATURATION // 2) & ~(
-        (hue >= 125) | (hue <= 15)))
+        (hue > INK_HUES[1]) | (hue <= 15)))
 
 
 def _hsv_otsu(thumbnail: np.ndarray, min_object_fraction: float) -> np.ndarray:
