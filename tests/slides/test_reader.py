@@ -189,6 +189,21 @@ def test_every_reader_composites_transparent_pixels_on_white_the_same_way(tmp_pa
         assert (pixels[:, 384:] == 255).all(), name
 
 
+def test_a_stripped_rgba_slide_extracts_white_where_it_is_transparent(tmp_path):
+    from wsidistill.patches.extract import ExtractionSettings, extract_slide
+
+    tifffile.imwrite(tmp_path / "stripped.tif", rgba_field(), rowsperstrip=64, photometric="rgb",
+                     extrasamples=["unassalpha"], resolution=(4e4, 4e4), resolutionunit="CENTIMETER")
+    settings = ExtractionSettings(classes=("NC", "G3"), class_map={}, magnifications=(40, 20),
+                                  teacher_magnification=40, patch_size=128, min_tissue_fraction=0)
+    extract_slide(tmp_path / "stripped.tif", tmp_path / "s.zarr", settings, slide_id="s", progress=False)
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    assert root.attrs["slide"]["pixel_reader"] == "tifffile" and root.attrs["mpp"] == 0.25
+    patches, coords = root["40x/images"][:], root["coords"][:]
+    assert (patches[coords[:, 0] >= 384] == 255).all()  # unscanned, alpha 0: white, not black
+    assert (patches[coords[:, 0] < 256] == (200, 100, 50)).all()
+
+
 def test_composite_on_white_is_straight_alpha():
     pixels = reader.composite_on_white(np.array([[[200, 100, 50, 128], [9, 9, 9, 0], [1, 2, 3, 255]]], np.uint8))
     assert pixels.tolist() == [[HALF, [255, 255, 255], [1, 2, 3]]]

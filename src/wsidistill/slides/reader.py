@@ -501,6 +501,13 @@ class Slide:
         self._tia_lock = threading.Lock()
         self._fd = os.open(self.path, os.O_RDONLY)
         self._tiles = None
+        try:
+            self._open(mpp, objective_power)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, mpp: float | None, objective_power: float | None) -> None:
         tiff = self.path.name.lower().endswith(TIFF_SUFFIXES)
         try:
             self._osr = openslide.OpenSlide(str(self.path))
@@ -509,7 +516,6 @@ class Slide:
             if self._tiles is None:
                 self._tia = self._open_with_tiatoolbox(err)
         except (openslide.OpenSlideError, OSError) as err:
-            os.close(self._fd)
             raise SlideReadError(
                 f"{self.path}: cannot be read as a whole-slide image ({err}). "
                 "The file may be truncated or corrupt: re-export or re-copy it, or remove it from the sample sheet."
@@ -542,12 +548,8 @@ class Slide:
             slide_power = _positive(info.objective_power)
             level_dimensions = tuple(tuple(int(v) for v in d) for d in info.level_dimensions)
             level_downsamples = tuple(float(d) for d in info.level_downsamples)
-        try:
-            resolved = resolve_resolution(self.path, mpp_xy[0], slide_power, mpp_y=mpp_xy[1], mpp_override=mpp,
-                                          power_override=objective_power)
-        except SlideReadError:
-            self.close()
-            raise
+        resolved = resolve_resolution(self.path, mpp_xy[0], slide_power, mpp_y=mpp_xy[1], mpp_override=mpp,
+                                      power_override=objective_power)
         self.warnings = resolved.warnings
         direct = self._tiles is not None and all(isinstance(level, TiffTiles) for level in self._tiles)
         self.info = SlideInfo(
@@ -619,7 +621,8 @@ class Slide:
     def tile_size(self, level: int) -> tuple[int, int] | None:
         """(width, height) of the file's tiles at ``level`` in that level's pixels, when known."""
         if self._tiles:
-            return self._tiles[level].tile_width, self._tiles[level].tile_height
+            tiles = self._tiles[level]
+            return (tiles.tile_width, tiles.tile_height) if isinstance(tiles, TiffTiles) else None
         if self._osr is not None:
             props = self._osr.properties
             width = _positive(props.get(f"openslide.level[{level}].tile-width"))
