@@ -298,3 +298,19 @@ def test_a_dicom_series_given_as_its_folder_opens_as_its_first_file_would(slides
         assert from_folder.info.vendor == "dicom" and from_folder.info.level_dimensions == ((1024, 768), (256, 192))
         assert (from_folder.info.mpp, from_folder.info.objective_power) == (0.25, 40)
         np.testing.assert_array_equal(from_folder.read_region(1, 0, 0, 256, 192), from_file.read_region(1, 0, 0, 256, 192))
+
+
+def test_a_disagreement_in_the_file_reaches_the_extraction_summary(slides, tmp_path):
+    from wsidistill.demo.formats import aperio_description
+    from wsidistill.patches.extract import ExtractionSettings, extract_slide
+
+    level0 = tifffile.imread(slides["svs40"], level=0)
+    path = tmp_path / "adapter.svs"  # AppMag 20 on 0.25 um/px pixels
+    write_pyramid(path, [(0, level0)], 1024, 768, description=aperio_description(1024, 768, 20, 0.25, "adapter"),
+                  mpp=0.25, aperio=True)
+    settings = ExtractionSettings(classes=("NC", "G3"), class_map={}, magnifications=(40, 10),
+                                  teacher_magnification=40, patch_size=256, min_tissue_fraction=0)
+    with pytest.warns(UserWarning, match=r"adapter\.svs: objective power 20x"):
+        summary = extract_slide(path, tmp_path / "s.zarr", settings, slide_id="s", progress=False)
+    assert summary["magnifications"] == ["40x", "10x"] and summary["tissue_patches"] == 4 * 3
+    assert any("using 40x from the mpp" in w and "`objective_power`" in w for w in summary["warnings"])
