@@ -88,7 +88,8 @@ def _add_extract(sub):
     p.add_argument("--mpp", type=float, help="override the slide's microns per pixel")
     p.add_argument("--objective-power", type=float, help="override the slide's objective power")
     p.add_argument("--classes", nargs="+", default=DEFAULT_CLASSES)
-    p.add_argument("--class-map", type=_json, default=DEFAULT_CLASS_MAP, help="JSON: annotation name -> class")
+    p.add_argument("--class-map", type=_json, default=DEFAULT_CLASS_MAP,
+                   help="JSON: annotation name -> class, or null to ignore that name")
     _add_config_section(p, "extraction")
     p.add_argument("--scheduler-address", help="dask distributed scheduler to use instead of local threads")
     p.add_argument("--threads", type=int, default=1)

@@ -165,7 +165,7 @@ def check_config(config: dict) -> None:
     baseline = config.get("baseline_method")
     if baseline and baseline not in methods:
         raise ConfigError(f"`baseline_method` {baseline!r} is not one of `methods` {sorted(methods)}")
-    unknown = sorted(set(config["annotation_classes"].values()) - set(config["classes"]))
+    unknown = sorted(set(config["annotation_classes"].values()) - set(config["classes"]) - {None})  # null: ignored
     if unknown:
         raise ConfigError(f"`annotation_classes` maps to {unknown}, which are not in `classes` {config['classes']}")
     unknown = sorted({v for v in (config.get("label_mask_classes") or {}).values() if v is not None}

@@ -47,10 +47,10 @@ from ..slides.annotations import (
     class_fractions,
     label_mask_fractions,
     majority_labels,
-    read_geojson,
+    read_annotations,
     read_tissue_mask,
 )
-from ..slides.grid import PatchGrid, magnification_name, patch_pixels
+from ..slides.grid import GridError, PatchGrid, field_cell, magnification_name, patch_pixels
 from ..slides.reader import Slide, TiffTiles
 from ..slides.tissue import detect_tissue
 from . import store
@@ -102,6 +102,8 @@ class ExtractionSettings:
     reuse_source_tiles: bool = EXTRACTION_DEFAULTS["reuse_source_tiles"]
     scheduler_address: str | None = None
     label_mask_classes: dict[int, str | None] = field(default_factory=lambda: dict(RADBOUD_CLASSES))
+    #: who gets the area where annotations of different classes overlap (slides.annotations.OVERLAP_RULES)
+    annotation_overlap: str = EXTRACTION_DEFAULTS["annotation_overlap"]
     extra_attrs: dict = field(default_factory=dict)
 
 
@@ -372,7 +374,9 @@ def extract_slide(
         else:
             available.append(magnification)
 
-    cell = patch_pixels(settings.patch_size, info.objective_power, settings.teacher_magnification)
+    for message in slide.warnings:
+        note(message)
+    cell = field_cell(settings.patch_size, settings.teacher_magnification, info.mpp, info.objective_power)
     grid = PatchGrid.for_slide(info.dimensions, cell)
     tissue = find_tissue(slide, grid, settings.tissue_method, settings.min_tissue_fraction,
                          settings.thumbnail_max_side, tissue_mask)
@@ -380,10 +384,13 @@ def extract_slide(
     tissue_fraction, keep, tissue_method = tissue.fraction, tissue.keep, tissue.method
     timings["tissue_s"] = time.perf_counter() - started
 
-    sides = {magnification_name(m): patch_pixels(settings.patch_size, m, settings.teacher_magnification)
-             for m in available}
+    try:
+        sides = {magnification_name(m): patch_pixels(settings.patch_size, m, settings.teacher_magnification)
+                 for m in available}
+    except GridError as err:
+        raise GridError(f"{slide_path}: {err}") from None
     finest = max(available, default=info.objective_power)
-    level = slide.best_level_for(info.objective_power / finest)
+    level = slide.best_level_for(cell * settings.teacher_magnification / (settings.patch_size * finest))
     level_downsample = info.level_downsamples[level]
     block_columns, block_rows = block_shape(cell, slide.tile_size(level), level_downsample, settings.block_cells)
     tiles = _source_tiles(slide, level, cell, sides[magnification_name(finest)]) \
@@ -393,17 +400,24 @@ def extract_slide(
     keep, coords, blocks = plan_blocks(keep, grid, (block_columns, block_rows))
 
     fractions = np.zeros((len(keep), len(settings.classes)))
+    undecided, overlaps = None, {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if annotations:
-            regions = read_geojson(annotations, settings.class_map, settings.classes, info.dimensions)
-            fractions = class_fractions(regions, coords, cell)
+            regions = read_annotations(annotations, settings.class_map, settings.classes, info.dimensions,
+                                       overlap=settings.annotation_overlap)
+            fractions = class_fractions(regions.regions, coords, cell)
+            undecided = class_fractions({"undecided": regions.undecided}, coords, cell)[:, 0]
+            touched = class_fractions(regions.overlaps, coords, cell) > 0
+            overlaps = {pair: {"annotation_pairs": regions.overlap_pairs[pair], "patches": int(touched[:, k].sum()),
+                               "undecided_patches": int((touched[:, k] & (undecided > 0)).sum())}
+                        for k, pair in enumerate(regions.overlaps)}
         elif label_mask:
             fractions = label_mask_fractions(label_mask, settings.label_mask_classes, settings.classes, coords, cell,
                                              info.dimensions)
     for warning in caught:
         note(str(warning.message))
-    labels = majority_labels(fractions, settings.min_label_fraction)
+    labels = majority_labels(fractions, settings.min_label_fraction, undecided)
     timings["labels_s"] = time.perf_counter() - started - timings["tissue_s"]
 
     extract_started = time.perf_counter()
@@ -470,6 +484,8 @@ def extract_slide(
         "grid_cells": grid.columns * grid.rows,
         "tissue_patches": int(len(keep)),
         "patches_per_class": counts,
+        "annotation_overlap": settings.annotation_overlap,
+        "annotation_overlaps": overlaps,
         "magnifications": [magnification_name(m) for m in available],
         "skipped_magnifications": [magnification_name(m) for m in skipped],
         "pixel_reader": info.pixel_reader,
