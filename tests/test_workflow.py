@@ -202,7 +202,7 @@ def _sheet_config(repo_root, workdir, **changes):
     config = yaml.safe_load((repo_root / "config.yaml").read_text())
     config["demo"]["enabled"] = False
     config.update(samples=str(workdir / "slides.tsv"), magnifications=[40, 10], **changes)
-    config["extraction"]["patch_size"] = 32
+    config.setdefault("extraction", {})["patch_size"] = 32
     return config
 
 
@@ -252,10 +252,10 @@ def test_each_setting_that_shapes_a_store_reruns_exactly_its_jobs(sheet_cohort, 
     try:
         assert _planned(run_snakemake, workdir, base, *targets) == {}
         changed = copy.deepcopy(base)
-        changed["extraction"]["patch_size"] = 64
+        changed.setdefault("extraction", {})["patch_size"] = 64
         assert _planned(run_snakemake, workdir, changed, *targets)["extract"] == 3
         changed = copy.deepcopy(base)
-        changed["extraction"]["min_tissue_fraction"] = 0.3
+        changed.setdefault("extraction", {})["min_tissue_fraction"] = 0.3
         assert _planned(run_snakemake, workdir, changed, *targets)["extract"] == 3
         changed = copy.deepcopy(base)
         changed["annotation_classes"]["Gleason 5"] = "G4"
@@ -273,7 +273,7 @@ def test_each_setting_that_shapes_a_store_reruns_exactly_its_jobs(sheet_cohort, 
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (lambda c: c["extraction"].update(patch_size=64),
+        (lambda c: c.setdefault("extraction", {}).update(patch_size=64),
          {"extract": 6, "train_teacher": 1, "teacher_cache": 1, "distill": 10, "evaluate": 11}),
         (lambda c: c["training"].update(lr=0.01),
          {"extract": 0, "train_teacher": 1, "teacher_cache": 1, "distill": 10, "evaluate": 11}),
@@ -350,7 +350,7 @@ def test_ids_that_are_not_data_stop_the_run_naming_their_lines(tmp_path, repo_ro
         (lambda c: c.update(device="gpu"), "config key `device`: 'gpu' does not match"),
         (lambda c: c.update(panel_methods=["nosuch"]), "`panel_methods` names ['nosuch']"),
         (lambda c: c["training"].update(lr="fast"), "config key `training.lr`: 'fast' is not of type 'number'"),
-        (lambda c: c["extraction"].update(tissue_method="otsu"), "config key `extraction.tissue_method`"),
+        (lambda c: c.setdefault("extraction", {}).update(tissue_method="otsu"), "config key `extraction.tissue_method`"),
     ],
 )
 def test_the_preflight_stops_before_any_job_in_one_line(tmp_path, repo_root, run_snakemake, change, message):
