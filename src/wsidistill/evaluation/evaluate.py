@@ -22,7 +22,7 @@ from ..models.checkpoint import load_model
 from ..patches import store as patch_store
 from ..patches.store import open_store
 from .inference import infer_store
-from .metrics import balanced_accuracy, bootstrap_ci, quadratic_kappa, summarise
+from .metrics import SlideBootstrap, balanced_accuracy, quadratic_kappa, summarise
 
 
 def confidence_intervals(truth: np.ndarray, predicted: np.ndarray, slides: np.ndarray, num_classes: int,
@@ -30,7 +30,7 @@ def confidence_intervals(truth: np.ndarray, predicted: np.ndarray, slides: np.nd
     """95% bootstrap intervals over test slides (whole slides resampled) of kappa and balanced accuracy."""
     if truth.size == 0:
         return {"quadratic_kappa": None, "balanced_accuracy": None}
-    return {name: list(bootstrap_ci(truth, predicted, slides, metric, num_classes, n_boot=n_boot, seed=0))
+    return {name: list(SlideBootstrap(truth, slides, metric, num_classes, n_boot=n_boot, seed=0).interval(predicted))
             for name, metric in (("quadratic_kappa", quadratic_kappa), ("balanced_accuracy", balanced_accuracy))}
 
 

@@ -16,14 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import TEACHER
-from ..evaluation.metrics import (
-    balanced_accuracy,
-    bootstrap_ci,
-    format_mean_std,
-    mean_std,
-    paired_bootstrap,
-    quadratic_kappa,
-)
+from ..evaluation.metrics import SlideBootstrap, balanced_accuracy, format_mean_std, mean_std, quadratic_kappa
 from ..io import save_figure, write_text
 
 METRICS = {"kappa": ("quadratic_kappa", quadratic_kappa), "balanced_accuracy": ("balanced_accuracy", balanced_accuracy)}
@@ -60,7 +53,7 @@ def _pooled_interval(runs: list[dict], n_boot: int) -> dict:
     predicted = np.concatenate([r["per_patch"]["predicted"] for r in runs]).astype(int)
     slides = np.concatenate([r["per_patch"]["slide"] for r in runs])
     num_classes = len(runs[0]["classes"])
-    low, high = bootstrap_ci(truth, predicted, slides, quadratic_kappa, num_classes, n_boot=n_boot, seed=0)
+    low, high = SlideBootstrap(truth, slides, quadratic_kappa, num_classes, n_boot=n_boot, seed=0).interval(predicted)
     return {"kappa_pooled": quadratic_kappa(truth, predicted, num_classes),
             "kappa_pooled_ci_low": low, "kappa_pooled_ci_high": high}
 
@@ -76,7 +69,7 @@ def _against_baseline(runs: list[dict], reference: list[dict], n_boot: int) -> d
     num_classes = len(runs[0]["classes"])
     if len(truth) == 0 or len(np.unique(slides)) < 2:
         return {}
-    test = paired_bootstrap(truth, ours, theirs, slides, quadratic_kappa, num_classes, n_boot=n_boot, seed=0)
+    test = SlideBootstrap(truth, slides, quadratic_kappa, num_classes, n_boot=n_boot, seed=0).compare(ours, theirs)
     return {"kappa_delta_vs_baseline": test["delta"], "kappa_delta_low": test["low"], "kappa_delta_high": test["high"],
             "p_value_vs_baseline": test["p_value"], "significant_vs_baseline": bool(test["significant"])}
 
