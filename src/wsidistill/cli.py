@@ -229,6 +229,13 @@ def _add_predict(sub):
     s.add_argument("--threads", type=int, default=1)
 
 
+def _inference_settings(args):
+    from .device import InferenceSettings
+
+    return InferenceSettings(batch_size=args.batch_size, device=args.device, precision=args.precision,
+                             threads=args.threads)
+
+
 def _pairs(items: list[str]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items)
 
@@ -318,17 +325,16 @@ def run(args: argparse.Namespace) -> None:
         from .training.teacher_cache import build_teacher_cache
 
         summary = build_teacher_cache(
-            args.teacher, args.train_stores, args.out, args.terms, dtype=args.dtype, batch_size=args.batch_size,
+            args.teacher, args.train_stores, args.out, args.terms, dtype=args.dtype,
             teacher_options={k: v for k, v in args.distill_options.items() if k == "at_p"},
-            device=args.device, precision=args.precision, threads=args.threads,
+            settings=_inference_settings(args),
         )
         print(json.dumps(summary))
     elif args.verb == "evaluate":
         from .evaluation.evaluate import evaluate_model
 
         metrics = evaluate_model(args.model, args.stores, args.predictions, args.metrics, args.confusion_csv,
-                                 args.confusion_png, batch_size=args.batch_size, device=args.device,
-                                 precision=args.precision, threads=args.threads)
+                                 args.confusion_png, settings=_inference_settings(args))
         low, high = metrics["ci95"]["quadratic_kappa"] or (float("nan"), float("nan"))
         print(f"{args.model}: kappa {metrics['quadratic_kappa']:.3f} (95% CI over slides {low:.3f}-{high:.3f}), "
               f"balanced accuracy {metrics['balanced_accuracy']:.3f} on {metrics['test_patches']} patches")

@@ -66,3 +66,24 @@ class Runtime:
     def place(self, module: torch.nn.Module) -> torch.nn.Module:
         module = module.to(self.device)
         return module.to(memory_format=torch.channels_last) if self.is_cuda else module
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a batch inference job runs (``evaluate``, ``teacher-cache``).
+
+    ``batch_size`` patches per forward pass; ``device`` and ``precision`` as :meth:`Runtime.create`;
+    ``threads`` torch intra-op threads (float sums, hence results, depend on it on CPU); ``progress``
+    shows progress bars.
+    """
+
+    batch_size: int = 64
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int = 1
+    progress: bool = True
+
+    def runtime(self) -> Runtime:
+        """Set torch's thread count to ``threads`` and resolve device and precision."""
+        torch.set_num_threads(self.threads)
+        return Runtime.create(self.device, self.precision)

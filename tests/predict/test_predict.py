@@ -8,6 +8,7 @@ import pytest
 import shapely
 import zarr
 
+from wsidistill.device import InferenceSettings
 from wsidistill.evaluation.evaluate import evaluate_model
 from wsidistill.predict import predict_slides
 from wsidistill.report.palette import class_rgb
@@ -28,7 +29,7 @@ def test_predict_on_the_slide_agrees_with_evaluate_on_its_store(tmp_path, test_s
                                                                  magnification):
     model = make_checkpoint(tmp_path / "model.pt", magnification)
     evaluate_model(model, [str(test_slide["store"])], tmp_path / "evaluated.zarr", tmp_path / "metrics.json",
-                   progress=False)
+                   settings=InferenceSettings(progress=False))
     predict_slides([test_slide["slide"]], model, tmp_path / "out", progress=False)
     evaluated = zarr.open_group(str(tmp_path / "evaluated.zarr"), mode="r")[test_slide["slide_id"]]
     predicted = zarr.open_group(str(tmp_path / "out" / f"{test_slide['slide_id']}.zarr"), mode="r")

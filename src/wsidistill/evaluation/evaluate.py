@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 import zarr
 from tqdm import tqdm
 
-from ..device import Runtime
+from ..device import InferenceSettings
 from ..io import atomic_path, save_figure, write_json, write_text
 from ..models.checkpoint import load_model
 from ..patches import store as patch_store
@@ -68,16 +67,14 @@ def evaluate_model(
     out_metrics: str | Path,
     out_confusion_csv: str | Path | None = None,
     out_confusion_png: str | Path | None = None,
-    *,
-    batch_size: int = 64,
-    device: str = "auto",
-    precision: str = "auto",
-    threads: int = 1,
-    progress: bool = True,
+    settings: InferenceSettings = InferenceSettings(),
 ) -> dict:
-    """Write per-slide probability maps (Zarr), metrics (JSON) and, when asked, the confusion matrix."""
-    torch.set_num_threads(threads)
-    runtime = Runtime.create(device, precision)
+    """Write per-slide probability maps (Zarr), metrics (JSON) and, when asked, the confusion matrix.
+
+    ``settings``: batch size, device, precision, threads and progress bars (:class:`InferenceSettings`).
+    """
+    runtime = settings.runtime()
+    batch_size, progress = settings.batch_size, settings.progress
     model, meta = load_model(model_path, runtime)
     magnification = meta.input_magnification
     classes = meta.classes
