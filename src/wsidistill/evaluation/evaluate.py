@@ -89,7 +89,7 @@ def evaluate_model(
             probabilities, seconds = infer_store(model, meta, store_path, batch_size, runtime)
             labels = store[patch_store.LABELS][:]
             group = root.create_group(slide_id)
-            group.create_array("probabilities", data=probabilities.astype(np.float32))
+            group.create_array(patch_store.PROBABILITIES, data=probabilities.astype(np.float32))
             group.create_array(patch_store.COORDS, data=store[patch_store.COORDS][:])
             group.create_array(patch_store.LABELS, data=labels)
             group.attrs.update({"store": str(store_path), **attributes.geometry(), "seconds": seconds})
