@@ -84,6 +84,32 @@ def test_extraction_defaults_are_declared_once(repo_root):
     assert {key: getattr(args, key) for key in defaults} == defaults
 
 
+def test_training_defaults_and_cli_options_come_from_the_schema():
+    """TrainSettings' defaults are the schema's `training` section (with `device`, `precision`); the CLI's
+    options for config keys take the schema's default and choices."""
+    import argparse
+    import dataclasses
+
+    from wsidistill.cli import build_parser
+    from wsidistill.config import config_default, section_schema
+    from wsidistill.training.loop import TrainSettings
+
+    fields = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
+    assert fields == {**section_defaults("training"), "device": config_default("device"),
+                      "precision": config_default("precision")}
+    parser = build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    options = {action.dest: action for action in verbs["distill"]._actions}
+    student = section_schema("student")
+    for dest, spec in (("student_grid", student["grid"]), ("student_input", student["input"]),
+                       ("arch", student["arch"]), ("precision", load_schema()["properties"]["precision"])):
+        assert (options[dest].default, options[dest].choices) == (spec["default"], spec["enum"]), dest
+    assert options["device"].default == config_default("device")
+    assert options["distill_options"].default == config_default("distill_options")
+    assert parser.parse_args(["tables", "--metrics", "m", "--csv", "c", "--md", "m", "--html", "h", "--plot",
+                              "p"]).baseline == config_default("baseline_method")
+
+
 def test_cli_flags_are_read_back_by_the_cli_as_the_section():
     """Workflow -> CLI and CLI -> settings use the same naming: a section survives the round trip."""
     from wsidistill.cli import build_parser
