@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import config_default
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -78,8 +80,8 @@ class InferenceSettings:
     """
 
     batch_size: int = 64
-    device: str = "auto"
-    precision: str = "auto"
+    device: str = config_default("device")
+    precision: str = config_default("precision")
     threads: int = 1
     progress: bool = True
 
