@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import config_default, flag_name, section_defaults, section_schema
+from .config import config_default, flag_name, load_schema, section_defaults, section_schema
 from .errors import InputError
 
 #: Defaults of the config schema, the one place they are declared.
@@ -29,27 +29,34 @@ def _json(text: str):
         raise argparse.ArgumentTypeError(f"not valid JSON: {text!r} ({err})") from err
 
 
+def _add_config_key(parser, key: str, spec: dict) -> None:
+    """Option ``--key`` for a config key of schema ``spec``: the schema's type, choices, default and description."""
+    kwargs = {"default": spec.get("default"), "help": spec.get("description")}
+    if spec["type"] == "boolean":
+        parser.add_argument(flag_name(key), action=argparse.BooleanOptionalAction, **kwargs)
+    else:
+        parser.add_argument(flag_name(key), type=_SCHEMA_TYPES[spec["type"]], choices=spec.get("enum"), **kwargs)
+
+
 def _add_runtime_arguments(parser):
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
-    parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (autocast on CUDA)")
+    schema = load_schema()["properties"]
+    for key in ("device", "precision"):
+        _add_config_key(parser, key, schema[key])
 
 
 def _add_config_section(parser, section: str) -> None:
-    """One option per key of config section ``section``, with the schema's type, choices, default and
-    description: the inverse of :func:`wsidistill.config.cli_flags`, which the workflow uses to call us."""
+    """One option per key of config section ``section`` (:func:`_add_config_key`): the inverse of
+    :func:`wsidistill.config.cli_flags`, which the workflow uses to call us."""
     for key, spec in section_schema(section).items():
-        kwargs = {"default": spec.get("default"), "help": spec.get("description")}
-        if spec["type"] == "boolean":
-            parser.add_argument(flag_name(key), action=argparse.BooleanOptionalAction, **kwargs)
-        else:
-            parser.add_argument(flag_name(key), type=_SCHEMA_TYPES[spec["type"]], choices=spec.get("enum"), **kwargs)
+        _add_config_key(parser, key, spec)
 
 
 def _add_demo(sub):
     cohort = sub.add_parser("demo-cohort", help="write the synthetic demo cohort (slides, annotations, sample sheet)")
     cohort.add_argument("--out", required=True, type=Path)
-    cohort.add_argument("--slides", type=int, default=10)
-    cohort.add_argument("--seed", type=int, default=0)
+    demo = section_defaults("demo")
+    cohort.add_argument("--slides", type=int, default=demo["slides"])
+    cohort.add_argument("--seed", type=int, default=demo["seed"])
     cohort.add_argument("--width", type=int)
     cohort.add_argument("--height", type=int)
     cohort.add_argument("--threads", type=int, default=1)
@@ -112,7 +119,7 @@ def _add_train(sub):
         p.add_argument("--val-stores", nargs="+", required=True)
         p.add_argument("--magnification", type=float, required=True)
         p.add_argument("--classes", nargs="+", default=DEFAULT_CLASSES)
-        p.add_argument("--arch", default="smallcnn")
+        _add_config_key(p, "arch", section_schema("student" if verb == "distill" else "teacher")["arch"])
         p.add_argument("--pretrained", type=Path, help="local checkpoint to start from (nothing is downloaded)")
         p.add_argument("--training", type=_json, default={}, help="JSON of the config's `training` section")
         _add_runtime_arguments(p)
@@ -124,17 +131,18 @@ def _add_train(sub):
             p.add_argument("--teacher", required=True, type=Path)
             p.add_argument("--method", required=True)
             p.add_argument("--weights", type=_json, required=True, help='JSON of named loss terms, e.g. {"ce": 1}')
-            p.add_argument("--student-input", choices=["native", "upsampled"], default="native")
-            p.add_argument("--student-grid", choices=["native", "teacher"], default="native",
-                           help="last-block grid: native (Teacher's stride, grid shrinks, floor 4x4) or the Teacher's")
-            p.add_argument("--distill-options", type=_json, default={})
+            student = section_schema("student")
+            _add_config_key(p, "student_input", student["input"])
+            _add_config_key(p, "student_grid", student["grid"])
+            p.add_argument("--distill-options", type=_json, default=config_default("distill_options"))
             p.add_argument("--teacher-cache", type=Path, help="Teacher-target cache (`wsidistill teacher-cache`)")
 
     c = sub.add_parser("teacher-cache", help="the Teacher's targets for every training patch and D4 element, once")
     c.add_argument("--teacher", required=True, type=Path)
     c.add_argument("--train-stores", nargs="+", required=True)
     c.add_argument("--terms", nargs="+", required=True, help="union of the loss terms of every method")
-    c.add_argument("--distill-options", type=_json, default={}, help="JSON; only `at_p` reaches the Teacher")
+    c.add_argument("--distill-options", type=_json, default=config_default("distill_options"),
+                   help="JSON; only `at_p` reaches the Teacher")
     c.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     c.add_argument("--batch-size", type=int, default=64)
     _add_runtime_arguments(c)
@@ -160,15 +168,16 @@ def _add_evaluate(sub):
     t.add_argument("--md", required=True, type=Path)
     t.add_argument("--html", required=True, type=Path)
     t.add_argument("--plot", required=True, type=Path)
-    t.add_argument("--baseline", default="ce")
+    t.add_argument("--baseline", default=config_default("baseline_method"))
     t.add_argument("--threads", type=int, default=1)
 
     c = sub.add_parser("cost", help="pixels, FLOPs and measured throughput per magnification and Student design")
     given = c.add_mutually_exclusive_group(required=True)
     given.add_argument("--models", nargs="+", help="NAME=PATH, the Teacher first")
     given.add_argument("--arch", help="no trained models: build this architecture untrained (with --patch-size)")
-    c.add_argument("--patch-size", type=int, default=256, help="with --arch: px at the Teacher's magnification")
-    c.add_argument("--magnifications", nargs="+", type=float, default=[40, 20, 10, 5],
+    c.add_argument("--patch-size", type=int, default=section_defaults("extraction")["patch_size"],
+                   help="with --arch: px at the Teacher's magnification")
+    c.add_argument("--magnifications", nargs="+", type=float, default=config_default("magnifications"),
                    help="with --arch: the Teacher's first")
     c.add_argument("--stores", nargs="*", default=[], help="test stores, for tissue patches per slide")
     c.add_argument("--csv", required=True, type=Path)
@@ -218,8 +227,7 @@ def _add_predict(sub):
     p.add_argument("--block-cells", type=int, default=extraction["block_cells"])
     predict = section_schema("predict")
     for key in ("min_tumour_fraction", "batch_size"):
-        p.add_argument(flag_name(key), type=_SCHEMA_TYPES[predict[key]["type"]], default=predict[key]["default"],
-                       help=predict[key].get("description"))
+        _add_config_key(p, key, predict[key])
     _add_runtime_arguments(p)
     p.add_argument("--threads", type=int, default=1)
 
@@ -227,6 +235,13 @@ def _add_predict(sub):
     s.add_argument("--slides", nargs="+", required=True, type=Path, help="{slide_id}.json files")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--threads", type=int, default=1)
+
+
+def _inference_settings(args):
+    from .device import InferenceSettings
+
+    return InferenceSettings(batch_size=args.batch_size, device=args.device, precision=args.precision,
+                             threads=args.threads)
 
 
 def _pairs(items: list[str]) -> dict[str, str]:
@@ -318,17 +333,16 @@ def run(args: argparse.Namespace) -> None:
         from .training.teacher_cache import build_teacher_cache
 
         summary = build_teacher_cache(
-            args.teacher, args.train_stores, args.out, args.terms, dtype=args.dtype, batch_size=args.batch_size,
+            args.teacher, args.train_stores, args.out, args.terms, dtype=args.dtype,
             teacher_options={k: v for k, v in args.distill_options.items() if k == "at_p"},
-            device=args.device, precision=args.precision, threads=args.threads,
+            settings=_inference_settings(args),
         )
         print(json.dumps(summary))
     elif args.verb == "evaluate":
         from .evaluation.evaluate import evaluate_model
 
         metrics = evaluate_model(args.model, args.stores, args.predictions, args.metrics, args.confusion_csv,
-                                 args.confusion_png, batch_size=args.batch_size, device=args.device,
-                                 precision=args.precision, threads=args.threads)
+                                 args.confusion_png, settings=_inference_settings(args))
         low, high = metrics["ci95"]["quadratic_kappa"] or (float("nan"), float("nan"))
         print(f"{args.model}: kappa {metrics['quadratic_kappa']:.3f} (95% CI over slides {low:.3f}-{high:.3f}), "
               f"balanced accuracy {metrics['balanced_accuracy']:.3f} on {metrics['test_patches']} patches")

@@ -8,7 +8,9 @@ import pytest
 import shapely
 import zarr
 
+from wsidistill.device import InferenceSettings
 from wsidistill.evaluation.evaluate import evaluate_model
+from wsidistill.patches.store import PredictionAttributes, read_attributes
 from wsidistill.predict import predict_slides
 from wsidistill.report.palette import class_rgb
 
@@ -28,7 +30,7 @@ def test_predict_on_the_slide_agrees_with_evaluate_on_its_store(tmp_path, test_s
                                                                  magnification):
     model = make_checkpoint(tmp_path / "model.pt", magnification)
     evaluate_model(model, [str(test_slide["store"])], tmp_path / "evaluated.zarr", tmp_path / "metrics.json",
-                   progress=False)
+                   settings=InferenceSettings(progress=False))
     predict_slides([test_slide["slide"]], model, tmp_path / "out", progress=False)
     evaluated = zarr.open_group(str(tmp_path / "evaluated.zarr"), mode="r")[test_slide["slide_id"]]
     predicted = zarr.open_group(str(tmp_path / "out" / f"{test_slide['slide_id']}.zarr"), mode="r")
@@ -44,6 +46,9 @@ def test_predict_on_the_slide_agrees_with_evaluate_on_its_store(tmp_path, test_s
     assert attrs["magnification"] == magnification and attrs["classes"] == list(CLASSES)
     assert attrs["mpp"] == pytest.approx(attrs["slide_mpp"] * 40 / magnification)
     assert attrs["read_level"] == (0 if magnification > 10 else 1)  # 40x then 10x level: never upsampled
+    typed = PredictionAttributes.from_dict(dict(attrs))  # every attribute is a declared one, in write order
+    assert typed.extra == {} and list(typed.to_dict().items()) == list(dict(attrs).items())
+    assert typed.geometry() == read_attributes(predicted).geometry()  # read as a patch store is, by heatmaps
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 import torch
 import zarr
 
+from wsidistill.device import InferenceSettings
 from wsidistill.distill import student_input_from
 from wsidistill.evaluation.evaluate import evaluate_model
 from wsidistill.evaluation.metrics import quadratic_kappa
@@ -99,7 +100,7 @@ def test_an_upsampled_student_is_validated_and_evaluated_on_its_degraded_input(d
         pd.read_csv(tmp_path / "s/h.csv").val_kappa.iloc[0])
 
     evaluate_model(tmp_path / "s/model.pt", demo_stores["test"][:1], tmp_path / "p.zarr", tmp_path / "m.json",
-                   device="cpu", progress=False)
+                   settings=InferenceSettings(device="cpu", progress=False))
     store = demo_stores["test"][0]
     images = zarr.open_group(str(store), mode="r")["40x/images"][:]
     stored = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")[store.stem]["probabilities"][:]

@@ -1,6 +1,7 @@
 """Teacher-target cache: cached targets give the on-the-fly loss for every D4 element; stale caches are refused."""
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -8,6 +9,7 @@ import pytest
 import torch
 import zarr
 
+from wsidistill.device import InferenceSettings
 from wsidistill.distill import Distiller, d4_transform, teacher_targets
 from wsidistill.models import build_model
 from wsidistill.models.checkpoint import load_model
@@ -34,6 +36,7 @@ METHODS = [
     {"ce": 1, "saliency": 10},
 ]
 UNION = sorted({term for method in METHODS for term in method})
+QUIET = InferenceSettings(device="cpu", precision="fp32", progress=False)
 
 
 def write_store(path, slide_id, n, seed):
@@ -66,7 +69,7 @@ def setup(tmp_path_factory):
     meta = {"arch": "smallcnn", "num_classes": len(CLASSES), "output_stride": 8, "magnification": 40}
     torch.save({"state_dict": teacher.state_dict(), "meta": meta}, teacher_path)
     cache_path = root / "teacher_cache.zarr"
-    summary = build_teacher_cache(teacher_path, stores, cache_path, UNION, batch_size=6, progress=False)
+    summary = build_teacher_cache(teacher_path, stores, cache_path, UNION, settings=replace(QUIET, batch_size=6))
     return {"root": root, "stores": stores, "teacher_path": teacher_path, "cache": cache_path, "summary": summary}
 
 
@@ -176,7 +179,7 @@ def test_stale_caches_are_refused(setup, tmp_path):
     with pytest.raises(StaleCacheError, match="another Teacher"):
         TeacherCache.open(cache_path, stores=stores, teacher_path=other_teacher, terms=["atplus"])
     fm_only = tmp_path / "fm.zarr"
-    build_teacher_cache(teacher_path, stores, fm_only, ["fm"], progress=False)
+    build_teacher_cache(teacher_path, stores, fm_only, ["fm"], settings=QUIET)
     with pytest.raises(StaleCacheError, match=r"lacks \['atplus'\]"):
         TeacherCache.open(fm_only, stores=stores, terms=["ce", "fm", "atplus"])
     with pytest.raises(StaleCacheError, match="Teacher options"):
@@ -191,7 +194,7 @@ def test_stale_caches_are_refused(setup, tmp_path):
 
 def test_float16_cache_is_close(setup, tmp_path):
     half = tmp_path / "half.zarr"
-    build_teacher_cache(setup["teacher_path"], setup["stores"], half, ["fm", "atplus"], dtype="float16", progress=False)
+    build_teacher_cache(setup["teacher_path"], setup["stores"], half, ["fm", "atplus"], dtype="float16", settings=QUIET)
     full, rounded = TeacherCache(setup["cache"]).read(range(8), range(8)), TeacherCache(half).read(range(8), range(8))
     for key in rounded:
         torch.testing.assert_close(rounded[key], full[key], rtol=1e-3, atol=1e-3)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..config import config_default, section_defaults
 from ..device import Runtime
 from ..errors import InputError
 from .model import CheckpointError, PredictModel
@@ -41,8 +42,10 @@ def slide_ids_for(slides: Sequence[str | Path], slide_ids: Sequence[str] | None 
 
 def predict_slides(slides: Sequence[str | Path], model_path: str | Path, out_dir: str | Path, *,
                    slide_ids: Sequence[str] | None = None, settings: PredictSettings = PredictSettings(),
-                   device: str = "auto", precision: str = "auto", summary: str | Path | None = None,
-                   min_tumour_fraction: float = 0.0, progress: bool = True) -> list[dict]:
+                   device: str = config_default("device"), precision: str = config_default("precision"),
+                   summary: str | Path | None = None,
+                   min_tumour_fraction: float = section_defaults("predict")["min_tumour_fraction"],
+                   progress: bool = True) -> list[dict]:
     """Predict every slide; returns one record per slide (status "ok" or "failed").
 
     ``summary``: the CSV over slides (default ``out_dir/summary.csv``; False writes none).  Raises

@@ -18,9 +18,9 @@ import pandas as pd
 import shapely
 import zarr
 
-from .. import __version__
 from ..evaluation.grading import grade_from_patch_labels
 from ..io import atomic_path, write_json, write_text
+from ..patches import store as patch_store
 from ..report.heatmaps import prediction_heatmap
 from ..report.palette import class_rgb
 from ..slides.grid import magnification_name
@@ -43,37 +43,37 @@ def outputs_for(out_dir: str | Path, slide_id: str) -> dict[str, Path]:
 
 
 def write_probabilities(prediction: SlidePrediction, model: PredictModel, path: str | Path) -> None:
-    """The probability store; attributes name the heatmap's layers as a patch store does."""
+    """The prediction store: arrays and :class:`~wsidistill.patches.store.PredictionAttributes`."""
     info, tissue = prediction.info, prediction.tissue
     with atomic_path(path) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        root.create_array("probabilities", data=prediction.probabilities)
-        root.create_array("coords", data=prediction.coords)
-        root.create_array("thumbnail", data=tissue.thumbnail, chunks=tissue.thumbnail.shape)
-        root.create_array("tissue_mask", data=tissue.mask, chunks=tissue.mask.shape)
-        root.attrs.update({
-            "slide_id": prediction.slide_id,
-            "source_path": prediction.path,
-            "model": model.path,
-            "model_arch": model.arch,
-            "method": model.method,
-            "seed": model.seed,
-            "classes": list(model.classes),
-            "magnification": model.input_magnification,
-            "model_magnification": model.magnification,
-            "mpp": info.mpp * info.objective_power / model.input_magnification,  # microns per pixel read
-            "slide_mpp": info.mpp,
-            "objective_power": info.objective_power,
-            "objective_power_source": info.objective_power_source,
-            "slide": info.to_dict(),
-            "patch_side": model.patch_side,
-            "cell_level0": prediction.grid.cell,
-            "grid": {"columns": prediction.grid.columns, "rows": prediction.grid.rows},
-            "read_level": prediction.read_level,
-            "thumbnail_downsample": tissue.downsample,
-            "tissue_method": tissue.method,
-            "wsidistill_version": __version__,
-        })
+        root.create_array(patch_store.PROBABILITIES, data=prediction.probabilities)
+        root.create_array(patch_store.COORDS, data=prediction.coords)
+        root.create_array(patch_store.THUMBNAIL, data=tissue.thumbnail, chunks=tissue.thumbnail.shape)
+        root.create_array(patch_store.TISSUE_MASK, data=tissue.mask, chunks=tissue.mask.shape)
+        attributes = patch_store.PredictionAttributes(
+            slide_id=prediction.slide_id,
+            source_path=prediction.path,
+            model=model.path,
+            model_arch=model.arch,
+            method=model.method,
+            seed=model.seed,
+            classes=list(model.classes),
+            magnification=model.input_magnification,
+            model_magnification=model.magnification,
+            mpp=info.mpp * info.objective_power / model.input_magnification,  # microns per pixel read
+            slide_mpp=info.mpp,
+            objective_power=info.objective_power,
+            objective_power_source=info.objective_power_source,
+            slide=info.to_dict(),
+            patch_side=model.patch_side,
+            cell_level0=prediction.grid.cell,
+            grid={"columns": prediction.grid.columns, "rows": prediction.grid.rows},
+            read_level=prediction.read_level,
+            thumbnail_downsample=tissue.downsample,
+            tissue_method=tissue.method,
+        )
+        root.attrs.update(attributes.to_dict())
 
 
 def qupath_features(prediction: SlidePrediction, classes: tuple[str, ...]) -> list[dict]:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import section_defaults
 from ..device import Runtime
 from ..errors import InputError
 from ..patches.dataset import to_tensor
@@ -51,7 +52,7 @@ class PredictSettings:
     min_tissue_fraction: float = ExtractionSettings.min_tissue_fraction
     thumbnail_max_side: int = ExtractionSettings.thumbnail_max_side
     block_cells: int = ExtractionSettings.block_cells
-    batch_size: int = 64
+    batch_size: int = section_defaults("predict")["batch_size"]
     threads: int = 1
     scheduler_address: str | None = None
 

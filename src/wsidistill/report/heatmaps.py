@@ -64,7 +64,7 @@ def _slide_layers(store_path):
 
 
 def _probabilities(predictions_path, slide_id) -> np.ndarray:
-    return zarr.open_group(str(predictions_path), mode="r")[slide_id]["probabilities"][:]
+    return zarr.open_group(str(predictions_path), mode="r")[slide_id][patch_store.PROBABILITIES][:]
 
 
 def _argmax(probabilities: np.ndarray) -> np.ndarray:
@@ -108,7 +108,7 @@ def slide_heatmap(store_path: str | Path, predictions_path: str | Path, out_png:
 def prediction_heatmap(predictions_store: str | Path, out_png: str | Path, *, title: str) -> None:
     """A ``wsidistill predict`` store (no annotation): predicted class map and one probability map per class."""
     store, s = _slide_layers(predictions_store)
-    probabilities = store["probabilities"][:]
+    probabilities = store[patch_store.PROBABILITIES][:]
     _heatmap_figure(s, probabilities, [(f"prediction: {title}", _argmax(probabilities))], out_png)
 
 

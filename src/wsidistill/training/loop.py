@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__
-from ..config import TEACHER
+from ..config import TEACHER, config_default, section_defaults
 from ..device import Runtime
 from ..distill import Distiller, d4_transform, student_input_from, teacher_targets
 from ..evaluation.inference import predict_probabilities
@@ -40,19 +40,24 @@ from ..slides.grid import magnification_name
 from .augment import hed_jitter
 from .teacher_cache import StaleCacheError, TeacherCache, describe_stores, file_sha256
 
+#: The config's ``training`` keys with their defaults, declared once in the config schema.
+TRAINING_DEFAULTS = section_defaults("training")
+
 
 @dataclass(frozen=True)
 class TrainSettings:
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    patience: int | None = None
-    augment: str = "d4"
-    stain_jitter: float = 0.0
-    device: str = "auto"
-    precision: str = "auto"
-    deterministic: bool = False
+    """The config's ``training`` section (keys and defaults from the schema), its ``device`` and ``precision``."""
+
+    epochs: int = TRAINING_DEFAULTS["epochs"]
+    batch_size: int = TRAINING_DEFAULTS["batch_size"]
+    lr: float = TRAINING_DEFAULTS["lr"]
+    weight_decay: float = TRAINING_DEFAULTS["weight_decay"]
+    patience: int | None = TRAINING_DEFAULTS["patience"]
+    augment: str = TRAINING_DEFAULTS["augment"]
+    stain_jitter: float = TRAINING_DEFAULTS["stain_jitter"]
+    device: str = config_default("device")
+    precision: str = config_default("precision")
+    deterministic: bool = TRAINING_DEFAULTS["deterministic"]
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

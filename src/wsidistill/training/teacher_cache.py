@@ -38,6 +38,7 @@ import torch
 import zarr
 from torch import Tensor
 
+from ..device import InferenceSettings
 from ..distill.d4 import d4_transform
 from ..distill.targets import teacher_targets
 from ..distill.terms import TEACHER_DEFAULTS, TERMS, check_terms, target_keys
@@ -128,22 +129,18 @@ def build_teacher_cache(
     *,
     teacher_options: dict | None = None,
     dtype: str = "float32",
-    batch_size: int = 64,
-    device: str = "cpu",
-    precision: str = "fp32",
-    threads: int = 1,
-    progress: bool = True,
+    settings: InferenceSettings = InferenceSettings(device="cpu", precision="fp32"),
 ) -> dict:
     """Run the Teacher on the 8 D4 transforms of every training patch of ``stores``; write ``out``.
 
     ``terms``: the union of the terms of every method that will read the cache (``ce`` needs
     nothing). ``teacher_options`` as ``Distiller.teacher_options`` (``at_p``). ``dtype`` float32
     keeps the targets exact; float16 halves the size and rounds them (relative error ~5e-4).
-    Written atomically. Returns a summary (rows, keys, bytes, seconds).
+    Written atomically. ``settings``: batch size, device (default CPU, fp32), threads, progress bars.
+    Returns a summary (rows, keys, bytes, seconds).
     """
     from tqdm import tqdm
 
-    from ..device import Runtime
     from ..io import atomic_path
     from ..models.checkpoint import load_model
     from ..patches.dataset import load_patches, to_tensor
@@ -156,8 +153,8 @@ def build_teacher_cache(
     if not keys:
         raise ValueError(f"terms {list(terms)} read no Teacher target: nothing to cache")
     teacher_options = teacher_options_with_defaults(teacher_options)
-    torch.set_num_threads(threads)
-    runtime = Runtime.create(device, precision)
+    runtime = settings.runtime()
+    batch_size, progress = settings.batch_size, settings.progress
     started = time.perf_counter()
     teacher, meta = load_model(teacher_path, runtime)
     for parameter in teacher.parameters():
