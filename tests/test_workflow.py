@@ -29,7 +29,8 @@ def test_comparison_table_has_every_method_and_the_teacher(tiny_run):
     assert (table.kappa_pooled_ci_low <= table.kappa_pooled).all()
     assert (table.kappa_pooled <= table.kappa_pooled_ci_high).all()
     markdown = (workdir / "results/tables/comparison.md").read_text()
-    assert "| atplus |" in markdown and "| teacher |" in markdown and "10x" in markdown
+    rows = {line.split("|")[1].strip() for line in markdown.splitlines() if line.startswith("|")}
+    assert {"atplus", "teacher"} <= rows and "10x" in markdown
 
 
 def test_metrics_are_computed_on_the_test_slides_labelled_patches(tiny_run):
