@@ -46,8 +46,9 @@ else:
             flags=extract_flags,
         threads: 2
         resources:
-            mem_mb=2000,
-            runtime=60,
+            # memory is bounded by the reading block; memory and minutes grow with the slide file (common.smk)
+            mem_mb=EXTRACT_MEM_MB,
+            runtime=EXTRACT_RUNTIME,
         shell:
             "wsidistill extract {input.slide:q} --out {output.store:q} --summary {output.summary:q} --qc {output.qc:q} "
             "--slide-id {wildcards.slide} {params.flags} --threads {threads} > {log:q} 2>&1"

@@ -14,13 +14,15 @@ rule train_teacher:
         f"results/benchmarks/train/{TEACHER}_{{mag}}x/seed{{seed}}.tsv"
     params:
         flags=training_flags("teacher"),
+        launcher=training_launcher(),
     threads: 2
     resources:
-        gpu=1,
-        mem_mb=6000,
-        runtime=240,
+        # memory and minutes follow the stores' size (training_mem_mb, training_runtime in common.smk)
+        gpu=config["training"].get("gpus_per_job", 1),
+        mem_mb=training_mem_mb,
+        runtime=training_runtime,
     shell:
-        "wsidistill train-teacher --train-stores {input.train:q} --val-stores {input.val:q} "
+        "{params.launcher} train-teacher --train-stores {input.train:q} --val-stores {input.val:q} "
         "--magnification {wildcards.mag} --seed {wildcards.seed} {params.flags} "
         "--out {output.model:q} --history {output.history:q} --threads {threads} > {log:q} 2>&1"
 
@@ -44,9 +46,11 @@ rule teacher_cache:
         precision=config["precision"],
     threads: 2
     resources:
+        # the framework and loader workers (patches are streamed), a few batches of targets; minutes follow the
+        # training stores (eight Teacher passes over them)
         gpu=1,
-        mem_mb=6000,
-        runtime=120,
+        mem_mb=lambda wildcards, input: BASE_MB + WORKER_MB * config["training"].get("loader_workers", 2) + 500,
+        runtime=lambda wildcards, input: int(20 + 8 * tree_mb(input.train) / 100),
     shell:
         "wsidistill teacher-cache --teacher {input.teacher:q} --train-stores {input.train:q} --terms {params.terms} "
         "--distill-options {params.options:q} --device {params.device} --precision {params.precision} "
@@ -71,6 +75,7 @@ rule distill:
         "results/benchmarks/distill/{method}_{mag}x/seed{seed}.tsv"
     params:
         flags=training_flags("student"),
+        launcher=training_launcher(),
         weights=lambda wildcards: json.dumps(METHODS[wildcards.method]),
         options=json.dumps(config["distill_options"]),
         student_input=config["student"]["input"],
@@ -79,11 +84,12 @@ rule distill:
         ),
     threads: 2
     resources:
-        gpu=1,
-        mem_mb=6000,
-        runtime=240,
+        # memory and minutes follow the stores' and the cache's size (training_mem_mb, training_runtime in common.smk)
+        gpu=config["training"].get("gpus_per_job", 1),
+        mem_mb=training_mem_mb,
+        runtime=training_runtime,
     shell:
-        "wsidistill distill --train-stores {input.train:q} --val-stores {input.val:q} --teacher {input.teacher:q} "
+        "{params.launcher} distill --train-stores {input.train:q} --val-stores {input.val:q} --teacher {input.teacher:q} "
         "--method {wildcards.method} --weights {params.weights:q} --magnification {wildcards.mag} "
         "--student-input {params.student_input} --distill-options {params.options:q} {params.cache} "
         "--seed {wildcards.seed} {params.flags} "
