@@ -43,6 +43,7 @@ import numpy as np
 import torch
 import zarr
 
+from wsidistill.device import InferenceSettings
 from wsidistill.distill import Distiller, losses, student_input_from, teacher_targets
 from wsidistill.distill.attention import atplus_maps
 from wsidistill.models import build_model
@@ -182,7 +183,8 @@ def main(argv=None) -> dict:
         summary = {"seconds": float("nan"), "disk_bytes": sum(f.stat().st_size for f in files),
                    "nbytes": {k: zarr.open_array(str(cache_path / k)).nbytes for k in zarr.open_group(str(cache_path)).attrs["keys"]}}
     else:
-        summary = build_teacher_cache(teacher_path, stores, cache_path, WEIGHTS, threads=args.threads, progress=False)
+        summary = build_teacher_cache(teacher_path, stores, cache_path, WEIGHTS, settings=InferenceSettings(
+            device="cpu", precision="fp32", threads=args.threads, progress=False))
     caches = {name: TeacherCache.open(cache_path, stores=stores, teacher_path=teacher_path, terms=WEIGHTS,
                                       **({} if name == "memory" else {"memory_bytes": 64 << 20}))
               for name in ("memory", "disk")}

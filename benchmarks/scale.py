@@ -138,10 +138,12 @@ def child_train(args) -> dict:
 
 
 def child_cache(args) -> dict:
+    from wsidistill.device import InferenceSettings
     from wsidistill.training.teacher_cache import build_teacher_cache
 
-    summary = build_teacher_cache(args.teacher, args.stores, args.out, ["atplus"], batch_size=64,
-                                  loader_workers=args.workers, progress=False)
+    settings = InferenceSettings(batch_size=64, device="cpu", precision="fp32", progress=False)
+    summary = build_teacher_cache(args.teacher, args.stores, args.out, ["atplus"], settings=settings,
+                                  loader_workers=args.workers)
     return {"patches": summary["rows"], "seconds": summary["seconds"], "disk_mb": summary["disk_bytes"] / 2**20,
             "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

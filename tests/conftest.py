@@ -80,7 +80,7 @@ def tiny_run(tmp_path_factory, repo_root, run_snakemake) -> tuple[Path, dict]:
     config = yaml.safe_load((repo_root / "config.yaml").read_text())
     config["demo"].update(slides=6, seed=3, width=768, height=512)
     config["magnifications"] = [40, 10]
-    config["extraction"]["patch_size"] = 32
+    config.setdefault("extraction", {})["patch_size"] = 32
     config["training"].update(epochs=1, batch_size=32)
     config["methods"] = ALL_TERMS_METHODS
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))

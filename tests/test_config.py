@@ -3,12 +3,21 @@ import copy
 import pytest
 import yaml
 
-from wsidistill.config import ConfigError, active_methods, check_config, student_magnifications
+from wsidistill.config import (
+    ConfigError,
+    active_methods,
+    check_config,
+    cli_flags,
+    load_schema,
+    section_defaults,
+    student_magnifications,
+    validate_config,
+)
 
 
 @pytest.fixture
 def config(repo_root):
-    return yaml.safe_load((repo_root / "config.yaml").read_text())
+    return validate_config(yaml.safe_load((repo_root / "config.yaml").read_text()))
 
 
 def test_default_config_passes(config):
@@ -27,6 +36,11 @@ def test_default_config_passes(config):
         (lambda c: c["annotation_classes"].update(Tumour="G6"), "`annotation_classes` maps to ['G6']"),
         (lambda c: c["methods"].update(ce=None, atplus=None), "`methods` has no method left"),
         (lambda c: c["methods"].update(ce=None), "`baseline_method` 'ce' is not one of `methods` ['atplus']"),
+        (lambda c: c["methods"].update(atplus={"ce": 1, "atplsu": 10}), "`methods.atplus` has unknown loss term"),
+        (lambda c: c["methods"].update(atplus={"ce": 0, "atplus": 0}), "`methods.atplus`: every weight is 0"),
+        (lambda c: c.update(distill_options={"kd_temprature": 2}), "`distill_options` has unknown key(s) ['kd_temprature']"),
+        (lambda c: c.update(panel_methods=["nosuch"]), "`panel_methods` names ['nosuch']"),
+        (lambda c: c.update(label_mask_classes={"3": "G6"}), "`label_mask_classes` maps to ['G6']"),
     ],
 )
 def test_bad_values_name_the_key(config, change, message):
@@ -40,5 +54,70 @@ def test_bad_values_name_the_key(config, change, message):
 def test_a_null_method_is_dropped(config):
     """How an overlay config removes a method of config.yaml (Snakemake merges configs key by key)."""
     config["methods"]["atplus"] = None
+    with pytest.raises(ConfigError, match="`panel_methods` names \\['atplus'\\]"):
+        check_config(config)
+    config["panel_methods"] = ["ce"]  # as config/resolution.yaml does
     check_config(config)
     assert active_methods(config) == {"ce": {"ce": 1}}
+
+
+def test_defaults_come_from_the_schema(repo_root):
+    """Keys left out of config.yaml take the schema's default; config.yaml need not repeat them."""
+    config = validate_config({"samples": "s.tsv", "teacher": {"magnification": 40}, "methods": {"ce": {"ce": 1}}})
+    assert config["extraction"] == section_defaults("extraction")
+    assert config["classes"] == ["NC", "G3", "G4", "G5"] and config["device"] == "auto"
+    assert config["training"]["lr"] == load_schema()["properties"]["training"]["properties"]["lr"]["default"]
+    check_config(config)
+
+
+def test_extraction_defaults_are_declared_once(repo_root):
+    """The schema's extraction defaults are those of ExtractionSettings and of `wsidistill extract`."""
+    import dataclasses
+
+    from wsidistill.cli import build_parser
+    from wsidistill.patches.extract import ExtractionSettings
+
+    defaults = section_defaults("extraction")
+    fields = {f.name: f.default for f in dataclasses.fields(ExtractionSettings)}
+    assert {key: fields[key] for key in defaults} == defaults
+    args = build_parser().parse_args(["extract", "slide.svs", "--out", "s.zarr"])
+    assert {key: getattr(args, key) for key in defaults} == defaults
+
+
+def test_training_defaults_and_cli_options_come_from_the_schema():
+    """TrainSettings' defaults are the schema's `training` section (with `device`, `precision`); the CLI's
+    options for config keys take the schema's default and choices."""
+    import argparse
+    import dataclasses
+
+    from wsidistill.cli import build_parser
+    from wsidistill.config import config_default, section_schema
+    from wsidistill.training.loop import TrainSettings
+
+    fields = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
+    assert fields == {**section_defaults("training"), "device": config_default("device"),
+                      "precision": config_default("precision")}
+    parser = build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    options = {action.dest: action for action in verbs["distill"]._actions}
+    student = section_schema("student")
+    for dest, spec in (("student_grid", student["grid"]), ("student_input", student["input"]),
+                       ("arch", student["arch"]), ("precision", load_schema()["properties"]["precision"])):
+        assert (options[dest].default, options[dest].choices) == (spec["default"], spec["enum"]), dest
+    assert options["device"].default == config_default("device")
+    assert options["distill_options"].default == config_default("distill_options")
+    assert parser.parse_args(["tables", "--metrics", "m", "--csv", "c", "--md", "m", "--html", "h", "--plot",
+                              "p"]).baseline == config_default("baseline_method")
+
+
+def test_cli_flags_are_read_back_by_the_cli_as_the_section():
+    """Workflow -> CLI and CLI -> settings use the same naming: a section survives the round trip."""
+    from wsidistill.cli import build_parser
+
+    section = {"patch_size": 64, "min_tissue_fraction": 0.25, "min_label_fraction": 0.75,
+               "tissue_method": "tiatoolbox-otsu", "on_missing_magnification": "error", "block_cells": 3,
+               "reuse_source_tiles": False}
+    assert cli_flags({"patch_size": 64, "reuse_source_tiles": False, "x": None, "y": [1, 2], "z": {"a": 1}}) == [
+        "--patch-size", "64", "--no-reuse-source-tiles", "--y", "1", "2", "--z", '{"a": 1}']
+    args = build_parser().parse_args(["extract", "slide.svs", "--out", "s.zarr", *cli_flags(section)])
+    assert {key: getattr(args, key) for key in section} == section

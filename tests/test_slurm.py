@@ -74,7 +74,7 @@ def tiny_config(repo_root: Path, sheet: Path) -> dict:
     config["demo"]["enabled"] = False
     config["samples"] = str(sheet)
     config["magnifications"] = [40, 10]
-    config["extraction"]["patch_size"] = 64
+    config.setdefault("extraction", {})["patch_size"] = 64
     config["training"].update(epochs=1, batch_size=16)
     config["methods"] = {"ce": {"ce": 1}, "atplus": {"ce": 1, "fm": 0.1, "atplus": 10}}
     config["seeds"] = [0]

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -82,8 +83,9 @@ def test_a_heatmap_per_test_slide_and_model(tiny_run):
 def test_report_tables_cost_grades_and_attention(tiny_run):
     workdir, config = tiny_run
     cost = pd.read_csv(workdir / "results/tables/cost.csv")
-    assert cost.model.tolist() == ["teacher_40x", "ce_10x"]
-    assert cost.pixel_ratio_vs_teacher.tolist() == [1, 16]
+    assert cost.model.tolist() == ["teacher_40x", "ce_10x", "ce_10x"]  # the Student's native and teacher grid designs
+    assert cost.design.tolist() == ["Teacher", "native", "teacher"] and cost.trained.tolist() == [True, True, False]
+    assert cost.pixel_ratio_vs_teacher.tolist() == [1, 16, 16]
     assert (cost.gflops_per_patch > 0).all() and (cost.cpu_patches_per_second > 0).all()
     grades = pd.read_csv(workdir / "results/tables/slides.csv")
     summary = grades[grades.slide_id == "ALL"]
@@ -184,3 +186,188 @@ def test_overlay_configs_plan_the_runs_they_describe(tmp_path, repo_root, run_sn
     counts = _job_counts(result.stdout)
     assert {job: counts.get(job, 0) for job in ("train_teacher", "teacher_cache", "distill")} == {
         "teacher_cache": 0, **expected}
+
+
+# --- Ids are data, settings are tracked, the pre-flight stops before any job (issue 15) -----------------------
+
+IMAGING_STACK = ("cv2", "openslide", "tiatoolbox")
+
+
+def _sheet(workdir, rows, extra_columns=()):
+    header = ["slide_id", "path", "annotations", "patient_id", "split", *extra_columns]
+    (workdir / "slides.tsv").write_text("\t".join(header) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+
+
+def _sheet_config(repo_root, workdir, **changes):
+    config = yaml.safe_load((repo_root / "config.yaml").read_text())
+    config["demo"]["enabled"] = False
+    config.update(samples=str(workdir / "slides.tsv"), magnifications=[40, 10], **changes)
+    config.setdefault("extraction", {})["patch_size"] = 32
+    return config
+
+
+@pytest.fixture(scope="module")
+def sheet_cohort(tmp_path_factory, repo_root, snakemake_command):
+    """Three tiny slides in a user sample sheet, ids with regex characters, their stores extracted for real."""
+    from wsidistill.demo import plan_cohort, write_slide
+
+    workdir = tmp_path_factory.mktemp("sheet_cohort")
+    plan = {s.split: s for s in plan_cohort(6, 0)}
+    rows = []
+    for slide_id, split in (("s.1", "train"), ("s-2", "val"), ("s_3", "test")):
+        files = write_slide(plan[split], workdir / "slides", width=512, height=384)
+        rows.append((slide_id, files["slide"], files["annotations"], f"P{split}", split))
+    _sheet(workdir, rows)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(_sheet_config(repo_root, workdir)))
+    targets = [f"results/patches/{row[0]}.zarr" for row in rows]
+    command, env = snakemake_command(workdir, *targets)
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir, rows, targets
+
+
+def _planned(run_snakemake, workdir, config, *args):
+    """Job counts of `snakemake -n` with ``config`` written over the workdir's config.yaml."""
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(workdir, "-n", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    if "Nothing to be done" in result.stdout + result.stderr:
+        return {}
+    return _job_counts(result.stdout)
+
+
+def test_ids_with_regex_characters_extract_and_constraints_are_escaped(sheet_cohort, run_snakemake):
+    workdir, rows, _ = sheet_cohort
+    for slide_id, *_ in rows:
+        assert zarr.open_group(str(workdir / f"results/patches/{slide_id}.zarr"), mode="r").attrs["slide_id"] == slide_id
+    # "s.1" must not match "sX1": an unescaped constraint would plan a job for a slide the sheet lacks.
+    result = run_snakemake(workdir, "-n", "results/patches/sX1.zarr")
+    assert result.returncode != 0 and "MissingRuleException" in result.stdout + result.stderr
+
+
+def test_each_setting_that_shapes_a_store_reruns_exactly_its_jobs(sheet_cohort, repo_root, run_snakemake):
+    """Extraction keys, the class mapping and one slide's sheet override: each change plans its extract jobs."""
+    workdir, rows, targets = sheet_cohort
+    base = _sheet_config(repo_root, workdir)
+    try:
+        assert _planned(run_snakemake, workdir, base, *targets) == {}
+        changed = copy.deepcopy(base)
+        changed.setdefault("extraction", {})["patch_size"] = 64
+        assert _planned(run_snakemake, workdir, changed, *targets)["extract"] == 3
+        changed = copy.deepcopy(base)
+        changed.setdefault("extraction", {})["min_tissue_fraction"] = 0.3
+        assert _planned(run_snakemake, workdir, changed, *targets)["extract"] == 3
+        changed = copy.deepcopy(base)
+        changed["annotation_classes"]["Gleason 5"] = "G4"
+        assert _planned(run_snakemake, workdir, changed, *targets)["extract"] == 3
+        (workdir / "config.yaml").write_text(yaml.safe_dump(base))
+        _sheet(workdir, [(*row, "0.25" if row[0] == "s-2" else "") for row in rows], extra_columns=["mpp"])
+        result = run_snakemake(workdir, "-n", *targets)
+        planned = [line.split()[1].rstrip(",") for line in result.stdout.splitlines() if line.strip().startswith("output:")]
+        assert _job_counts(result.stdout)["extract"] == 1 and planned == ["results/patches/s-2.zarr"]
+    finally:
+        _sheet(workdir, rows)
+        (workdir / "config.yaml").write_text(yaml.safe_dump(base))
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda c: c.setdefault("extraction", {}).update(patch_size=64),
+         {"extract": 6, "train_teacher": 1, "teacher_cache": 1, "distill": 10, "evaluate": 11}),
+        (lambda c: c["training"].update(lr=0.01),
+         {"extract": 0, "train_teacher": 1, "teacher_cache": 1, "distill": 10, "evaluate": 11}),
+        (lambda c: c["distill_options"].update(kd_temperature=2.0),
+         {"extract": 0, "train_teacher": 0, "teacher_cache": 1, "distill": 10, "evaluate": 10}),
+        (lambda c: c["methods"].update(kd={"ce": 1, "kd": 2}),
+         {"extract": 0, "train_teacher": 0, "teacher_cache": 0, "distill": 1, "evaluate": 1}),
+    ],
+)
+def test_a_settings_change_after_a_run_plans_the_affected_jobs_and_everything_downstream(
+        tiny_run, snakemake_command, tmp_path, change, expected):
+    workdir, config = tiny_run
+    changed = copy.deepcopy(config)
+    change(changed)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(changed))
+    command, env = snakemake_command(workdir, "-n")
+    command[command.index("--configfile") + 1] = str(tmp_path / "config.yaml")
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = _job_counts(result.stdout)
+    assert {job: counts.get(job, 0) for job in expected} == expected
+    assert counts["tables"] == 1  # and the tables downstream
+
+
+@pytest.mark.parametrize("source", ["demo", "sheet"])
+def test_a_dry_run_does_not_import_the_imaging_stack(tmp_path, repo_root, snakemake_command, source):
+    """`python -X importtime` lists every module the dry run imports: no OpenCV, OpenSlide or tiatoolbox."""
+    from wsidistill.demo import plan_cohort, write_slide
+
+    config = yaml.safe_load((repo_root / "config.yaml").read_text())
+    if source == "sheet":
+        rows = []
+        for slide in plan_cohort(6, 0)[:6]:
+            files = write_slide(slide, tmp_path / "slides", width=256, height=256)
+            rows.append((slide.slide_id, files["slide"], files["annotations"], slide.patient_id, slide.split))
+        _sheet(tmp_path, rows)
+        config = _sheet_config(repo_root, tmp_path)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    command, env = snakemake_command(tmp_path, "-n")
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "snakemake", *command[1:]], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "import time:" in line}
+    assert "snakemake" in imported and "wsidistill" in imported
+    assert not imported & set(IMAGING_STACK)
+
+
+BAD_IDS = ["a b", "x;touch PWNED", "$(touch PWNED2)", "c|d", "e(1)*", "-rf", ".hidden", "'q'"]
+
+
+def test_ids_that_are_not_data_stop_the_run_naming_their_lines(tmp_path, repo_root, run_snakemake):
+    (tmp_path / "slide.svs").write_bytes(b"x")
+    rows = [(slide_id, tmp_path / "slide.svs", "", f"P{i}", ("train", "val", "test")[i % 3])
+            for i, slide_id in enumerate(["ok.1", *BAD_IDS])]
+    _sheet(tmp_path, rows)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(_sheet_config(repo_root, tmp_path)))
+    for args in (["-n"], []):  # a dry run, then a real run: neither gets past the sheet
+        result = run_snakemake(tmp_path, *args)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        error = result.stderr.strip().splitlines()[-1]
+        assert error.startswith("sample sheet error: ") and str(tmp_path / "slides.tsv") in error
+        for line, slide_id in enumerate(BAD_IDS, start=3):
+            assert f"{slide_id!r} (line {line})" in error
+        assert "'ok.1'" not in error
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "PWNED2").exists()
+    assert not list(tmp_path.glob("**/PWNED*")) and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["methods"].update(atplus={"ce": 0, "fm": 0, "atplus": 0}), "`methods.atplus`: every weight is 0"),
+        (lambda c: c.update(distill_options={"kd_temprature": 2}), "`distill_options` has unknown key(s) ['kd_temprature']"),
+        (lambda c: c.update(device="gpu"), "config key `device`: 'gpu' does not match"),
+        (lambda c: c.update(panel_methods=["nosuch"]), "`panel_methods` names ['nosuch']"),
+        (lambda c: c["training"].update(lr="fast"), "config key `training.lr`: 'fast' is not of type 'number'"),
+        (lambda c: c.setdefault("extraction", {}).update(tissue_method="otsu"), "config key `extraction.tissue_method`"),
+    ],
+)
+def test_the_preflight_stops_before_any_job_in_one_line(tmp_path, repo_root, run_snakemake, change, message):
+    config = yaml.safe_load((repo_root / "config.yaml").read_text())
+    change(config)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(tmp_path, "-n")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def test_an_empty_sheet_is_one_line_naming_the_file(tmp_path, repo_root, run_snakemake):
+    (tmp_path / "slides.tsv").write_bytes(b"")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(_sheet_config(repo_root, tmp_path)))
+    result = run_snakemake(tmp_path, "-n")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"sample sheet error: sample sheet {tmp_path / 'slides.tsv'} is empty; it needs a header line "
+        "(slide_id, path, patient_id, split) and one row per slide")

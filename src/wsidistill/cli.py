@@ -13,10 +13,13 @@ import sys
 import warnings
 from pathlib import Path
 
+from .config import config_default, flag_name, load_schema, section_defaults, section_schema
 from .errors import InputError
 
-DEFAULT_CLASSES = ["NC", "G3", "G4", "G5"]
-DEFAULT_CLASS_MAP = {"Benign": "NC", "Gleason 3": "G3", "Gleason 4": "G4", "Gleason 5": "G5"}
+#: Defaults of the config schema, the one place they are declared.
+DEFAULT_CLASSES = config_default("classes")
+DEFAULT_CLASS_MAP = config_default("annotation_classes")
+_SCHEMA_TYPES = {"integer": int, "number": float, "string": str}
 
 
 def _json(text: str):
@@ -26,16 +29,34 @@ def _json(text: str):
         raise argparse.ArgumentTypeError(f"not valid JSON: {text!r} ({err})") from err
 
 
+def _add_config_key(parser, key: str, spec: dict) -> None:
+    """Option ``--key`` for a config key of schema ``spec``: the schema's type, choices, default and description."""
+    kwargs = {"default": spec.get("default"), "help": spec.get("description")}
+    if spec["type"] == "boolean":
+        parser.add_argument(flag_name(key), action=argparse.BooleanOptionalAction, **kwargs)
+    else:
+        parser.add_argument(flag_name(key), type=_SCHEMA_TYPES[spec["type"]], choices=spec.get("enum"), **kwargs)
+
+
 def _add_runtime_arguments(parser):
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
-    parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (autocast on CUDA)")
+    schema = load_schema()["properties"]
+    for key in ("device", "precision"):
+        _add_config_key(parser, key, schema[key])
+
+
+def _add_config_section(parser, section: str) -> None:
+    """One option per key of config section ``section`` (:func:`_add_config_key`): the inverse of
+    :func:`wsidistill.config.cli_flags`, which the workflow uses to call us."""
+    for key, spec in section_schema(section).items():
+        _add_config_key(parser, key, spec)
 
 
 def _add_demo(sub):
     cohort = sub.add_parser("demo-cohort", help="write the synthetic demo cohort (slides, annotations, sample sheet)")
     cohort.add_argument("--out", required=True, type=Path)
-    cohort.add_argument("--slides", type=int, default=10)
-    cohort.add_argument("--seed", type=int, default=0)
+    demo = section_defaults("demo")
+    cohort.add_argument("--slides", type=int, default=demo["slides"])
+    cohort.add_argument("--seed", type=int, default=demo["seed"])
     cohort.add_argument("--width", type=int)
     cohort.add_argument("--height", type=int)
     cohort.add_argument("--threads", type=int, default=1)
@@ -69,20 +90,14 @@ def _add_extract(sub):
     p.add_argument("--tissue-mask", type=Path, help="PNG/JPEG/TIFF tissue mask (nonzero = tissue) replacing detection")
     p.add_argument("--summary", type=Path, help="extraction summary JSON")
     p.add_argument("--qc", type=Path, help="quality-control PNG: thumbnail, tissue mask and kept patches")
-    p.add_argument("--magnifications", type=float, nargs="+", default=[40, 20, 10, 5])
+    p.add_argument("--magnifications", type=float, nargs="+", default=config_default("magnifications"))
     p.add_argument("--teacher-magnification", type=float, help="defaults to the highest magnification")
-    p.add_argument("--patch-size", type=int, default=256, help="patch side in px at the Teacher's magnification")
     p.add_argument("--mpp", type=float, help="override the slide's microns per pixel")
     p.add_argument("--objective-power", type=float, help="override the slide's objective power")
     p.add_argument("--classes", nargs="+", default=DEFAULT_CLASSES)
-    p.add_argument("--class-map", type=_json, default=DEFAULT_CLASS_MAP, help="JSON: annotation name -> class")
-    p.add_argument("--min-tissue-fraction", type=float, default=0.5)
-    p.add_argument("--min-label-fraction", type=float, default=0.5)
-    p.add_argument("--tissue-method", default="hsv-otsu")
-    p.add_argument("--on-missing-magnification", choices=["skip", "error"], default="skip")
-    p.add_argument("--block-cells", type=int, default=8)
-    p.add_argument("--no-reuse-source-tiles", dest="reuse_source_tiles", action="store_false",
-                   help="store Blosc-LZ4 pixels even where patches are whole JPEG tiles of the slide")
+    p.add_argument("--class-map", type=_json, default=DEFAULT_CLASS_MAP,
+                   help="JSON: annotation name -> class, or null to ignore that name")
+    _add_config_section(p, "extraction")
     p.add_argument("--scheduler-address", help="dask distributed scheduler to use instead of local threads")
     p.add_argument("--threads", type=int, default=1)
 
@@ -104,7 +119,7 @@ def _add_train(sub):
         p.add_argument("--val-stores", nargs="+", required=True)
         p.add_argument("--magnification", type=float, required=True)
         p.add_argument("--classes", nargs="+", default=DEFAULT_CLASSES)
-        p.add_argument("--arch", default="smallcnn")
+        _add_config_key(p, "arch", section_schema("student" if verb == "distill" else "teacher")["arch"])
         p.add_argument("--pretrained", type=Path, help="local checkpoint to start from (nothing is downloaded)")
         p.add_argument("--training", type=_json, default={}, help="JSON of the config's `training` section")
         _add_runtime_arguments(p)
@@ -116,17 +131,21 @@ def _add_train(sub):
             p.add_argument("--teacher", required=True, type=Path)
             p.add_argument("--method", required=True)
             p.add_argument("--weights", type=_json, required=True, help='JSON of named loss terms, e.g. {"ce": 1}')
-            p.add_argument("--student-input", choices=["native", "upsampled"], default="native")
-            p.add_argument("--distill-options", type=_json, default={})
+            student = section_schema("student")
+            _add_config_key(p, "student_input", student["input"])
+            _add_config_key(p, "student_grid", student["grid"])
+            p.add_argument("--distill-options", type=_json, default=config_default("distill_options"))
             p.add_argument("--teacher-cache", type=Path, help="Teacher-target cache (`wsidistill teacher-cache`)")
 
     c = sub.add_parser("teacher-cache", help="the Teacher's targets for every training patch and D4 element, once")
     c.add_argument("--teacher", required=True, type=Path)
     c.add_argument("--train-stores", nargs="+", required=True)
     c.add_argument("--terms", nargs="+", required=True, help="union of the loss terms of every method")
-    c.add_argument("--distill-options", type=_json, default={}, help="JSON; only `at_p` reaches the Teacher")
+    c.add_argument("--distill-options", type=_json, default=config_default("distill_options"),
+                   help="JSON; only `at_p` reaches the Teacher")
     c.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     c.add_argument("--batch-size", type=int, default=64)
+    _add_config_key(c, "loader_workers", section_schema("training")["loader_workers"])
     _add_runtime_arguments(c)
     c.add_argument("--out", required=True, type=Path)
     c.add_argument("--threads", type=int, default=1)
@@ -150,12 +169,18 @@ def _add_evaluate(sub):
     t.add_argument("--md", required=True, type=Path)
     t.add_argument("--html", required=True, type=Path)
     t.add_argument("--plot", required=True, type=Path)
-    t.add_argument("--baseline", default="ce")
+    t.add_argument("--baseline", default=config_default("baseline_method"))
     t.add_argument("--threads", type=int, default=1)
 
-    c = sub.add_parser("cost", help="pixels, FLOPs and measured throughput per magnification")
-    c.add_argument("--models", nargs="+", required=True, help="NAME=PATH, the Teacher first")
-    c.add_argument("--stores", nargs="+", required=True)
+    c = sub.add_parser("cost", help="pixels, FLOPs and measured throughput per magnification and Student design")
+    given = c.add_mutually_exclusive_group(required=True)
+    given.add_argument("--models", nargs="+", help="NAME=PATH, the Teacher first")
+    given.add_argument("--arch", help="no trained models: build this architecture untrained (with --patch-size)")
+    c.add_argument("--patch-size", type=int, default=section_defaults("extraction")["patch_size"],
+                   help="with --arch: px at the Teacher's magnification")
+    c.add_argument("--magnifications", nargs="+", type=float, default=config_default("magnifications"),
+                   help="with --arch: the Teacher's first")
+    c.add_argument("--stores", nargs="*", default=[], help="test stores, for tissue patches per slide")
     c.add_argument("--csv", required=True, type=Path)
     c.add_argument("--md", required=True, type=Path)
     c.add_argument("--threads", type=int, default=1)
@@ -188,6 +213,38 @@ def _add_attention(sub):
     a.add_argument("--threads", type=int, default=1)
 
 
+def _add_predict(sub):
+    p = sub.add_parser("predict", help="apply a trained model to new slides: probabilities, heatmap, grade, QuPath GeoJSON")
+    p.add_argument("slides", nargs="+", type=Path, metavar="SLIDE", help="any slide OpenSlide or tiatoolbox reads")
+    p.add_argument("--model", required=True, type=Path, help="model.pt written by train-teacher or distill")
+    p.add_argument("--out", required=True, type=Path, help="folder for {slide_id}.zarr/.png/.geojson/.json")
+    p.add_argument("--slide-id", nargs="+", dest="slide_ids", help="one per slide (default: the file names)")
+    p.add_argument("--summary", type=Path, help="summary CSV over the slides (default OUT/summary.csv)")
+    p.add_argument("--no-summary", action="store_true", help="write no summary CSV (the workflow's per-slide jobs)")
+    # Tissue detection and blocks as extraction's (their defaults are the schema's `extraction` section).
+    extraction = section_defaults("extraction")
+    p.add_argument("--tissue-method", default=extraction["tissue_method"])
+    p.add_argument("--min-tissue-fraction", type=float, default=extraction["min_tissue_fraction"])
+    p.add_argument("--block-cells", type=int, default=extraction["block_cells"])
+    predict = section_schema("predict")
+    for key in ("min_tumour_fraction", "batch_size"):
+        _add_config_key(p, key, predict[key])
+    _add_runtime_arguments(p)
+    p.add_argument("--threads", type=int, default=1)
+
+    s = sub.add_parser("predict-summary", help="summary CSV over per-slide predict JSONs")
+    s.add_argument("--slides", nargs="+", required=True, type=Path, help="{slide_id}.json files")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--threads", type=int, default=1)
+
+
+def _inference_settings(args):
+    from .device import InferenceSettings
+
+    return InferenceSettings(batch_size=args.batch_size, device=args.device, precision=args.precision,
+                             threads=args.threads)
+
+
 def _pairs(items: list[str]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items)
 
@@ -202,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_figures(sub)
     _add_attention(sub)
+    _add_predict(sub)
     return parser
 
 
@@ -222,20 +280,14 @@ def run(args: argparse.Namespace) -> None:
 
         write_sample_sheet(plan_cohort(args.slides, args.seed), args.out, args.sheet)
     elif args.verb == "extract":
-        from .patches.extract import ExtractionSettings, extract_slide
+        from .patches.extract import EXTRACTION_DEFAULTS, ExtractionSettings, extract_slide
 
         settings = ExtractionSettings(
             classes=tuple(args.classes),
             class_map=args.class_map,
             magnifications=tuple(sorted(args.magnifications, reverse=True)),
             teacher_magnification=args.teacher_magnification or max(args.magnifications),
-            patch_size=args.patch_size,
-            min_tissue_fraction=args.min_tissue_fraction,
-            min_label_fraction=args.min_label_fraction,
-            tissue_method=args.tissue_method,
-            on_missing_magnification=args.on_missing_magnification,
-            block_cells=args.block_cells,
-            reuse_source_tiles=args.reuse_source_tiles,
+            **{key: getattr(args, key) for key in EXTRACTION_DEFAULTS},
             scheduler_address=args.scheduler_address,
             **({"label_mask_classes": {int(k): v for k, v in args.label_mask_classes.items()}}
                if args.label_mask_classes else {}),
@@ -273,6 +325,7 @@ def run(args: argparse.Namespace) -> None:
             out_model=args.out, out_history=args.history, threads=args.threads,
             teacher_path=args.teacher if is_student else None,
             student_input=args.student_input if is_student else "native",
+            student_grid=args.student_grid if is_student else "native",
             distill_options=args.distill_options if is_student else None,
             method=args.method if is_student else TEACHER,
             teacher_cache=args.teacher_cache if is_student else None, pretrained=args.pretrained,
@@ -281,17 +334,16 @@ def run(args: argparse.Namespace) -> None:
         from .training.teacher_cache import build_teacher_cache
 
         summary = build_teacher_cache(
-            args.teacher, args.train_stores, args.out, args.terms, dtype=args.dtype, batch_size=args.batch_size,
+            args.teacher, args.train_stores, args.out, args.terms, dtype=args.dtype,
             teacher_options={k: v for k, v in args.distill_options.items() if k == "at_p"},
-            device=args.device, precision=args.precision, threads=args.threads,
+            settings=_inference_settings(args), loader_workers=args.loader_workers,
         )
         print(json.dumps(summary))
     elif args.verb == "evaluate":
         from .evaluation.evaluate import evaluate_model
 
         metrics = evaluate_model(args.model, args.stores, args.predictions, args.metrics, args.confusion_csv,
-                                 args.confusion_png, batch_size=args.batch_size, device=args.device,
-                                 precision=args.precision, threads=args.threads)
+                                 args.confusion_png, settings=_inference_settings(args))
         low, high = metrics["ci95"]["quadratic_kappa"] or (float("nan"), float("nan"))
         print(f"{args.model}: kappa {metrics['quadratic_kappa']:.3f} (95% CI over slides {low:.3f}-{high:.3f}), "
               f"balanced accuracy {metrics['balanced_accuracy']:.3f} on {metrics['test_patches']} patches")
@@ -302,7 +354,8 @@ def run(args: argparse.Namespace) -> None:
     elif args.verb == "cost":
         from .report.cost import write_cost
 
-        write_cost(_pairs(args.models), args.stores, args.csv, args.md, threads=args.threads)
+        write_cost(_pairs(args.models) if args.models else None, args.stores, args.csv, args.md, threads=args.threads,
+                   design=None if args.models else (args.arch, args.patch_size, args.magnifications))
     elif args.verb == "heatmaps":
         from .report.heatmaps import comparison_panel, slide_heatmap
 
@@ -321,6 +374,21 @@ def run(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
         attention_study(args.teacher, _pairs(args.students), args.stores, args.out_dir,
                         panel_students=args.panel_students, samples_per_class=args.samples_per_class)
+    elif args.verb == "predict":
+        from .predict import PredictSettings, predict_slides
+
+        settings = PredictSettings(tissue_method=args.tissue_method, min_tissue_fraction=args.min_tissue_fraction,
+                                   block_cells=args.block_cells, batch_size=args.batch_size, threads=args.threads)
+        records = predict_slides(args.slides, args.model, args.out, slide_ids=args.slide_ids, settings=settings,
+                                 device=args.device, precision=args.precision,
+                                 summary=False if args.no_summary else args.summary,
+                                 min_tumour_fraction=args.min_tumour_fraction)
+        for record in records:
+            print(json.dumps({k: record[k] for k in ("slide_id", "tissue_patches", "gleason_score", "grade_group")}))
+    elif args.verb == "predict-summary":
+        from .predict import summarise_slide_jsons
+
+        summarise_slide_jsons(args.slides, args.out)
     elif args.verb == "slide-grades":
         from .report.slides import write_slide_grades
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import config_default
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -66,3 +68,24 @@ class Runtime:
     def place(self, module: torch.nn.Module) -> torch.nn.Module:
         module = module.to(self.device)
         return module.to(memory_format=torch.channels_last) if self.is_cuda else module
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a batch inference job runs (``evaluate``, ``teacher-cache``).
+
+    ``batch_size`` patches per forward pass; ``device`` and ``precision`` as :meth:`Runtime.create`;
+    ``threads`` torch intra-op threads (float sums, hence results, depend on it on CPU); ``progress``
+    shows progress bars.
+    """
+
+    batch_size: int = 64
+    device: str = config_default("device")
+    precision: str = config_default("precision")
+    threads: int = 1
+    progress: bool = True
+
+    def runtime(self) -> Runtime:
+        """Set torch's thread count to ``threads`` and resolve device and precision."""
+        torch.set_num_threads(self.threads)
+        return Runtime.create(self.device, self.precision)

@@ -211,3 +211,15 @@ def test_maps_commute_with_d4_for_an_equivariant_network(pointwise_net, k):
 
     for plain, transformed in zip(maps(out, x), maps(out_t, xt)):
         torch.testing.assert_close(transformed, d4_transform(plain, k))
+
+
+def test_align_map_does_not_commute_with_min_max_normalisation():
+    """Pooling lowers the maximum: normalise-then-pool leaves a target that no longer spans [0, 1]."""
+    x = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    x[0, 0, 0, 3] = 4.0
+    pool_then_normalise = minmax_normalise(align_map(x, (2, 2)))
+    normalise_then_pool = align_map(minmax_normalise(x), (2, 2))
+    torch.testing.assert_close(pool_then_normalise, torch.tensor([[[[0.0, 1.0], [0.0, 0.0]]]], dtype=torch.float64))
+    torch.testing.assert_close(normalise_then_pool, torch.tensor([[[[0.0, 0.25], [0.0, 0.0]]]], dtype=torch.float64))
+    # Normalising again after pooling recovers the pooled-then-normalised map (pooling is affine-equivariant).
+    torch.testing.assert_close(minmax_normalise(normalise_then_pool), pool_then_normalise)

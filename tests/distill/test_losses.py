@@ -172,3 +172,116 @@ def test_teacher_side_never_receives_gradient():
     for value in (losses.fm(s, t), losses.atplus(s, t), losses.at(s, t), losses.fma(s, t, match="dice")):
         value.backward()
     assert t.grad is None and s.grad.abs().sum() > 0
+
+
+def loop_pool(t, factor):
+    """Area average of ``factor x factor`` cells, by explicit loops."""
+    b_, c_, h, w = t.shape
+    out = torch.zeros(b_, c_, h // factor, w // factor, dtype=t.dtype)
+    for b, c, i, j in itertools.product(range(b_), range(c_), range(h // factor), range(w // factor)):
+        out[b, c, i, j] = t[b, c, factor * i : factor * (i + 1), factor * j : factor * (j + 1)].mean()
+    return out
+
+
+def peaked_teacher(channels=1):
+    """A 4x4 Teacher map with one hot cell: pooled to 2x2 then normalised it is one-hot, normalised then
+    pooled its peak is 0.25, so the two orders give different targets."""
+    t = torch.zeros(1, channels, 4, 4, dtype=D)
+    t[0, :, 0, 3] = 4.0
+    return t
+
+
+@pytest.mark.parametrize("per_class", [False, True])
+@pytest.mark.parametrize("term", ["atplus", "gradcam"])
+def test_normalised_map_terms_pool_the_teacher_then_normalise(term, per_class):
+    s, t = rand(2, 3, 2, 2).relu(), rand(2, 3, 8, 8).relu()
+    expected = loop_rmse_per_sample(loop_minmax(s, per_class), loop_minmax(loop_pool(t, 4), per_class))
+    value = getattr(losses, term)(s, t, start_dim=2 if per_class else 1)
+    assert value.item() == pytest.approx(expected, rel=1e-9)
+    # A Student equal to the pooled-then-normalised Teacher has zero loss; normalise-then-pool would not.
+    target = loop_minmax(loop_pool(peaked_teacher(), 2), per_class)
+    assert getattr(losses, term)(target, peaked_teacher(), start_dim=2 if per_class else 1).item() == pytest.approx(
+        0.0, abs=1e-7)
+    wrong_order = loop_pool(loop_minmax(peaked_teacher(), per_class), 2)
+    assert loop_rmse_per_sample(target, wrong_order) > 0.3
+
+
+@pytest.mark.parametrize("match", ["l2", "bce", "dice"])
+@pytest.mark.parametrize("term", ["fma", "mip", "saliency"])
+def test_segmentation_style_terms_pool_the_teacher_then_normalise(term, match):
+    s, t = rand(2, 2, 2, 3), rand(2, 2, 4, 6)
+    expected = getattr(losses, term)(s, loop_pool(t, 2), match=match)  # same grid: checked against loops above
+    assert getattr(losses, term)(s, t, match=match).item() == pytest.approx(expected.item(), rel=1e-9)
+    target = loop_minmax(loop_pool(peaked_teacher(), 2), True)
+    assert losses.match_maps(target, peaked_teacher()).item() == pytest.approx(0.0, abs=1e-7)
+    assert loop_rmse_per_sample(target, loop_pool(loop_minmax(peaked_teacher(), True), 2)) > 0.3
+
+
+def test_at_pools_the_teacher_then_l2_normalises():
+    s, t = rand(2, 1, 2, 2).abs(), rand(2, 1, 4, 4).abs()
+    pooled = loop_pool(t, 2)
+    total = 0.0
+    for b in range(2):
+        vs, vt = s[b].flatten().tolist(), pooled[b].flatten().tolist()
+        ns, nt = math.sqrt(sum(v * v for v in vs)), math.sqrt(sum(v * v for v in vt))
+        total += math.sqrt(sum((a / ns - c / nt) ** 2 for a, c in zip(vs, vt)))
+    assert losses.at(s, t).item() == pytest.approx(total / 2, rel=1e-9)
+    # An L2-normalised Teacher map (as at_map returns) pooled is no longer of unit norm: the loss re-normalises.
+    unit = t / t.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    assert losses.at(s, unit).item() == pytest.approx(total / 2, rel=1e-9)
+    assert loop_pool(unit, 2).flatten(1).norm(dim=1).max() < 0.99
+
+
+def test_fm_pools_finer_teacher_features():
+    s, t = rand(2, 3, 2, 2), rand(2, 3, 8, 8)
+    assert losses.fm(s, t).item() == pytest.approx(loop_rmse(s, loop_pool(t, 4)), rel=1e-9)
+
+
+def test_safe_sqrt_value_and_gradient():
+    x = torch.tensor([0.0, 1e-12, 0.25, 4.0], dtype=D, requires_grad=True)
+    y = losses.safe_sqrt(x)
+    torch.testing.assert_close(y, x.detach().sqrt())
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    expected = torch.cat([torch.zeros(1, dtype=D), 0.5 / x.detach()[1:].sqrt()])
+    torch.testing.assert_close(grad, expected)
+
+
+def _grad_of(term, s, t, **kwargs):
+    s = s.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(getattr(losses, term)(s, t, **kwargs), s)
+    return grad
+
+
+@pytest.mark.parametrize("term", ["atplus", "gradcam", "fm", "fma", "mip", "saliency", "at"])
+@pytest.mark.parametrize("case", ["1x1 grid", "identical maps", "flat maps"])
+def test_no_nan_gradient_on_tiny_or_flat_maps(term, case):
+    """sqrt(0) had an infinite derivative: 0 * inf = NaN whenever the Student matched its target."""
+    if case == "1x1 grid":  # min-max of one cell is 0 for Student and Teacher alike
+        s, t = rand(2, 1, 1, 1).abs(), rand(2, 1, 4, 4).abs()
+    elif case == "identical maps":
+        s = rand(2, 1, 2, 2).abs()
+        t = s.clone()
+    else:
+        s, t = torch.full((2, 1, 2, 2), 3.0, dtype=D), torch.full((2, 1, 4, 4), 5.0, dtype=D)
+    grad = _grad_of(term, s, t)
+    assert torch.isfinite(grad).all()
+    if term != "fm" or case == "identical maps":  # fm compares raw, unnormalised features
+        assert grad.abs().max() == 0  # the Student matches its normalised target: a minimum of the RMSE
+
+
+@pytest.mark.parametrize("term", ["atplus", "fm"])
+def test_safe_root_keeps_the_gradient_of_the_definition_away_from_zero(term):
+    s, t = rand(2, 3, 2, 2).relu(), rand(2, 3, 4, 4).relu()
+    grad = _grad_of(term, s, t)
+    pooled = loop_pool(t, 2)
+    s_ref = s.clone().requires_grad_(True)
+    if term == "fm":
+        reference = (s_ref - pooled).pow(2).mean().sqrt()
+    else:
+        def n(m):
+            flat = m.flatten(1)
+            low, high = flat.min(1).values.view(-1, 1, 1, 1), flat.max(1).values.view(-1, 1, 1, 1)
+            return (m - low) / (high - low + 1e-8)
+        reference = (n(s_ref) - n(pooled)).pow(2).flatten(1).mean(1).sqrt().mean()
+    (expected,) = torch.autograd.grad(reference, s_ref)
+    torch.testing.assert_close(grad, expected)

@@ -6,13 +6,12 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, f1_score
 
 from wsidistill.evaluation.metrics import (
+    SlideBootstrap,
     balanced_accuracy,
-    bootstrap_ci,
     confusion_matrix,
     format_mean_std,
     macro_f1,
     mean_std,
-    paired_bootstrap,
     per_class_recall,
     quadratic_kappa,
     summarise,
@@ -147,17 +146,17 @@ def test_bootstrap_ci_covers_true_value_at_nominal_rate():
     covered = 0
     for i in range(n_datasets):
         y_true, y_pred, groups = _clustered_dataset(rng)
-        low, high = bootstrap_ci(y_true, y_pred, groups, balanced_accuracy, 2, n_boot=200, seed=i)
+        low, high = SlideBootstrap(y_true, groups, balanced_accuracy, 2, n_boot=200, seed=i).interval(y_pred)
         covered += low <= 0.8 <= high
     assert 0.88 <= covered / n_datasets <= 0.99
 
 
 def test_bootstrap_ci_brackets_estimate_and_is_reproducible():
     y_true, y_pred, groups = _clustered_dataset(np.random.default_rng(0))
-    low, high = bootstrap_ci(y_true, y_pred, groups, balanced_accuracy, 2, seed=7)
+    low, high = SlideBootstrap(y_true, groups, balanced_accuracy, 2, seed=7).interval(y_pred)
     assert low < balanced_accuracy(y_true, y_pred, 2) < high
-    assert (low, high) == bootstrap_ci(y_true, y_pred, groups, balanced_accuracy, 2, seed=7)
-    narrow = bootstrap_ci(y_true, y_pred, groups, balanced_accuracy, 2, alpha=0.5, seed=7)
+    assert (low, high) == SlideBootstrap(y_true, groups, balanced_accuracy, 2, seed=7).interval(y_pred)
+    narrow = SlideBootstrap(y_true, groups, balanced_accuracy, 2, alpha=0.5, seed=7).interval(y_pred)
     assert low < narrow[0] < narrow[1] < high
 
 
@@ -165,18 +164,18 @@ def test_bootstrap_resamples_whole_slides():
     # A single slide: every replicate is that slide, so the interval collapses to the estimate.
     y_true = np.array([0, 1, 1, 0, 1])
     y_pred = np.array([0, 1, 0, 0, 0])
-    low, high = bootstrap_ci(y_true, y_pred, ["s1"] * 5, balanced_accuracy, 2, n_boot=50)
+    low, high = SlideBootstrap(y_true, ["s1"] * 5, balanced_accuracy, 2, n_boot=50).interval(y_pred)
     assert low == high == balanced_accuracy(y_true, y_pred, 2)
 
 
 def test_bootstrap_rejects_misaligned_groups():
     with pytest.raises(ValueError, match="groups"):
-        bootstrap_ci([0, 1, 1], [0, 1, 0], [0, 1], balanced_accuracy, 2)
+        SlideBootstrap([0, 1, 1], [0, 1], balanced_accuracy, 2).interval([0, 1, 0])
 
 
 def test_paired_bootstrap_identical_predictions_not_significant():
     y_true, y_pred, groups = _clustered_dataset(np.random.default_rng(1))
-    result = paired_bootstrap(y_true, y_pred, y_pred.copy(), groups, quadratic_kappa, 2, n_boot=200)
+    result = SlideBootstrap(y_true, groups, quadratic_kappa, 2, n_boot=200).compare(y_pred, y_pred.copy())
     assert result == {"delta": 0.0, "low": 0.0, "high": 0.0, "p_value": 1.0, "significant": False}
 
 
@@ -186,14 +185,14 @@ def test_paired_bootstrap_detects_clearly_better_model():
     y_true = rng.integers(0, K, groups.size)
     good = np.where(rng.random(groups.size) < 0.9, y_true, rng.integers(0, K, groups.size))
     poor = np.where(rng.random(groups.size) < 0.5, y_true, rng.integers(0, K, groups.size))
-    result = paired_bootstrap(y_true, good, poor, groups, balanced_accuracy, K, n_boot=500)
+    result = SlideBootstrap(y_true, groups, balanced_accuracy, K, n_boot=500).compare(good, poor)
     assert result["delta"] == pytest.approx(
         balanced_accuracy(y_true, good, K) - balanced_accuracy(y_true, poor, K)
     )
     assert result["significant"]
     assert 0 < result["low"] <= result["delta"] <= result["high"]
     assert result["p_value"] == pytest.approx(2 / 501)  # no replicate at or below 0
-    swapped = paired_bootstrap(y_true, poor, good, groups, balanced_accuracy, K, n_boot=500)
+    swapped = SlideBootstrap(y_true, groups, balanced_accuracy, K, n_boot=500).compare(poor, good)
     assert swapped["delta"] == pytest.approx(-result["delta"])
     assert swapped["significant"] and swapped["high"] < 0
 
@@ -203,7 +202,7 @@ def test_paired_bootstrap_small_difference_not_significant():
     y_true, y_pred, groups = _clustered_dataset(np.random.default_rng(3))
     other = y_pred.copy()
     other[0] = 1 - other[0]
-    result = paired_bootstrap(y_true, y_pred, other, groups, balanced_accuracy, 2, n_boot=300)
+    result = SlideBootstrap(y_true, groups, balanced_accuracy, 2, n_boot=300).compare(y_pred, other)
     assert not result["significant"]
     assert result["low"] <= 0 <= result["high"]
     assert result["p_value"] > 0.05

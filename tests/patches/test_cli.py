@@ -77,7 +77,7 @@ def cohort(openslide_fixtures, tmp_path_factory, repo_root):
     config = yaml.safe_load((repo_root / "config.yaml").read_text())
     config["demo"]["enabled"] = False
     config["samples"] = str(workdir / "slides.tsv")
-    config["extraction"].update(patch_size=32, min_tissue_fraction=0)  # small.svs: one 16 px cell at 20x
+    config.setdefault("extraction", {}).update(patch_size=32, min_tissue_fraction=0)  # small.svs: one 16 px cell at 20x
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return workdir, files
 

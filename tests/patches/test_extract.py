@@ -146,7 +146,7 @@ def test_slide_without_metadata_extracts_with_a_sample_sheet_override(tmp_path):
     assert summary["tissue_patches"] > 0
     attrs = zarr.open_group(str(tmp_path / "s.zarr"), mode="r").attrs
     assert (attrs["mpp_source"], attrs["objective_power"], attrs["objective_power_source"]) == \
-        ("sample sheet", 40, "derived from mpp")
+        ("sample sheet", 40, "derived from mpp (sample sheet)")
 
 
 def test_user_tissue_mask_replaces_detection(demo_slide, tmp_path):

@@ -83,8 +83,37 @@ def test_label_mask_errors_name_the_file_and_the_fix(panda, tmp_path):
     with pytest.raises(AnnotationError, match=r"give either GeoJSON annotations or a label mask"):
         extract_slide(files["slide"], tmp_path / "b.zarr", SETTINGS, slide_id="s", label_mask=files["mask"],
                       annotations=files["annotations"], progress=False)
-    flat = tmp_path / "flat.tiff"
-    tifffile.imwrite(flat, np.zeros((768, 1024), np.uint8))  # not tiled
-    with pytest.raises(AnnotationError, match=r"flat\.tiff: no tiled 8-bit level.*vips tiffsave"):
-        extract_slide(files["slide"], tmp_path / "c.zarr", SETTINGS, slide_id="s", label_mask=flat, progress=False)
-    assert not any((tmp_path / n).exists() for n in ("a.zarr", "b.zarr", "c.zarr"))
+    wide = tmp_path / "float.tiff"
+    tifffile.imwrite(wide, np.zeros((768, 1024), np.float32))
+    with pytest.raises(AnnotationError, match=r"float\.tiff: no 8-bit image") as caught:
+        extract_slide(files["slide"], tmp_path / "c.zarr", SETTINGS, slide_id="s", label_mask=wide, progress=False)
+    assert "vips" not in str(caught.value)
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    with pytest.raises(AnnotationError, match=r"junk\.png: not a readable 8-bit mask"):
+        extract_slide(files["slide"], tmp_path / "d.zarr", SETTINGS, slide_id="s", label_mask=tmp_path / "junk.png",
+                      progress=False)
+    assert not any((tmp_path / n).exists() for n in ("a.zarr", "b.zarr", "c.zarr", "d.zarr"))
+
+
+@pytest.mark.parametrize(("layout", "scale"), [("png", 1), ("png", 4), ("stripped", 1), ("stripped", 2),
+                                               ("tiled", 4), ("tiled-pyramid", 1)])
+def test_any_raster_label_mask_of_the_slide_or_a_whole_downsample_gives_the_same_labels(panda, tmp_path, layout,
+                                                                                        scale):
+    """PNG, stripped TIFF, tiled TIFF: at the slide's size or a whole downsample, the same class fractions."""
+    import cv2
+
+    files, _, root = panda
+    mask = tifffile.imread(files["mask"], level=0)[scale // 2 :: scale, scale // 2 :: scale]
+    path = tmp_path / ("mask.png" if layout == "png" else "mask.tiff")
+    if layout == "png":
+        cv2.imwrite(str(path), mask)
+    elif layout == "stripped":
+        tifffile.imwrite(path, mask, rowsperstrip=16, compression="zlib")
+    elif layout == "tiled":
+        tifffile.imwrite(path, mask, tile=(64, 64), compression="zlib")
+    else:
+        path = files["mask"]
+    extract_slide(files["slide"], tmp_path / "s.zarr", SETTINGS, slide_id="s", label_mask=path, progress=False)
+    got = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    np.testing.assert_allclose(got["class_fractions"][:], root["class_fractions"][:], atol=0.1)
+    np.testing.assert_array_equal(got["labels"][:], root["labels"][:])

@@ -3,7 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from wsidistill.slides.annotations import AnnotationError, class_fractions, majority_labels, read_geojson
+from wsidistill.slides.annotations import AnnotationError, class_fractions, majority_labels, read_annotations
+
+
+def read_geojson(*args, **kwargs):
+    return read_annotations(*args, **kwargs).regions
 
 CLASSES = ["NC", "G3", "G4", "G5"]
 CLASS_MAP = {"Benign": "NC", "Gleason 3": "G3", "Gleason 4": "G4", "Gleason 5": "G5"}
@@ -73,3 +77,193 @@ def test_annotations_outside_the_slide_are_clipped_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="clipped"):
         regions = read_geojson(path, CLASS_MAP, CLASSES, (1000, 1000))
     assert regions["NC"].area == pytest.approx(100 * 100)
+
+
+# --- every form QuPath and other tools write (issue 17, kind 1) ---------------------------------------------------
+
+def write(tmp_path, data, name="a.geojson"):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def polygon(x0, y0, x1, y1):
+    return {"type": "Polygon", "coordinates": [square(x0, y0, x1, y1)]}
+
+
+@pytest.mark.parametrize(("properties", "name"), [
+    ({"classification": {"name": "Gleason 3", "color": [255, 200, 0]}}, "Gleason 3"),
+    ({"classification": {"names": ["Gleason 3", "Positive"], "color": [1, 2, 3]}}, "Gleason 3: Positive"),
+    ({"classification": "Gleason 3"}, "Gleason 3"),
+    ({"name": "Gleason 3"}, "Gleason 3"),
+    ({}, "<unnamed>"),
+    ({"classification": None}, "<unnamed>"),
+    ({"classification": {"color": [1, 2, 3]}}, "<unnamed>"),
+])
+def test_every_classification_form_is_read_as_qupath_displays_it(tmp_path, properties, name):
+    path = write(tmp_path, {"type": "Feature", "geometry": polygon(0, 0, 10, 10), "properties": properties})
+    regions = read_geojson(path, {name: "G3"}, CLASSES)
+    assert regions["G3"].area == pytest.approx(100)
+
+
+def test_feature_list_geometry_collection_and_multipolygon_with_holes(tmp_path):
+    features = [
+        {"type": "Feature", "properties": {"classification": "Benign"},
+         "geometry": {"type": "GeometryCollection", "geometries": [
+             polygon(0, 0, 10, 10), {"type": "LineString", "coordinates": [[0, 0], [50, 50]]}]}},
+        {"type": "Feature", "properties": {"classification": "Gleason 5"},
+         "geometry": {"type": "MultiPolygon", "coordinates": [[square(20, 0, 40, 20), square(25, 5, 35, 15)],
+                                                              [square(50, 0, 60, 10)]]}},
+    ]
+    regions = read_geojson(write(tmp_path, features), CLASS_MAP, CLASSES)  # a bare list, as some tools export
+    assert regions["NC"].area == pytest.approx(100)
+    assert regions["G5"].area == pytest.approx(400 - 100 + 100)
+
+
+def test_a_class_mapped_to_null_is_ignored(tmp_path):
+    path = write(tmp_path, [feature("Gleason 3", polygon(0, 0, 10, 10)),
+                            {"type": "Feature", "geometry": polygon(20, 0, 30, 10), "properties": {}},
+                            feature("Tumor", polygon(40, 0, 50, 10))])
+    regions = read_geojson(path, {**CLASS_MAP, "<unnamed>": None, "Tumor": None}, CLASSES)
+    assert regions["G3"].area == pytest.approx(100) and sum(g.area for g in regions.values()) == pytest.approx(100)
+
+
+def test_unusable_features_are_skipped_with_one_warning_counting_them(tmp_path):
+    bowtie = {"type": "Polygon", "coordinates": [[[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]]}  # repairable
+    path = write(tmp_path, {"type": "FeatureCollection", "features": [
+        feature("Gleason 4", bowtie),
+        feature("Gleason 4", None),
+        feature("Gleason 4", {"type": "Point", "coordinates": [5, 5]}),
+        feature("Gleason 4", {"type": "LineString", "coordinates": [[0, 0], [5, 5]]}),
+        feature("Gleason 4", {"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [2, 2], [0, 0]]]}),  # no area
+        feature("Gleason 4", {"type": "Polygon", "coordinates": "nonsense"}),
+        "not a feature",
+    ]})
+    with pytest.warns(UserWarning) as caught:
+        regions = read_geojson(path, CLASS_MAP, CLASSES)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "a.geojson: skipped 6 feature(s)" in messages[0], messages
+    assert regions["G4"].area == pytest.approx(50)  # the bow-tie, repaired into its two triangles
+
+
+MALFORMED = [
+    "{not json",
+    "",
+    '"a string"',
+    "42",
+    "null",
+    {"type": "FeatureCollection", "features": {"a": 1}},
+    {"type": "FeatureCollection"},
+    {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square(0, 0, 9, 9)]},
+     "properties": {"classification": 42}},
+    [{"type": "Feature", "geometry": None, "properties": {"classification": ["Gleason 3"]}}],
+    [{"type": "Feature", "geometry": None, "properties": {"classification": {"name": 7}}}],
+    [{"type": "Feature", "geometry": None, "properties": {"classification": {"names": "Gleason 3"}}}],
+    [{"type": "Feature", "geometry": None, "properties": {"classification": {"names": []}}}],
+    [{"type": "Feature", "geometry": None, "properties": "Gleason 3"}],
+    [{"type": "Feature", "geometry": polygon(0, 0, 9, 9), "properties": {"classification": "Tumour"}, "id": "abc"}],
+]
+
+
+@pytest.fixture(scope="module")
+def small_slide(tmp_path_factory):
+    from wsidistill.demo import plan_cohort, write_slide
+
+    return write_slide(plan_cohort(6, 0)[0], tmp_path_factory.mktemp("slide"), width=512, height=384)["slide"]
+
+
+@pytest.mark.parametrize("data", MALFORMED, ids=range(len(MALFORMED)))
+def test_malformed_annotations_give_one_line_naming_the_file_never_a_traceback(tmp_path, data, small_slide, capsys):
+    """Through the reader, the workflow's pre-flight check and the CLI: one AnnotationError line naming the file."""
+    from wsidistill.cli import main
+    from wsidistill.slides.annotations import check_annotation_classes
+
+    path = write(tmp_path, data, name="bad.geojson")
+    for check in (lambda: read_geojson(path, CLASS_MAP, CLASSES), lambda: check_annotation_classes([path], CLASS_MAP)):
+        with pytest.raises(AnnotationError) as caught:
+            check()
+        assert "bad.geojson" in str(caught.value) and "\n" not in str(caught.value)
+    capsys.readouterr()
+    assert main(["extract", str(small_slide), "--out", str(tmp_path / "s.zarr"), "--annotations", str(path),
+                 "--patch-size", "64", "--magnifications", "40", "10"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("wsidistill extract: error: ") and "bad.geojson" in error and error.count("\n") == 1
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_errors_name_the_feature(tmp_path):
+    path = write(tmp_path, [feature("Benign", polygon(0, 0, 9, 9)),
+                            {**feature("Tumour", polygon(0, 0, 9, 9)), "id": "f-17"}])
+    with pytest.raises(AnnotationError, match=r"a\.geojson: \['Tumour'\] \('Tumour' in feature 1 \(id f-17\)\)"):
+        read_geojson(path, CLASS_MAP, CLASSES)
+    path = write(tmp_path, [feature("Benign", polygon(0, 0, 9, 9)),
+                            {"type": "Feature", "geometry": None, "properties": {"classification": 3}}])
+    with pytest.raises(AnnotationError, match=r"a\.geojson: feature 1: classification 3 is neither"):
+        read_geojson(path, CLASS_MAP, CLASSES)
+
+
+# --- overlapping annotations of different classes (issue 17, kind 2) -----------------------------------------------
+
+def nest_in_benign(tmp_path):
+    """A Gleason 4 nest (cells 1..2 x 1..2) drawn inside a Benign region (cells 0..3), with no hole cut."""
+    return write(tmp_path, [feature("Benign", polygon(0, 0, 400, 400)), feature("Gleason 4", polygon(100, 100, 300, 300))])
+
+
+def cells(n=4, cell=100):
+    ys, xs = np.mgrid[0:n, 0:n]
+    return np.stack([xs.ravel(), ys.ravel()], 1) * cell
+
+
+def test_a_nest_drawn_inside_a_larger_region_labels_its_patches_with_its_own_class(tmp_path):
+    annotations = read_annotations(nest_in_benign(tmp_path), CLASS_MAP, CLASSES)
+    fractions = class_fractions(annotations.regions, cells(), 100)
+    labels = majority_labels(fractions, 0.5).reshape(4, 4)
+    expected = np.zeros((4, 4), int)
+    expected[1:3, 1:3] = 2  # G4
+    np.testing.assert_array_equal(labels, expected)
+    np.testing.assert_allclose(fractions.sum(1), 1)  # the nest's area is counted once
+    assert annotations.overlap_pairs == {"NC/G4": 1} and annotations.overlaps["NC/G4"].area == pytest.approx(40000)
+
+
+@pytest.mark.parametrize(("rule", "centre"), [("innermost", 2), ("smallest_area", 2), ("highest_class", 2),
+                                             ("undecided", -1)])
+def test_overlap_rules(tmp_path, rule, centre):
+    annotations = read_annotations(nest_in_benign(tmp_path), CLASS_MAP, CLASSES, overlap=rule)
+    coords = cells()
+    fractions = class_fractions(annotations.regions, coords, 100)
+    undecided = class_fractions({"u": annotations.undecided}, coords, 100)[:, 0]
+    labels = majority_labels(fractions, 0.5, undecided).reshape(4, 4)
+    assert labels[1, 1] == centre and labels[0, 0] == 0
+
+
+def test_partial_overlap_is_undecided_under_innermost_and_the_patch_gets_minus_1(tmp_path):
+    path = write(tmp_path, [feature("Gleason 3", polygon(0, 0, 200, 100)), feature("Gleason 5", polygon(100, 0, 300, 100))])
+    annotations = read_annotations(path, CLASS_MAP, CLASSES)
+    coords = np.array([[0, 0], [100, 0], [200, 0]])
+    fractions = class_fractions(annotations.regions, coords, 100)
+    undecided = class_fractions({"u": annotations.undecided}, coords, 100)[:, 0]
+    assert majority_labels(fractions, 0.5, undecided).tolist() == [1, -1, 3]
+    highest = read_annotations(path, CLASS_MAP, CLASSES, overlap="highest_class")
+    assert majority_labels(class_fractions(highest.regions, coords, 100), 0.5).tolist() == [1, 3, 3]
+
+
+def test_unknown_overlap_rule_names_the_config_key(tmp_path):
+    with pytest.raises(AnnotationError, match="extraction.annotation_overlap"):
+        read_geojson(nest_in_benign(tmp_path), CLASS_MAP, CLASSES, overlap="biggest")
+
+
+def test_extraction_labels_a_nest_inside_benign_g4_and_counts_the_overlap(tmp_path, small_slide):
+    import zarr
+
+    from wsidistill.patches.extract import ExtractionSettings, extract_slide
+
+    path = write(tmp_path, [feature("Benign", polygon(0, 0, 512, 384)), feature("Gleason 4", polygon(128, 128, 320, 256))])
+    settings = ExtractionSettings(classes=tuple(CLASSES), class_map=CLASS_MAP, magnifications=(40, 10),
+                                  teacher_magnification=40, patch_size=64, min_tissue_fraction=0)
+    summary = extract_slide(small_slide, tmp_path / "s.zarr", settings, slide_id="s", annotations=path, progress=False)
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    coords, labels = root["coords"][:], root["labels"][:]
+    inside = (coords[:, 0] >= 128) & (coords[:, 0] < 320) & (coords[:, 1] >= 128) & (coords[:, 1] < 256)
+    assert inside.sum() == 6 and (labels[inside] == 2).all() and (labels[~inside] == 0).all()
+    assert summary["patches_per_class"] == {"NC": 42, "G3": 0, "G4": 6, "G5": 0, "unlabelled": 0}
+    assert summary["annotation_overlaps"] == {"NC/G4": {"annotation_pairs": 1, "patches": 6, "undecided_patches": 0}}

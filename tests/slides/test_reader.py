@@ -1,8 +1,11 @@
 import numpy as np
 import openslide
 import pytest
+import tifffile
+import zarr
 
 from wsidistill.demo import plan_cohort, write_slide
+from wsidistill.demo.formats import write_pyramid
 from wsidistill.slides import reader
 from wsidistill.slides.reader import Slide, SlideReadError, resolve_resolution
 
@@ -58,16 +61,67 @@ def test_native_magnification_comes_from_metadata_or_is_derived_and_recorded(sli
         assert (slide.info.objective_power, slide.info.objective_power_source) == (20, "metadata")
         assert slide.best_level_for(slide.info.objective_power / 40) == 0  # never coarser than asked
     with Slide(slides["tiff"]) as slide:  # generic TIFF: MPP only
-        assert (slide.info.objective_power, slide.info.objective_power_source) == (40, "derived from mpp")
+        assert slide.info.objective_power == 40 and slide.info.objective_power_source.startswith("derived from mpp")
     with pytest.raises(SlideReadError, match=r"nometa.*neither microns per pixel nor objective power.*`mpp`"):
         Slide(slides["nometa"])
     with Slide(slides["nometa"], mpp=0.5) as slide:
         assert (slide.info.mpp, slide.info.mpp_source) == (0.5, "sample sheet")
-        assert (slide.info.objective_power, slide.info.objective_power_source) == (20, "derived from mpp")
+        assert (slide.info.objective_power, slide.info.objective_power_source) == (20, "derived from mpp (sample sheet)")
 
 
 def test_overrides_win_over_metadata():
-    assert resolve_resolution("s.svs", 0.25, 40, power_override=20) == (0.25, "metadata", 20, "sample sheet")
+    assert resolve_resolution("s.svs", 0.25, 40, mpp_override=0.5)[:4] == (0.5, "sample sheet", 20, "derived from mpp "
+                                                                             "(sample sheet; objective power 40x "
+                                                                             "(metadata) and mpp 0.5 um/px (sample "
+                                                                             "sheet, 20.0x) disagree)")
+    resolution = resolve_resolution("s.svs", 0.25, 40, power_override=20)
+    assert resolution[:3] == (0.5, resolution.mpp_source, 20) and "sample sheet" in resolution.mpp_source
+    assert resolution.warnings == ()
+    assert resolve_resolution("s.svs", 0.25, 40, power_override=40, mpp_override=0.2265)[:4] == (
+        0.2265, "sample sheet", 40, "sample sheet")
+
+
+@pytest.mark.parametrize(("mpp", "power", "expected"), [
+    (0.2520, None, 40), (0.2265, None, 40), (0.2527, None, 40), (0.5040, None, 20), (0.4415, None, 20),
+    (0.9972, None, 10), (0.1725, None, 60), (None, 20, 20), (0.2265, 40, 40), (0.243, 20, 40),
+])
+def test_derived_powers_snap_to_the_nearest_standard_objective(mpp, power, expected):
+    resolution = resolve_resolution("s.svs", mpp, power)
+    assert resolution.objective_power == expected
+    if power is None:
+        assert resolution.objective_power_source.startswith("derived from mpp (")
+
+
+def test_every_disagreement_is_handled_or_named(tmp_path):
+    # AppMag 20 but 0.243 um/px (a 20x objective behind a 2x adapter): the pixels are 40x; a warning names all
+    resolution = resolve_resolution("p250.mrxs", 0.243, 20)
+    assert (resolution.objective_power, resolution.mpp) == (40, 0.243)
+    assert len(resolution.warnings) == 1 and all(s in resolution.warnings[0] for s in (
+        "p250.mrxs", "20x", "0.243", "`objective_power`", "`mpp`"))
+    # a placeholder resolution (72 dpi) is ignored, and without a power the slide cannot be placed
+    with pytest.raises(SlideReadError, match=r"dpi\.tif: the slide records neither.*`mpp`"):
+        resolve_resolution("dpi.tif", 352.8, None)
+    resolution = resolve_resolution("dpi.tif", 352.8, 20)
+    assert resolution[:3] == (0.5, "derived from objective power", 20) and "352.8" in resolution.warnings[0]
+    with pytest.raises(SlideReadError, match=r"wide\.svs: the pixels are not square \(0\.25 x 0\.5 um\).*`mpp`"):
+        resolve_resolution("wide.svs", 0.25, 40, mpp_y=0.5)
+    assert resolve_resolution("wide.svs", 0.25, 40, mpp_y=0.5, mpp_override=0.25).mpp == 0.25
+
+
+def test_a_slide_at_an_odd_mpp_extracts_the_same_physical_field(tmp_path):
+    """A 0.2265 um/px TIFF with no power: 40x, 283 px cells resampled to 256, no grid error."""
+    from wsidistill.patches.extract import ExtractionSettings, extract_slide
+
+    level0 = tifffile.imread(write_slide(plan_cohort(6, 0)[0], tmp_path, width=1024, height=768)["slide"], level=0)
+    path = tmp_path / "odd.tif"
+    write_pyramid(path, [(0, level0)], 1024, 768, description=None, mpp=0.2265, aperio=False)
+    settings = ExtractionSettings(classes=("NC", "G3"), class_map={}, magnifications=(40, 10),
+                                  teacher_magnification=40, patch_size=256, min_tissue_fraction=0)
+    summary = extract_slide(path, tmp_path / "s.zarr", settings, slide_id="s", progress=False)
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    assert root.attrs["objective_power"] == 40 and root.attrs["objective_power_source"].startswith("derived from mpp")
+    assert root.attrs["cell_level0"] == 283 and summary["tissue_patches"] == 3 * 2
+    assert root["40x/images"].shape == (6, 256, 256, 3) and root["10x/images"].shape == (6, 64, 64, 3)
 
 
 def test_thumbnail_read_in_strips_matches_one_read(slides, monkeypatch):
@@ -88,14 +142,175 @@ def test_missing_and_unrecognised_files_name_themselves(tmp_path):
         Slide(bogus)
 
 
-def test_formats_openslide_refuses_fall_back_to_tiatoolbox(tmp_path):
-    """A plain PNG (no pyramid, no metadata) opens through tiatoolbox once its resolution is given."""
+def test_plain_images_open_once_their_resolution_is_given(tmp_path):
+    """A plain PNG (no pyramid, no metadata) opens as one level once its resolution is given."""
     import cv2
 
     image = np.full((300, 400, 3), 255, np.uint8)
     image[50:250, 100:300] = (200, 100, 180)
     cv2.imwrite(str(tmp_path / "field.png"), image[..., ::-1])
     with Slide(tmp_path / "field.png", mpp=0.5) as slide:
-        assert slide.info.pixel_reader == "tiatoolbox" and slide.info.dimensions == (400, 300)
+        assert slide.info.pixel_reader == "image" and slide.info.dimensions == (400, 300)
         assert slide.info.objective_power == 20
         np.testing.assert_array_equal(slide.read_region(0, 90, 40, 30, 20), image[40:60, 90:120])
+
+
+# --- transparent areas (issue 17, kind 5) --------------------------------------------------------------------------
+
+def rgba_field() -> np.ndarray:
+    """Opaque tissue colour, the same colour at alpha 128, and unscanned glass at alpha 0 holding black."""
+    rgba = np.zeros((512, 512, 4), np.uint8)
+    rgba[:, :256] = (200, 100, 50, 255)
+    rgba[:, 256:384] = (200, 100, 50, 128)
+    rgba[:, 384:] = (0, 0, 0, 0)
+    return rgba
+
+
+#: Straight alpha on white: rgb * a + 255 * (1 - a), a = 128 / 255.
+HALF = [round(v * 128 / 255 + 255 * 127 / 255) for v in (200, 100, 50)]
+
+
+def test_every_reader_composites_transparent_pixels_on_white_the_same_way(tmp_path):
+    import cv2
+
+    rgba = rgba_field()
+    tags = dict(photometric="rgb", extrasamples=["unassalpha"], resolution=(4e4, 4e4), resolutionunit="CENTIMETER")
+    tifffile.imwrite(tmp_path / "tiled.tif", rgba, tile=(256, 256), **tags)
+    tifffile.imwrite(tmp_path / "stripped.tif", rgba, rowsperstrip=64, **tags)
+    cv2.imwrite(str(tmp_path / "field.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    readers = {}
+    for name in ("tiled.tif", "stripped.tif", "field.png"):
+        with Slide(tmp_path / name, mpp=0.25) as slide:
+            readers[slide.info.pixel_reader] = slide.read_region(0, 0, 0, 512, 8)
+    assert sorted(readers) == ["image", "openslide", "tifffile"]
+    for name, pixels in readers.items():
+        assert pixels[0, 100].tolist() == [200, 100, 50], name
+        assert np.abs(pixels[0, 300].astype(int) - HALF).max() <= 1, (name, pixels[0, 300])
+        assert (pixels[:, 384:] == 255).all(), name
+
+
+def test_a_stripped_rgba_slide_extracts_white_where_it_is_transparent(tmp_path):
+    from wsidistill.patches.extract import ExtractionSettings, extract_slide
+
+    tifffile.imwrite(tmp_path / "stripped.tif", rgba_field(), rowsperstrip=64, photometric="rgb",
+                     extrasamples=["unassalpha"], resolution=(4e4, 4e4), resolutionunit="CENTIMETER")
+    settings = ExtractionSettings(classes=("NC", "G3"), class_map={}, magnifications=(40, 20),
+                                  teacher_magnification=40, patch_size=128, min_tissue_fraction=0)
+    extract_slide(tmp_path / "stripped.tif", tmp_path / "s.zarr", settings, slide_id="s", progress=False)
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    assert root.attrs["slide"]["pixel_reader"] == "tifffile" and root.attrs["mpp"] == 0.25
+    patches, coords = root["40x/images"][:], root["coords"][:]
+    assert (patches[coords[:, 0] >= 384] == 255).all()  # unscanned, alpha 0: white, not black
+    assert (patches[coords[:, 0] < 256] == (200, 100, 50)).all()
+
+
+def test_composite_on_white_is_straight_alpha():
+    pixels = reader.composite_on_white(np.array([[[200, 100, 50, 128], [9, 9, 9, 0], [1, 2, 3, 255]]], np.uint8))
+    assert pixels.tolist() == [[HALF, [255, 255, 255], [1, 2, 3]]]
+
+
+# --- formats read as stored (issue 17, kind 6) ---------------------------------------------------------------------
+
+def test_an_ome_tiff_pyramid_in_subifds_is_used(slides, tmp_path):
+    level0 = tifffile.imread(slides["svs40"], level=0)
+    levels = [level0, level0[::4, ::4], level0[::16, ::16]]
+    path = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
+        options = dict(tile=(128, 128), photometric="rgb", compression="zlib")
+        tif.write(levels[0], subifds=2, metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25},
+                  **options)
+        for level in levels[1:]:
+            tif.write(level, subfiletype=1, **options)
+    with openslide.OpenSlide(str(path)) as osr:
+        assert osr.level_count == 1  # what OpenSlide sees
+    with Slide(path) as slide:
+        assert slide.info.level_dimensions == ((1024, 768), (256, 192), (64, 48))
+        assert slide.info.pixel_reader == "tiff tiles" and slide.info.mpp == 0.25 and slide.info.objective_power == 40
+        thumbnail, downsample = slide.thumbnail(1024)
+        assert downsample == 16
+        np.testing.assert_array_equal(thumbnail, levels[2])
+        np.testing.assert_array_equal(slide.read_region(1, 400, 200, 50, 30), levels[1][50:80, 100:150])
+
+
+def test_a_folder_without_a_dicom_series_names_itself_and_the_fix(tmp_path):
+    (tmp_path / "series").mkdir()
+    (tmp_path / "series" / "notes.txt").write_text("not DICOM")
+    with pytest.raises(SlideReadError, match=r"series: a folder without a DICOM whole-slide image.*`path` column"):
+        Slide(tmp_path / "series")
+
+
+def write_dicom_level(path, image, mpp, uids, instance):
+    """One level of a DICOM WSI series (VL Whole Slide Microscopy, TILED_FULL, baseline JPEG frames of 256 px)."""
+    import imagecodecs
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    height, width = image.shape[:2]
+    frames = []
+    for y in range(0, height, 256):
+        for x in range(0, width, 256):
+            tile = np.full((256, 256, 3), 255, np.uint8)
+            part = image[y : y + 256, x : x + 256]
+            tile[: part.shape[0], : part.shape[1]] = part
+            frames.append(imagecodecs.jpeg8_encode(tile, level=95))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uids
+    ds.Modality, ds.InstanceNumber = "SM", instance
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    ds.DimensionOrganizationType = "TILED_FULL"
+    ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows, ds.TotalPixelMatrixFocalPlanes = width, height, 1
+    ds.Columns = ds.Rows = 256
+    ds.NumberOfFrames = len(frames)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.ImagedVolumeWidth, ds.ImagedVolumeHeight = width * mpp / 1000, height * mpp / 1000
+    measures = Dataset()
+    measures.PixelSpacing, measures.SliceThickness = [mpp / 1000, mpp / 1000], 0.001
+    groups = Dataset()
+    groups.PixelMeasuresSequence = Sequence([measures])
+    ds.SharedFunctionalGroupsSequence = Sequence([groups])
+    optical = Dataset()
+    optical.OpticalPathIdentifier = "1"
+    ds.OpticalPathSequence = Sequence([optical])
+    ds.PixelData = pydicom.encaps.encapsulate(frames)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_a_dicom_series_given_as_its_folder_opens_as_its_first_file_would(slides, tmp_path):
+    from pydicom.uid import generate_uid
+
+    level0 = tifffile.imread(slides["svs40"], level=0)
+    series = tmp_path / "series"
+    series.mkdir()
+    uids = (generate_uid(), generate_uid(), generate_uid())
+    write_dicom_level(series / "level0.dcm", level0, 0.25, uids, 1)
+    write_dicom_level(series / "level1.dcm", level0[::4, ::4], 1.0, uids, 2)
+    (series / "DICOMDIR.txt").write_text("not DICOM")  # other files beside the series are passed over
+    with Slide(series) as from_folder, Slide(series / "level0.dcm") as from_file:
+        assert from_folder.info.vendor == "dicom" and from_folder.info.level_dimensions == ((1024, 768), (256, 192))
+        assert (from_folder.info.mpp, from_folder.info.objective_power) == (0.25, 40)
+        np.testing.assert_array_equal(from_folder.read_region(1, 0, 0, 256, 192), from_file.read_region(1, 0, 0, 256, 192))
+
+
+def test_a_disagreement_in_the_file_reaches_the_extraction_summary(slides, tmp_path):
+    from wsidistill.demo.formats import aperio_description
+    from wsidistill.patches.extract import ExtractionSettings, extract_slide
+
+    level0 = tifffile.imread(slides["svs40"], level=0)
+    path = tmp_path / "adapter.svs"  # AppMag 20 on 0.25 um/px pixels
+    write_pyramid(path, [(0, level0)], 1024, 768, description=aperio_description(1024, 768, 20, 0.25, "adapter"),
+                  mpp=0.25, aperio=True)
+    settings = ExtractionSettings(classes=("NC", "G3"), class_map={}, magnifications=(40, 10),
+                                  teacher_magnification=40, patch_size=256, min_tissue_fraction=0)
+    with pytest.warns(UserWarning, match=r"adapter\.svs: objective power 20x"):
+        summary = extract_slide(path, tmp_path / "s.zarr", settings, slide_id="s", progress=False)
+    assert summary["magnifications"] == ["40x", "10x"] and summary["tissue_patches"] == 4 * 3
+    assert any("using 40x from the mpp" in w and "`objective_power`" in w for w in summary["warnings"])

@@ -57,3 +57,20 @@ def test_mpp_override_must_be_positive(cohort):
     path.write_text("slide_id\tpath\tpatient_id\tsplit\tmpp\na\ta.svs\tp1\ttrain\t-1\nb\tb.svs\tp2\ttest\t0.5\n")
     with pytest.raises(SampleSheetError, match=r"`mpp` must be a positive number \(slides \['a'\]\)"):
         load_sample_sheet(path)
+
+
+def test_ids_outside_letters_digits_dot_underscore_dash_are_rejected_naming_their_lines(cohort):
+    path = write(cohort, [("ok.1_a-b", "a.svs", "", "p1", "train"), ("a b", "b.svs", "", "p2", "val"),
+                          ("x;touch PWNED", "c.svs", "", "p3", "test"), ("-rf", "c.svs", "", "p4", "test")])
+    with pytest.raises(SampleSheetError) as err:
+        load_sample_sheet(path)
+    message = str(err.value)
+    assert "'a b' (line 3), 'x;touch PWNED' (line 4), '-rf' (line 5)" in message and "ok.1_a-b" not in message
+    assert "letters, digits, '.', '_' and '-'" in message and str(path) in message
+
+
+def test_an_empty_sheet_names_the_file(cohort):
+    path = cohort / "slides.tsv"
+    path.write_bytes(b"")
+    with pytest.raises(SampleSheetError, match=f"sample sheet {path} is empty"):
+        load_sample_sheet(path)

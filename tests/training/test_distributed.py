@@ -12,22 +12,25 @@ from wsidistill.training.distributed import Distributed
 
 #: How close "the same" is. Two processes compute the same sums in another order: gradients all-reduced
 #: over two half batches, batch statistics as sums and sums of squares over two halves (not batch
-#: norm's two-pass variance), precise-BN averages combined from two ranks' averages. One process with
-#: two intra-op threads instead of one reorders its float sums as well, so it is the peer: measured in
-#: the same test, its differences from the one-thread run (on the demo stores, one epoch: loss 1e-4
-#: relative, parameters 1.4e-3, BN running statistics 2e-2 absolute, all Adam's amplification of
-#: float32 rounding) bound the two-process run's, with a factor PEER_FACTOR for luck. A wrong split (a
-#: rank training on other rows, per-rank batch statistics, an unscaled last batch) changes the training
-#: itself and is not bounded by it.
-PEER_FACTOR = 3
+#: norm's two-pass variance), precise-BN averages combined from two ranks' averages. At the default
+#: learning rate Adam amplifies those float32 roundings within an epoch into differences that depend on
+#: the data (on the demo stores: 1e-4 relative in the loss, 0.1-0.2 in BN running means, in either
+#: direction) and that no peer run bounds reliably (one process on two threads rounds the same way on
+#: these small patches). So the runs train with a small learning rate: the weights move (the loss falls
+#: about 5% in the epoch) but rounding stays at rounding's size. Measured: loss 1e-6 relative, parameters
+#: and BN statistics 2e-4; with learning rate 0 every tensor agrees to 2e-7. A wrong split (a rank
+#: training on other rows, per-rank batch statistics, an unscaled last batch) changes the training itself
+#: and exceeds these bounds.
+TRAINING = '{"epochs": 1, "batch_size": 16, "stain_jitter": 0.05, "lr": 1e-5, "weight_decay": 0.0}'
+LOSS_TOLERANCE, STATE_TOLERANCE = 1e-5, 2e-3
 
 
-def command(stores, out, *, launcher, threads=1):
+def command(stores, out, *, launcher):
     return [*launcher, "-m", "wsidistill.cli", "train-teacher",
             "--train-stores", *map(str, stores["train"]), "--val-stores", *map(str, stores["val"]),
-            "--magnification", "40", "--training", '{"epochs": 1, "batch_size": 16, "stain_jitter": 0.05}',
+            "--magnification", "40", "--training", TRAINING,
             "--device", "cpu", "--seed", "2", "--out", str(out / "model.pt"), "--history", str(out / "history.csv"),
-            "--threads", str(threads)]
+            "--threads", "1"]
 
 
 def difference(a: dict, b: dict) -> float:
@@ -38,8 +41,7 @@ def difference(a: dict, b: dict) -> float:
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(demo_stores, tmp_path):
     environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    runs = {"one": dict(launcher=[sys.executable]), "peer": dict(launcher=[sys.executable], threads=2),
-            "two": dict(launcher=torchrun)}
+    runs = {"one": dict(launcher=[sys.executable]), "two": dict(launcher=torchrun)}
     for name, how in runs.items():
         done = subprocess.run(command(demo_stores, tmp_path / name, **how), env=environment, capture_output=True,
                               text=True)
@@ -49,10 +51,9 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(demo_st
 
     loss = {name: pd.read_csv(tmp_path / name / "history.csv").train_loss.to_numpy() for name in runs}
     models = {name: torch.load(tmp_path / name / "model.pt", weights_only=False) for name in runs}
-    one, peer, two = (models[name]["state_dict"] for name in runs)
-    assert np.abs(loss["two"] - loss["one"]).max() <= PEER_FACTOR * np.abs(loss["peer"] - loss["one"]).max() + 1e-6
-    assert difference(two, one) <= PEER_FACTOR * difference(peer, one) + 1e-6
-    assert difference(two, one) < 0.05
+    one, two = (models[name]["state_dict"] for name in runs)
+    assert np.abs(loss["two"] - loss["one"]).max() <= LOSS_TOLERANCE * loss["one"].max()
+    assert difference(two, one) <= STATE_TOLERANCE
     for name, tensor in one.items():
         if not tensor.is_floating_point():  # batch counts of the precise-BN recalibration, summed over ranks
             assert torch.equal(two[name], tensor), name

@@ -11,6 +11,7 @@ import pytest
 import torch
 import zarr
 
+from wsidistill.device import InferenceSettings
 from wsidistill.distill import student_input_from
 from wsidistill.evaluation.evaluate import evaluate_model
 from wsidistill.evaluation.metrics import quadratic_kappa
@@ -70,7 +71,8 @@ def test_student_distillation_writes_history_and_selects_by_validation_kappa(dem
     assert {"train_ce", "train_fm", "train_atplus", "val_kappa"} <= set(history.columns)
     assert len(history) == SETTINGS.epochs
     assert meta.best_epoch == int(history.val_kappa.idxmax())
-    assert meta.input_magnification == 10 and meta.output_stride == 2
+    assert meta.input_magnification == 10 and meta.output_stride == 2  # 8 px at 10x: min(8, 8 / 4)
+    assert meta.student_grid == "native"
     assert (tmp_path / "s/h.png").stat().st_size > 1000
 
 
@@ -84,6 +86,7 @@ def test_an_upsampled_student_is_validated_and_evaluated_on_its_degraded_input(d
                  student_input="upsampled", out_model=tmp_path / "s/model.pt", out_history=tmp_path / "s/h.csv",
                  **common)
     assert meta.input_magnification == 40 and meta.student_input == "upsampled"
+    assert meta.student_grid == "teacher" and meta.output_stride == 8
     model, _ = load_model(tmp_path / "s/model.pt")
 
     def probabilities(images, degrade):
@@ -97,7 +100,7 @@ def test_an_upsampled_student_is_validated_and_evaluated_on_its_degraded_input(d
         pd.read_csv(tmp_path / "s/h.csv").val_kappa.iloc[0])
 
     evaluate_model(tmp_path / "s/model.pt", demo_stores["test"][:1], tmp_path / "p.zarr", tmp_path / "m.json",
-                   device="cpu", progress=False)
+                   settings=InferenceSettings(device="cpu", progress=False))
     store = demo_stores["test"][0]
     images = zarr.open_group(str(store), mode="r")["40x/images"][:]
     stored = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")[store.stem]["probabilities"][:]

@@ -1,6 +1,7 @@
 """Teacher-target cache: cached targets give the on-the-fly loss for every D4 element; stale caches are refused."""
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -8,6 +9,7 @@ import pytest
 import torch
 import zarr
 
+from wsidistill.device import InferenceSettings
 from wsidistill.distill import Distiller, d4_transform, teacher_targets
 from wsidistill.models import build_model
 from wsidistill.models.checkpoint import load_model
@@ -34,6 +36,7 @@ METHODS = [
     {"ce": 1, "saliency": 10},
 ]
 UNION = sorted({term for method in METHODS for term in method})
+QUIET = InferenceSettings(device="cpu", precision="fp32", progress=False)
 
 
 def write_store(path, slide_id, n, seed):
@@ -66,7 +69,7 @@ def setup(tmp_path_factory):
     meta = {"arch": "smallcnn", "num_classes": len(CLASSES), "output_stride": 8, "magnification": 40}
     torch.save({"state_dict": teacher.state_dict(), "meta": meta}, teacher_path)
     cache_path = root / "teacher_cache.zarr"
-    summary = build_teacher_cache(teacher_path, stores, cache_path, UNION, batch_size=6, progress=False)
+    summary = build_teacher_cache(teacher_path, stores, cache_path, UNION, settings=replace(QUIET, batch_size=6))
     return {"root": root, "stores": stores, "teacher_path": teacher_path, "cache": cache_path, "summary": summary}
 
 
@@ -82,15 +85,18 @@ def test_cache_layout(setup):
     assert [s["rows"] for s in cache.attrs["stores"]] == [8, 7]
 
 
+# Stride 4 on the 16 px 20x patch: the Teacher's 4x4 grid; stride 8: a coarser 2x2 grid, so the loss pools
+# the cached Teacher-grid targets to the Student's grid (the cache holds Teacher targets, never the Student's).
+@pytest.mark.parametrize("student_stride", [4, 8], ids=["teacher-grid", "coarser-grid"])
 @pytest.mark.parametrize("memory_bytes", [0, 1 << 30], ids=["zarr", "memory"])
 @pytest.mark.parametrize("weights", METHODS, ids=lambda w: "+".join(w))
-def test_cached_and_on_the_fly_targets_give_the_same_loss(setup, weights, memory_bytes):
+def test_cached_and_on_the_fly_targets_give_the_same_loss(setup, weights, memory_bytes, student_stride):
     teacher, _ = load_model(setup["teacher_path"])
     patches = load_patches(setup["stores"], [40, 20])
     cache = TeacherCache.open(setup["cache"], stores=setup["stores"], teacher_path=setup["teacher_path"],
                               terms=weights, memory_bytes=memory_bytes)
     torch.manual_seed(1)
-    student = build_model("smallcnn", len(CLASSES), output_stride=4).eval()
+    student = build_model("smallcnn", len(CLASSES), output_stride=student_stride).eval()
     distiller = Distiller(student, weights, teacher=teacher, num_classes=len(CLASSES))
     rows = np.array([0, 2, 3, 5, 7, 8, 10, 11, 13, 14])  # both slides
     elements = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 3, 6])  # every D4 element
@@ -173,7 +179,7 @@ def test_stale_caches_are_refused(setup, tmp_path):
     with pytest.raises(StaleCacheError, match="another Teacher"):
         TeacherCache.open(cache_path, stores=stores, teacher_path=other_teacher, terms=["atplus"])
     fm_only = tmp_path / "fm.zarr"
-    build_teacher_cache(teacher_path, stores, fm_only, ["fm"], progress=False)
+    build_teacher_cache(teacher_path, stores, fm_only, ["fm"], settings=QUIET)
     with pytest.raises(StaleCacheError, match=r"lacks \['atplus'\]"):
         TeacherCache.open(fm_only, stores=stores, terms=["ce", "fm", "atplus"])
     with pytest.raises(StaleCacheError, match="Teacher options"):
@@ -188,7 +194,7 @@ def test_stale_caches_are_refused(setup, tmp_path):
 
 def test_float16_cache_is_close(setup, tmp_path):
     half = tmp_path / "half.zarr"
-    build_teacher_cache(setup["teacher_path"], setup["stores"], half, ["fm", "atplus"], dtype="float16", progress=False)
+    build_teacher_cache(setup["teacher_path"], setup["stores"], half, ["fm", "atplus"], dtype="float16", settings=QUIET)
     full, rounded = TeacherCache(setup["cache"]).read(range(8), range(8)), TeacherCache(half).read(range(8), range(8))
     for key in rounded:
         torch.testing.assert_close(rounded[key], full[key], rtol=1e-3, atol=1e-3)

@@ -1,19 +1,37 @@
+# Config and sample-sheet validation, input functions and wildcard constraints. Nothing here imports the
+# imaging stack (OpenCV, OpenSlide, tiatoolbox): a dry run only reads config, sheets and GeoJSON names.
 import json
-import shlex
+import sys
+import re
 from pathlib import Path
 
 import pandas as pd
-from snakemake.utils import validate
 
-from wsidistill.config import TEACHER, ConfigError, active_methods, check_config, student_magnifications
-from wsidistill.slides.annotations import AnnotationError, check_annotation_classes
+from wsidistill.config import (
+    TEACHER,
+    ConfigError,
+    active_methods,
+    check_config,
+    cli_flags,
+    student_magnifications,
+    validate_config,
+)
+from wsidistill.slides.geojson import AnnotationError, check_annotation_classes
 from wsidistill.slides.samples import SampleSheetError, load_sample_sheet
 
-validate(config, schema="../schemas/config.schema.yaml")
+
+def stop(message):
+    """End the run before any job with a one-line message (no traceback): a bad config or sample sheet."""
+    print(message, file=sys.stderr)
+    sys.exit(1)
+
+
+# The schema (src/wsidistill/schemas/config.schema.yaml, linked from workflow/schemas) fills the defaults.
 try:
+    validate_config(config)
     check_config(config)
 except ConfigError as err:
-    raise WorkflowError(f"config error: {err}")
+    stop(f"config error: {err}")
 
 SHEET = Path(config["samples"])
 DEMO = config["demo"]
@@ -41,7 +59,7 @@ def _load_sicapv2():
                        patch_size=config["extraction"]["patch_size"], classes=config["classes"])
         slides = read_slides(SICAP_ROOT)
     except SicapError as err:
-        raise WorkflowError(f"SICAPv2 error (`sicapv2.root`): {err}")
+        stop(f"SICAPv2 error (`sicapv2.root`): {err}")
     return slides.set_index("slide_id", drop=False)
 
 
@@ -66,15 +84,14 @@ def _load_samples():
         if "annotations" in sheet:
             check_annotation_classes([p for p in sheet.annotations if p], config["annotation_classes"])
     except (SampleSheetError, AnnotationError) as err:
-        raise WorkflowError(f"sample sheet error: {err}")
-    validate(sheet, schema="../schemas/samples.schema.yaml")
+        stop(f"sample sheet error: {err}")
     return sheet
 
 
 SAMPLES = _load_samples()
 for _split in ("train", "val", "test"):
     if not (SAMPLES.split == _split).any():
-        raise WorkflowError(f"{'SICAPv2 ' + SICAP_ROOT if SOURCE == 'sicapv2' else 'sample sheet ' + str(SHEET)}: "
+        stop(f"{'SICAPv2 ' + SICAP_ROOT if SOURCE == 'sicapv2' else 'sample sheet ' + str(SHEET)}: "
                             f"no slide in the {_split!r} split; every split needs one")
 
 MODELS = [f"{TEACHER}_{mag_name(TEACHER_MAG)}"] + [
@@ -82,7 +99,7 @@ MODELS = [f"{TEACHER}_{mag_name(TEACHER_MAG)}"] + [
 ]
 
 #: Side-by-side panel: the Teacher, then the chosen Students at the lowest magnification.
-PANEL_MODELS = MODELS[:1] + [f"{m}_{mag_name(STUDENT_MAGS[-1])}" for m in config["panel_methods"] if m in METHODS]
+PANEL_MODELS = MODELS[:1] + [f"{m}_{mag_name(STUDENT_MAGS[-1])}" for m in config["panel_methods"] or METHODS]
 
 #: Attention panels: CE-only, FM and AT+ Students (those configured) at the lowest magnification.
 ATTENTION_PANEL = [f"{m}_{mag_name(STUDENT_MAGS[-1])}" for m in (config["baseline_method"], "fm", "atplus") if m in METHODS]
@@ -91,16 +108,22 @@ ATTENTION_PANEL = [f"{m}_{mag_name(STUDENT_MAGS[-1])}" for m in (config["baselin
 COST_MODELS = MODELS[:1] + [f"{config['baseline_method']}_{mag_name(mag)}" for mag in STUDENT_MAGS]
 
 
+def one_of(values):
+    """A wildcard constraint matching exactly these values (regex characters in ids are escaped)."""
+    return "|".join(map(re.escape, map(str, values)))
+
+
 wildcard_constraints:
-    slide="|".join(map(str, SAMPLES.slide_id)),
-    method="|".join(METHODS),
-    model="|".join(MODELS),
+    slide=one_of(SAMPLES.slide_id),
+    method=one_of(METHODS),
+    model=one_of(MODELS),
     mag=r"[0-9.]+",
     seed=r"\d+",
 
 
 def stores(split):
-    return [f"results/patches/{s}.zarr" for s in SAMPLES.slide_id[SAMPLES.split == split]]
+    """The patch stores of one split's slides (PATCH_STORE, extract.smk)."""
+    return expand(PATCH_STORE, slide=SAMPLES.slide_id[SAMPLES.split == split])
 
 
 def test_slides():
@@ -116,37 +139,31 @@ def extract_inputs(wildcards):
     return inputs
 
 
-def extract_flags(wildcards, input):
-    """Extraction settings from config, plus this slide's sample-sheet overrides."""
-    extraction = config["extraction"]
+#: Everything of config that shapes a patch store, as `wsidistill extract` flags: a plain param of rule
+#: extract, so Snakemake's params rerun trigger sees every change.
+EXTRACT_FLAGS = [
+    "--magnifications", *map(str, config["magnifications"]),
+    "--teacher-magnification", str(TEACHER_MAG),
+    "--classes", *config["classes"],
+    "--class-map", json.dumps(config["annotation_classes"]),
+    *cli_flags(config["extraction"]),
+    *cli_flags({"label_mask_classes": config.get("label_mask_classes") or None}),
+]
+
+
+def slide_flags(wildcards):
+    """One slide's sample-sheet entries: its annotations or label mask and its mpp/objective_power overrides.
+
+    A function of the wildcards only (no `input`), so Snakemake records its value and reruns the slide's
+    extraction when the sheet changes them.
+    """
     row = SAMPLES.loc[wildcards.slide]
-    flags = [
-        "--magnifications", *map(str, config["magnifications"]),
-        "--teacher-magnification", str(TEACHER_MAG),
-        "--patch-size", str(extraction["patch_size"]),
-        "--classes", *config["classes"],
-        "--class-map", json.dumps(config["annotation_classes"]),
-        "--min-tissue-fraction", str(extraction["min_tissue_fraction"]),
-        "--min-label-fraction", str(extraction["min_label_fraction"]),
-        "--tissue-method", extraction["tissue_method"],
-        "--on-missing-magnification", extraction["on_missing_magnification"],
-        "--block-cells", str(extraction["block_cells"]),
-    ]
-    if not extraction["reuse_source_tiles"]:
-        flags.append("--no-reuse-source-tiles")
-    if "annotations" in input.keys():
-        flags += ["--annotations", input.annotations]
-    if "label_mask" in input.keys():
-        flags += ["--label-mask", input.label_mask]
-        if config.get("label_mask_classes"):
-            flags += ["--label-mask-classes", json.dumps(config["label_mask_classes"])]
-    for column, flag in (("mpp", "--mpp"), ("objective_power", "--objective-power")):
+    flags = []
+    for column in ("annotations", "label_mask", "mpp", "objective_power"):
         value = row.get(column)
         if value is not None and not pd.isna(value) and value != "":
-            flags += [flag, str(value)]
-    if config["dask"]["scheduler_address"]:
-        flags += ["--scheduler-address", config["dask"]["scheduler_address"]]
-    return shlex.join(flags)
+            flags += [f"--{column.replace('_', '-')}", str(value)]
+    return flags
 
 
 def sicapv2_inputs(wildcards):
@@ -160,17 +177,13 @@ def sicapv2_inputs(wildcards):
 
 
 def training_flags(arch_section):
-    pretrained = config[arch_section].get("pretrained")
-    return shlex.join(
-        [
-            "--classes", *config["classes"],
-            "--arch", config[arch_section]["arch"],
-            "--training", json.dumps({k: v for k, v in config["training"].items() if k != "gpus_per_job"}),
-            "--device", config["device"],
-            "--precision", config["precision"],
-            *(["--pretrained", pretrained] if pretrained else []),
-        ]
-    )
+    """Classes, architecture, `training` section, device and precision as flags (a plain param)."""
+    return [
+        "--classes", *config["classes"],
+        *cli_flags({"arch": config[arch_section]["arch"], "pretrained": config[arch_section].get("pretrained")}),
+        "--training", json.dumps(config["training"], sort_keys=True),
+        *cli_flags({"device": config["device"], "precision": config["precision"]}),
+    ]
 
 
 def pretrained_input(arch_section):
@@ -195,12 +208,14 @@ def uses_teacher_cache(method):
 
 
 def final_outputs():
-    outputs = ["results/tables/comparison.md", "results/tables/cost.md", "results/tables/slides.csv",
-               "results/attention/agreement.md"]
-    outputs += [f"results/heatmaps/{slide}/panel.png" for slide in test_slides()]
-    outputs += expand("results/metrics/{model}/seed{seed}_confusion.png", model=MODELS, seed=SEEDS)
+    outputs = [rules.tables.output.md, rules.cost.output.md, rules.slide_grades.output[0], rules.attention.output.md]
+    outputs += expand(rules.heatmaps.output.panel, slide=test_slides())
+    outputs += expand(rules.evaluate.output.confusion_png, model=MODELS, seed=SEEDS)
+    outputs += expand(rules.train_teacher.output.history_plot, mag=f"{TEACHER_MAG:g}", seed=SEEDS)
+    outputs += expand(rules.distill.output.history_plot, method=METHODS, mag=[f"{m:g}" for m in STUDENT_MAGS],
+                      seed=SEEDS)
     if SOURCE == "demo":
-        outputs.append(str(SHEET))
+        outputs.append(rules.demo_sheet.output[0])
     return outputs
 
 
@@ -231,16 +246,16 @@ def training_mem_mb(wildcards, input):
     `training.memory_budget_mb`: above it they are streamed) and the Teacher cache's in-memory part (<= 4 GiB)."""
     training = config["training"]
     pixels = min(PIXELS_PER_STORE_MB * (tree_mb(input.train) + tree_mb(input.get("val", []))),
-                 training.get("memory_budget_mb", 1024))
+                 training["memory_budget_mb"])
     cache = min(tree_mb(input.get("cache", [])) * 3, 4096)  # the cache's arrays are stored ~2.6x compressed
-    return int(BASE_MB + WORKER_MB * training.get("loader_workers", 2) + pixels + cache)
+    return int(BASE_MB + WORKER_MB * training["loader_workers"] + pixels + cache)
 
 
 def training_runtime(wildcards, input):
     """Minutes: 30, plus for each epoch 2 minutes per 100 MiB of training stores (a CPU's pace on the demo;
     a GPU is faster), divided over `training.gpus_per_job` ranks."""
-    epochs = config["training"].get("epochs", 10)
-    return int(30 + epochs * 2 * tree_mb(input.train) / 100 / max(1, config["training"].get("gpus_per_job", 1)))
+    epochs = config["training"]["epochs"]
+    return int(30 + epochs * 2 * tree_mb(input.train) / 100 / config["training"]["gpus_per_job"])
 
 
 def store_mb_resources(base_mb, per_store_mb, base_minutes, minutes_per_gb):
@@ -254,10 +269,54 @@ EVALUATE_MEM_MB, EVALUATE_RUNTIME = store_mb_resources(BASE_MB, 0.05, 10, 20)
 #: Extraction reads a slide in blocks and writes whole chunks (memory bounded by the block, not the slide);
 #: time grows with the slide file's size.
 EXTRACT_MEM_MB, EXTRACT_RUNTIME = store_mb_resources(1000, 0.25, 10, 30)
+#: Prediction streams the slide in extraction's blocks through one model: the framework and the model, plus
+#: extraction's per-MiB buffers; time grows with the slide file's size.
+PREDICT_MEM_MB, PREDICT_RUNTIME = store_mb_resources(BASE_MB, 0.25, 10, 30)
 
 
 def training_launcher():
-    """The command that starts a training job: ``torchrun`` with one process per GPU when
-    `training.gpus_per_job` is above 1 (DistributedDataParallel), else the plain CLI."""
-    gpus = config["training"].get("gpus_per_job", 1)
-    return f"torchrun --standalone --nproc-per-node {gpus} -m wsidistill.cli" if gpus > 1 else "wsidistill"
+    """The command that starts a training job, as words (a plain param, quoted with `:q`): ``torchrun`` with
+    one process per GPU when `training.gpus_per_job` is above 1 (DistributedDataParallel), else the plain CLI."""
+    gpus = config["training"]["gpus_per_job"]
+    if gpus > 1:
+        return ["torchrun", "--standalone", "--nproc-per-node", str(gpus), "-m", "wsidistill.cli"]
+    return ["wsidistill"]
+
+
+# `wsidistill predict`: the model and the new slides of config section `predict`.
+PREDICT = config["predict"]
+
+
+def _predict_model():
+    """(output name, checkpoint path) of the model to apply: a path, or a model this workflow trains."""
+    if PREDICT["path"]:
+        path = Path(PREDICT["path"])
+        return PREDICT.get("name") or path.parent.parent.name or path.stem, str(path)
+    name, seed = PREDICT["model"], PREDICT["seed"]
+    if name not in MODELS:
+        stop(f"config error: predict.model {name!r} is not a model this config trains ({', '.join(MODELS)}); "
+             "give one of those, or predict.path to a checkpoint")
+    return f"{name}_seed{seed}", model_path(name, seed)
+
+
+def _load_predict_sheet():
+    """slide_id -> slide path, from the sheet `predict.samples` (columns slide_id and path; paths relative to
+    the sheet or absolute), validated as the training sheet is (ids, duplicates, files)."""
+    if not PREDICT["samples"]:
+        stop("config error: predict.samples is not set; give a sheet (TSV) with columns slide_id and path")
+    try:
+        sheet = load_sample_sheet(PREDICT["samples"], required=("slide_id", "path"))
+    except SampleSheetError as err:
+        stop(f"predict sheet error: {err}")
+    return dict(zip(sheet.slide_id, sheet.path))
+
+
+if PREDICT["enabled"]:
+    PREDICT_NAME, PREDICT_MODEL = _predict_model()
+    PREDICT_SLIDES = _load_predict_sheet()
+else:
+    PREDICT_NAME, PREDICT_MODEL, PREDICT_SLIDES = "none", [], {}
+
+
+def predict_outputs():
+    return [f"results/predict/{PREDICT_NAME}/summary.csv"] if PREDICT["enabled"] else []

@@ -14,18 +14,18 @@ if SOURCE == "demo":
             out=DEMO_DIR,
             slides=DEMO["slides"],
             seed=DEMO["seed"],
-            size=" ".join(f"--{k} {DEMO[k]}" for k in ("width", "height") if DEMO.get(k)),
+            size=cli_flags({k: DEMO.get(k) for k in ("width", "height")}),
         threads: 1
         resources:
             mem_mb=1500,
             runtime=10,
         shell:
-            "wsidistill demo-slide --out {params.out:q} --slide-id {wildcards.slide} --slides {params.slides} "
-            "--seed {params.seed} {params.size} --threads {threads} > {log:q} 2>&1"
+            "wsidistill demo-slide --out {params.out:q} --slide-id {wildcards.slide:q} --slides {params.slides:q} "
+            "--seed {params.seed:q} {params.size:q} --threads {threads} > {log:q} 2>&1"
 
     rule demo_sheet:
         input:
-            expand(f"{DEMO_DIR}/{{slide}}.svs", slide=SAMPLES.slide_id),
+            expand(rules.demo_slide.output.slide, slide=SAMPLES.slide_id),
         output:
             str(SHEET),
         conda:
@@ -43,5 +43,5 @@ if SOURCE == "demo":
             mem_mb=500,
             runtime=5,
         shell:
-            "wsidistill demo-sheet --out {params.out:q} --sheet {output:q} --slides {params.slides} "
-            "--seed {params.seed} --threads {threads} > {log:q} 2>&1"
+            "wsidistill demo-sheet --out {params.out:q} --sheet {output:q} --slides {params.slides:q} "
+            "--seed {params.seed:q} --threads {threads} > {log:q} 2>&1"

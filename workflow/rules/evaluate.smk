@@ -1,6 +1,6 @@
 rule evaluate:
     input:
-        model="results/models/{model}/seed{seed}/model.pt",
+        model=model_path("{model}", "{seed}"),  # written by rule train_teacher or rule distill
         stores=stores("test"),
     output:
         predictions=directory("results/predictions/{model}/seed{seed}.zarr"),
@@ -29,6 +29,6 @@ rule evaluate:
     shell:
         "wsidistill evaluate --model {input.model:q} --stores {input.stores:q} "
         "--predictions {output.predictions:q} --metrics {output.metrics:q} "
-        "--confusion-csv {output.confusion_csv:q} --confusion-png {output.confusion_png:q} --device {params.device} "
-        "--precision {params.precision} "
+        "--confusion-csv {output.confusion_csv:q} --confusion-png {output.confusion_png:q} --device {params.device:q} "
+        "--precision {params.precision:q} "
         "--threads {threads} > {log:q} 2>&1"

@@ -18,14 +18,14 @@ if SOURCE == "sicapv2":
         params:
             root=SICAP_ROOT,
             out=lambda wildcards, output: Path(output.store).parent,
-            magnifications=" ".join(map(str, config["magnifications"])),
+            magnifications=list(map(str, config["magnifications"])),
         threads: 2
         resources:
             mem_mb=2000,
             runtime=30,
         shell:
-            "wsidistill import-sicapv2 {params.root:q} --out {params.out:q} --slide {wildcards.slide} "
-            "--magnifications {params.magnifications} --threads {threads} > {log:q} 2>&1"
+            "wsidistill import-sicapv2 {params.root:q} --out {params.out:q} --slide {wildcards.slide:q} "
+            "--magnifications {params.magnifications:q} --threads {threads} > {log:q} 2>&1"
 
 else:
 
@@ -43,7 +43,11 @@ else:
         benchmark:
             "results/benchmarks/extract/{slide}.tsv"
         params:
-            flags=extract_flags,
+            settings=EXTRACT_FLAGS,
+            slide=slide_flags,
+            # Where the work runs, not what it makes: a function of `threads`, which Snakemake leaves out
+            # of its params rerun check (moving to another scheduler reruns nothing).
+            scheduler=lambda wildcards, threads: cli_flags({"scheduler_address": config["dask"]["scheduler_address"]}),
         threads: 2
         resources:
             # memory is bounded by the reading block; memory and minutes grow with the slide file (common.smk)
@@ -51,4 +55,9 @@ else:
             runtime=EXTRACT_RUNTIME,
         shell:
             "wsidistill extract {input.slide:q} --out {output.store:q} --summary {output.summary:q} --qc {output.qc:q} "
-            "--slide-id {wildcards.slide} {params.flags} --threads {threads} > {log:q} 2>&1"
+            "--slide-id {wildcards.slide:q} {params.settings:q} {params.slide:q} {params.scheduler:q} "
+            "--threads {threads} > {log:q} 2>&1"
+
+
+#: A slide's patch store, whichever rule writes it.
+PATCH_STORE = (rules.import_sicapv2 if SOURCE == "sicapv2" else rules.extract).output.store

@@ -1,6 +1,6 @@
 rule tables:
     input:
-        expand("results/metrics/{model}/seed{seed}.json", model=MODELS, seed=SEEDS),
+        expand(rules.evaluate.output.metrics, model=MODELS, seed=SEEDS),
     output:
         csv=report("results/tables/comparison.csv", caption="../report/comparison.rst", category="Comparison"),
         md="results/tables/comparison.md",
@@ -21,7 +21,7 @@ rule tables:
         runtime=10,
     shell:
         "wsidistill tables --metrics {input:q} --csv {output.csv:q} --md {output.md:q} --html {output.html:q} --plot {output.plot:q} "
-        "--baseline {params.baseline} --threads {threads} > {log:q} 2>&1"
+        "--baseline {params.baseline:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule cost:
@@ -38,20 +38,20 @@ rule cost:
     benchmark:
         "results/benchmarks/cost.tsv"
     params:
-        models=lambda wildcards, input: " ".join(f"{m}={p}" for m, p in zip(COST_MODELS, input.models)),
+        models=lambda wildcards, input: [f"{m}={p}" for m, p in zip(COST_MODELS, input.models)],
     threads: 2
     resources:
         mem_mb=2000,
         runtime=20,
     shell:
-        "wsidistill cost --models {params.models} --stores {input.stores:q} --csv {output.csv:q} --md {output.md:q} "
+        "wsidistill cost --models {params.models:q} --stores {input.stores:q} --csv {output.csv:q} --md {output.md:q} "
         "--threads {threads} > {log:q} 2>&1"
 
 
 rule heatmaps:
     input:
-        store="results/patches/{slide}.zarr",
-        predictions=[f"results/predictions/{m}/seed{SEEDS[0]}.zarr" for m in MODELS],
+        store=PATCH_STORE,
+        predictions=expand(rules.evaluate.output.predictions, model=MODELS, seed=SEEDS[0]),
     output:
         maps=report(
             expand("results/heatmaps/{{slide}}/{model}_seed{seed}.png", model=MODELS, seed=SEEDS[0]),
@@ -68,20 +68,20 @@ rule heatmaps:
     benchmark:
         "results/benchmarks/heatmaps/{slide}.tsv"
     params:
-        pairs=lambda wildcards, input: " ".join(f"{m}={p}" for m, p in zip(MODELS, input.predictions)),
-        panel=" ".join(PANEL_MODELS),
+        pairs=lambda wildcards, input: [f"{m}={p}" for m, p in zip(MODELS, input.predictions)],
+        panel=PANEL_MODELS,
     threads: 1
     resources:
         mem_mb=1500,
         runtime=20,
     shell:
-        "wsidistill heatmaps --store {input.store:q} --predictions {params.pairs} --panel {params.panel} "
+        "wsidistill heatmaps --store {input.store:q} --predictions {params.pairs:q} --panel {params.panel:q} "
         "--out {output.maps:q} --panel-out {output.panel:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule slide_grades:
     input:
-        predictions=[f"results/predictions/{m}/seed{SEEDS[0]}.zarr" for m in MODELS],
+        predictions=expand(rules.evaluate.output.predictions, model=MODELS, seed=SEEDS[0]),
         stores=stores("test"),
     output:
         report("results/tables/slides.csv", caption="../report/slides.rst", category="Slide grades"),
@@ -92,13 +92,13 @@ rule slide_grades:
     benchmark:
         "results/benchmarks/slide_grades.tsv"
     params:
-        pairs=lambda wildcards, input: " ".join(f"{m}={p}" for m, p in zip(MODELS, input.predictions)),
+        pairs=lambda wildcards, input: [f"{m}={p}" for m, p in zip(MODELS, input.predictions)],
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
     shell:
-        "wsidistill slide-grades --predictions {params.pairs} --stores {input.stores:q} --out {output:q} "
+        "wsidistill slide-grades --predictions {params.pairs:q} --stores {input.stores:q} --out {output:q} "
         "--threads {threads} > {log:q} 2>&1"
 
 
@@ -122,8 +122,8 @@ rule attention:
     benchmark:
         "results/benchmarks/attention.tsv"
     params:
-        students=lambda wildcards, input: " ".join(f"{m}={p}" for m, p in zip(MODELS[1:], input.students)),
-        panel=" ".join(ATTENTION_PANEL),
+        students=lambda wildcards, input: [f"{m}={p}" for m, p in zip(MODELS[1:], input.students)],
+        panel=ATTENTION_PANEL,
         out_dir=lambda wildcards, output: Path(output.md).parent,
     threads: 2
     resources:
@@ -131,5 +131,5 @@ rule attention:
         mem_mb=4000,
         runtime=30,
     shell:
-        "wsidistill attention --teacher {input.teacher:q} --students {params.students} --stores {input.stores:q} "
-        "--out-dir {params.out_dir:q} --panel-students {params.panel} --threads {threads} > {log:q} 2>&1"
+        "wsidistill attention --teacher {input.teacher:q} --students {params.students:q} --stores {input.stores:q} "
+        "--out-dir {params.out_dir:q} --panel-students {params.panel:q} --threads {threads} > {log:q} 2>&1"

@@ -6,19 +6,18 @@ import csv
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .formats import aperio_description, atomic_path, write_geojson, write_pyramid
 from .params import DEFAULT_PARAMS, LEVEL0_MPP, GeneratorParams
+from .plan import DemoSlide, plan_cohort
 from .render import render_strips
-from .scene import build_scene, slide_grades
+from .scene import build_scene
 
 DEFAULT_WIDTH = 3072  # level-0 px; with DEFAULT_HEIGHT ~160 (150-190) tissue patches of 128 px per slide
 DEFAULT_HEIGHT = 2304
-SPLITS = ("train", "val", "test")
 # variant -> (file suffix, objective magnification, MPP, Aperio SVS?)
 VARIANTS = {
     "svs40": (".svs", 40, LEVEL0_MPP, True),
@@ -26,50 +25,6 @@ VARIANTS = {
     "nometa": (".svs", None, None, True),
     "tiff": (".tiff", None, LEVEL0_MPP, False),
 }
-
-
-@dataclass(frozen=True)
-class DemoSlide:
-    slide_id: str  # "demo000", ...
-    patient_id: str  # "P000", ...; a patient may have several slides
-    split: str  # "train" | "val" | "test", assigned by patient so no patient spans two splits
-    seed: int  # per-slide seed derived from the cohort seed; fixes every pixel of the slide
-
-
-def _slide_seed(cohort_seed: int, index: int, attempt: int) -> int:
-    return int(np.random.SeedSequence([cohort_seed, index, attempt]).generate_state(1)[0])
-
-
-def plan_cohort(n_slides: int, seed: int) -> list[DemoSlide]:
-    """Patients, splits and slide seeds; pure and deterministic.
-
-    Patients get one or two slides; about 60/20/20 % of patients go to train/val/test, each split at
-    least one. Slide seeds are chosen (deterministically) so that every split contains all four grades,
-    otherwise a small test split could miss a class and its kappa would be meaningless.
-    """
-    if n_slides < 3:
-        raise ValueError("a cohort needs at least 3 slides: one patient per split")
-    rng = np.random.default_rng([seed, 0xC0407])
-    sizes: list[int] = []
-    while sum(sizes) < n_slides:
-        sizes.append(min(1 + int(rng.random() < 0.3), n_slides - sum(sizes)))
-    while len(sizes) < 3:
-        sizes[sizes.index(2)] = 1
-        sizes.append(1)
-    n_pat = len(sizes)
-    n_val = n_test = max(1, round(0.2 * n_pat))
-    split_of = np.array(["train"] * (n_pat - n_val - n_test) + ["val"] * n_val + ["test"] * n_test)[rng.permutation(n_pat)]
-
-    members = [(p, str(split_of[p])) for p, size in enumerate(sizes) for _ in range(size)]
-    seeds = [_slide_seed(seed, i, 0) for i in range(n_slides)]
-    for split in SPLITS:
-        idx = [i for i, (_, s) in enumerate(members) if s == split]
-        covered = set().union(*(slide_grades(seeds[i]) for i in idx[:-1]))
-        attempt = 0
-        while len(covered | set(slide_grades(seeds[idx[-1]]))) < 4:
-            attempt += 1
-            seeds[idx[-1]] = _slide_seed(seed, idx[-1], attempt)
-    return [DemoSlide(f"demo{i:03d}", f"P{p:03d}", s, seeds[i]) for i, (p, s) in enumerate(members)]
 
 
 def strip_rows(width: int) -> int:

@@ -32,12 +32,20 @@ def minmax_normalise(x: Tensor, eps: float = 1e-8, start_dim: int = 1) -> Tensor
 
 
 def align_map(x: Tensor, size: Sequence[int]) -> Tensor:
-    """Resample ``(B, C, H, W)`` maps to grid ``size``.
+    """Resample ``(B, C, H, W)`` maps (or features) to grid ``size`` ``(H', W')``: ``(B, C, H', W')``.
 
-    Shrinking uses adaptive average pooling (each target cell averages the cells it covers: the
-    Teacher's finer grid integrated over the Student's cell); enlarging uses bilinear interpolation
-    (``align_corners=False``). Both are linear and map constants to constants, so resampling
-    commutes with min-max and L2 normalisation up to ``eps``.
+    Shrinking uses adaptive average pooling: each target cell averages the cells it covers, i.e. the
+    Teacher's finer grid integrated over the Student's cell (exact area pooling when ``H / H'`` and
+    ``W / W'`` are whole, as for every power-of-two stride here; overlapping windows otherwise).
+    Enlarging uses bilinear interpolation (``align_corners=False``). A map already on ``size`` is
+    returned as is.
+
+    Resampling does **not** commute with normalisation: pooling lowers a map's maximum and raises its
+    minimum, so min-max normalising and then pooling leaves the Student's grid a target that no longer
+    spans ``[0, 1]`` (and L2-normalising then pooling a target of norm below 1). The losses therefore
+    pool first, then normalise (:mod:`wsidistill.distill.losses`). Resampling is linear and maps
+    constants to constants, so an already-normalised map becomes the pooled-then-normalised one only
+    when normalised *again* after pooling.
     """
     size = tuple(size)
     if tuple(x.shape[-2:]) == size:
@@ -81,39 +89,53 @@ def _select_target(weights: Tensor, target: Tensor | None) -> Tensor:
     return weights.gather(1, target.view(-1, 1, 1).expand(-1, 1, weights.shape[-1]))
 
 
-def gradcam_maps(
-    features: Tensor,
-    *,
-    classifier_weight: Tensor | None = None,
-    logits: Tensor | None = None,
-    target: Tensor | None = None,
-    create_graph: bool = False,
-) -> Tensor:
+def _class_maps(combine):
+    """Turn ``combine(weights (B|1, C|1, K), features (B, K, H, W)) -> (B, C|1, H, W)`` into a map function.
+
+    The function returned takes ``features`` and the Grad-CAM weights' source (``classifier_weight`` or
+    ``logits``, as in :func:`gradcam_weights`), keeps every class or each sample's ``target`` class, and
+    combines weights and features as ``combine`` says; its name and docstring are ``combine``'s.
+    """
+
+    def maps(
+        features: Tensor,
+        *,
+        classifier_weight: Tensor | None = None,
+        logits: Tensor | None = None,
+        target: Tensor | None = None,
+        create_graph: bool = False,
+    ) -> Tensor:
+        weights = gradcam_weights(
+            features, classifier_weight=classifier_weight, logits=logits, create_graph=create_graph
+        )
+        return combine(_select_target(weights, target), features)
+
+    maps.__name__, maps.__qualname__, maps.__doc__ = combine.__name__, combine.__qualname__, combine.__doc__
+    return maps
+
+
+@_class_maps
+def gradcam_maps(weights: Tensor, features: Tensor) -> Tensor:
     """Grad-CAM ``L^c = ReLU(sum_k a_k^c A_k)``: ReLU after the channel sum.
 
+    ``gradcam_maps(features, *, classifier_weight=None, logits=None, target=None, create_graph=False)``:
+    features ``(B, K, H, W)`` -> ``(B, C, H, W)``, or ``(B, 1, H, W)`` for each sample's ``target`` class.
     Selvaraju et al., "Grad-CAM", ICCV 2017, eq. 2. Weights as in :func:`gradcam_weights`.
     """
-    weights = gradcam_weights(features, classifier_weight=classifier_weight, logits=logits, create_graph=create_graph)
-    return torch.relu(torch.einsum("bck,bkhw->bchw", _select_target(weights, target), features))
+    return torch.relu(torch.einsum("bck,bkhw->bchw", weights, features))
 
 
-def atplus_maps(
-    features: Tensor,
-    *,
-    classifier_weight: Tensor | None = None,
-    logits: Tensor | None = None,
-    target: Tensor | None = None,
-    create_graph: bool = False,
-) -> Tensor:
+@_class_maps
+def atplus_maps(weights: Tensor, features: Tensor) -> Tensor:
     """AT+ map ``M^c = sum_k ReLU(a_k^c A_k)``: ReLU per channel, before the sum ("strictly positive").
 
+    ``atplus_maps(features, *, classifier_weight=None, logits=None, target=None, create_graph=False)``:
+    shapes and weights as :func:`gradcam_maps`.
     del Amor et al., "Attention to detail: inter-resolution knowledge distillation", EUSIPCO 2023.
     Computed without the ``(B, C, K, H, W)`` product through the identity
     ``ReLU(a A) = ReLU(a) ReLU(A) + ReLU(-a) ReLU(-A)``, i.e. two channel contractions.
     ``M^c >= ReLU(sum_k a_k^c A_k)`` (Grad-CAM), with equality when every ``a_k^c A_k >= 0``.
     """
-    weights = gradcam_weights(features, classifier_weight=classifier_weight, logits=logits, create_graph=create_graph)
-    weights = _select_target(weights, target)
     positive = torch.einsum("bck,bkhw->bchw", torch.relu(weights), torch.relu(features))
     negative = torch.einsum("bck,bkhw->bchw", torch.relu(-weights), torch.relu(-features))
     return positive + negative

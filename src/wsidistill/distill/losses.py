@@ -1,9 +1,15 @@
 """Distillation loss terms: one small pure function per term.
 
 Conventions: Student tensors carry gradients; Teacher tensors are detached here (the Teacher is
-never trained). A Teacher map or feature on another grid is resampled to the Student's grid with
-:func:`~wsidistill.distill.attention.align_map` (area average when shrinking, bilinear when
-enlarging) before any normalisation.
+never trained). A Teacher map or feature on another grid is first resampled to the Student's grid
+with :func:`~wsidistill.distill.attention.align_map` (area average when shrinking, bilinear when
+enlarging) and only then normalised: pool, then min-max (or L2). The two orders differ (see
+:func:`~wsidistill.distill.attention.align_map`), and pool-then-normalise is the one that gives the
+Student's grid a full ``[0, 1]`` target. Teacher targets therefore stay on the Teacher's own grid
+(and in the Teacher-target cache) and every loss here pools them to whichever Student it meets.
+
+Every root of a mean square goes through :func:`safe_sqrt`, so a term whose Student already matches
+its target (identical maps, a flat map, a 1x1 grid) has a zero gradient, not NaN.
 """
 
 from __future__ import annotations
@@ -19,14 +25,30 @@ from .attention import align_map, minmax_normalise
 Match = Literal["l2", "bce", "dice"]
 
 
+def safe_sqrt(x: Tensor) -> Tensor:
+    """``sqrt(x)`` for ``x >= 0``, exact in value, with gradient 0 (not ``inf``) where ``x == 0``.
+
+    ``d sqrt(x) / dx = 1 / (2 sqrt(x))`` is infinite at 0, and autograd multiplies it by the zero
+    gradient of the mean square there, giving ``0 * inf = NaN`` whenever the Student matches its
+    target exactly (identical maps, flat maps, a 1x1 grid after min-max). An ``eps`` inside the root
+    would also avoid it but biases every value by up to ``sqrt(eps)``; instead the root is taken of
+    1 where ``x == 0`` and masked back to 0 (the "double where"), so values are untouched and the
+    gradient at 0 is 0: a valid subgradient of the RMSE (a norm) at its minimum. Works under double
+    backpropagation too.
+    """
+    positive = x > 0
+    root = torch.where(positive, x, torch.ones_like(x)).sqrt()
+    return torch.where(positive, root, torch.zeros_like(x))
+
+
 def rmse(student: Tensor, teacher: Tensor) -> Tensor:
-    """Root mean squared error over all elements: ``sqrt(mean((s - t)^2))``."""
-    return (student - teacher).pow(2).mean().sqrt()
+    """Root mean squared error over all elements: ``sqrt(mean((s - t)^2))`` (root by :func:`safe_sqrt`)."""
+    return safe_sqrt((student - teacher).pow(2).mean())
 
 
 def rmse_per_sample(student: Tensor, teacher: Tensor) -> Tensor:
-    """Per-sample RMSE averaged over the batch: ``mean_b sqrt(mean_{c,i,j}(s_b - t_b)^2)``."""
-    return (student - teacher).pow(2).flatten(1).mean(dim=1).sqrt().mean()
+    """Per-sample RMSE averaged over the batch: ``mean_b sqrt(mean_{c,i,j}(s_b - t_b)^2)`` (:func:`safe_sqrt`)."""
+    return safe_sqrt((student - teacher).pow(2).flatten(1).mean(dim=1)).mean()
 
 
 def ce(
@@ -75,7 +97,8 @@ def fm(student_features: Tensor, teacher_features: Tensor, *, regressor: nn.Modu
 
     As in the AT+ reference code (del Amor et al., EUSIPCO 2023). When channel counts differ, ``r``
     is a learned 1x1 convolution (FitNets hint regressor: Romero et al., ICLR 2015); otherwise the
-    identity. The Teacher features are resampled to the Student's grid.
+    identity. The Teacher features ``(B, K_t, H_t, W_t)`` are area-pooled to the Student's grid
+    ``(H_s, W_s)`` (features are not normalised).
     """
     if regressor is not None:
         student_features = regressor(student_features)
@@ -84,7 +107,7 @@ def fm(student_features: Tensor, teacher_features: Tensor, *, regressor: nn.Modu
 
 
 def _normalised_map_rmse(student_map: Tensor, teacher_map: Tensor, start_dim: int, eps: float) -> Tensor:
-    """Per-sample RMSE of min-max normalised maps, the Teacher's resampled to the Student's grid."""
+    """Per-sample RMSE of min-max normalised maps: the Teacher's pooled to the Student's grid, then normalised."""
     teacher_map = align_map(teacher_map.detach(), student_map.shape[-2:])
     return rmse_per_sample(
         minmax_normalise(student_map, eps, start_dim), minmax_normalise(teacher_map, eps, start_dim)
@@ -112,8 +135,9 @@ def gradcam(student_map: Tensor, teacher_map: Tensor, *, start_dim: int = 1, eps
 def at(student_map: Tensor, teacher_map: Tensor) -> Tensor:
     """Attention transfer: ``mean_b || Q_s / ||Q_s||_2 - Q_t / ||Q_t||_2 ||_2`` on ``at_map`` outputs.
 
-    Zagoruyko & Komodakis, "Paying more attention to attention", ICLR 2017. Maps are
-    re-normalised after resampling the Teacher's to the Student's grid.
+    Zagoruyko & Komodakis, "Paying more attention to attention", ICLR 2017. The Teacher's map is
+    pooled to the Student's grid, then L2-normalised again (pooling an L2-normalised map does not
+    leave it of unit norm).
     """
     teacher_map = align_map(teacher_map.detach(), student_map.shape[-2:])
     student_q = F.normalize(student_map.flatten(1), dim=1)
@@ -144,7 +168,8 @@ def sr(
 def match_maps(
     student_map: Tensor, teacher_map: Tensor, *, match: Match = "l2", eps: float = 1e-8
 ) -> Tensor:
-    """Match ``(B, C, H, W)`` maps after per-sample-and-map min-max normalisation ``N``.
+    """Match ``(B, C, H, W)`` maps after per-sample-and-map min-max normalisation ``N``, the
+    Teacher's map pooled to the Student's grid first.
 
     ``"l2"``: per-sample RMSE. ``"bce"``: ``-mean(N_t log N_s + (1 - N_t) log(1 - N_s))``.
     ``"dice"``: soft Dice ``1 - mean_{b,c} (2 sum N_s N_t + eps) / (sum N_s + sum N_t + eps)``

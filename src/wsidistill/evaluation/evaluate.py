@@ -12,17 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 import zarr
 from tqdm import tqdm
 
-from ..device import Runtime
+from ..device import InferenceSettings
 from ..io import atomic_path, save_figure, write_json, write_text
 from ..models.checkpoint import load_model
 from ..patches import store as patch_store
 from ..patches.store import open_store
 from .inference import infer_store
-from .metrics import balanced_accuracy, bootstrap_ci, quadratic_kappa, summarise
+from .metrics import SlideBootstrap, balanced_accuracy, quadratic_kappa, summarise
 
 
 def confidence_intervals(truth: np.ndarray, predicted: np.ndarray, slides: np.ndarray, num_classes: int,
@@ -30,7 +29,7 @@ def confidence_intervals(truth: np.ndarray, predicted: np.ndarray, slides: np.nd
     """95% bootstrap intervals over test slides (whole slides resampled) of kappa and balanced accuracy."""
     if truth.size == 0:
         return {"quadratic_kappa": None, "balanced_accuracy": None}
-    return {name: list(bootstrap_ci(truth, predicted, slides, metric, num_classes, n_boot=n_boot, seed=0))
+    return {name: list(SlideBootstrap(truth, slides, metric, num_classes, n_boot=n_boot, seed=0).interval(predicted))
             for name, metric in (("quadratic_kappa", quadratic_kappa), ("balanced_accuracy", balanced_accuracy))}
 
 
@@ -68,16 +67,14 @@ def evaluate_model(
     out_metrics: str | Path,
     out_confusion_csv: str | Path | None = None,
     out_confusion_png: str | Path | None = None,
-    *,
-    batch_size: int = 64,
-    device: str = "auto",
-    precision: str = "auto",
-    threads: int = 1,
-    progress: bool = True,
+    settings: InferenceSettings = InferenceSettings(),
 ) -> dict:
-    """Write per-slide probability maps (Zarr), metrics (JSON) and, when asked, the confusion matrix."""
-    torch.set_num_threads(threads)
-    runtime = Runtime.create(device, precision)
+    """Write per-slide probability maps (Zarr), metrics (JSON) and, when asked, the confusion matrix.
+
+    ``settings``: batch size, device, precision, threads and progress bars (:class:`InferenceSettings`).
+    """
+    runtime = settings.runtime()
+    batch_size, progress = settings.batch_size, settings.progress
     model, meta = load_model(model_path, runtime)
     magnification = meta.input_magnification
     classes = meta.classes
@@ -92,7 +89,7 @@ def evaluate_model(
             probabilities, seconds = infer_store(model, meta, store_path, batch_size, runtime)
             labels = store[patch_store.LABELS][:]
             group = root.create_group(slide_id)
-            group.create_array("probabilities", data=probabilities.astype(np.float32))
+            group.create_array(patch_store.PROBABILITIES, data=probabilities.astype(np.float32))
             group.create_array(patch_store.COORDS, data=store[patch_store.COORDS][:])
             group.create_array(patch_store.LABELS, data=labels)
             group.attrs.update({"store": str(store_path), **attributes.geometry(), "seconds": seconds})

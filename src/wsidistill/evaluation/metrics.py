@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn import metrics as sklearn_metrics
@@ -154,79 +155,72 @@ def _slide_resamples(groups, n_samples: int, n_boot: int, seed: int):
         yield np.concatenate([patches_by_slide[s] for s in drawn])
 
 
-def bootstrap_ci(
-    y_true,
-    y_pred,
-    groups,
-    metric: Metric,
-    num_classes: int,
-    *,
-    n_boot: int = 1000,
-    alpha: float = 0.05,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile bootstrap ``(1 - alpha)`` confidence interval of ``metric`` over slides.
+@dataclass(frozen=True, eq=False)
+class SlideBootstrap:
+    """Slide-level (cluster) percentile bootstrap of ``metric`` on one test set.
 
-    Each replicate draws as many slides as there are in ``groups`` (slide id per
-    patch), with replacement, pools their patches and evaluates
-    ``metric(y_true, y_pred, num_classes)``; the interval is the ``alpha/2`` and
-    ``1 - alpha/2`` percentiles of the replicates (Efron & Tibshirani, 1993, ch. 13;
-    cluster bootstrap: Field & Welsh, 2007).
+    ``y_true`` (N,) class indices, ``groups`` (N,) the slide id of each patch, ``metric(y_true, y_pred,
+    num_classes)`` (e.g. :func:`quadratic_kappa`). Each of ``n_boot`` replicates draws as many slides as
+    there are in ``groups``, with replacement, and pools their patches; ``seed`` fixes the draws, so
+    every model scored by one ``SlideBootstrap`` sees the same resampled slides. Intervals are the
+    ``alpha/2`` and ``1 - alpha/2`` percentiles of the replicates (Efron & Tibshirani, 1993, ch. 13;
+    cluster bootstrap: Field & Welsh, 2007). ValueError when ``groups`` and the labels differ in length.
     """
-    y_true, y_pred = _labels(y_true, y_pred, num_classes)
-    stats = np.array(
-        [
-            metric(y_true[i], y_pred[i], num_classes)
-            for i in _slide_resamples(groups, y_true.size, n_boot, seed)
-        ]
-    )
-    low, high = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(low), float(high)
 
+    y_true: Sequence[int] | np.ndarray
+    groups: Sequence | np.ndarray
+    metric: Metric
+    num_classes: int
+    n_boot: int = 1000
+    alpha: float = 0.05
+    seed: int = 0
 
-def paired_bootstrap(
-    y_true,
-    pred_a,
-    pred_b,
-    groups,
-    metric: Metric,
-    num_classes: int,
-    *,
-    n_boot: int = 1000,
-    alpha: float = 0.05,
-    seed: int = 0,
-) -> dict:
-    """Compare two models on the same test slides: is ``metric(a) - metric(b)`` non-zero?
+    def _replicates(self, statistic: Callable[[np.ndarray], float], n_samples: int) -> np.ndarray:
+        """``statistic(patch indices)`` on each replicate, as an ``(n_boot,)`` array."""
+        return np.array([statistic(i) for i in _slide_resamples(self.groups, n_samples, self.n_boot, self.seed)])
 
-    Both models are scored on the *same* resampled slides in each replicate, so the
-    slide-to-slide difficulty shared by both cancels out of the difference.
-    Returns ``delta`` (on the full test set), the percentile ``(1 - alpha)`` interval
-    ``low``/``high`` of the bootstrap differences, a two-sided ``p_value`` and
-    ``significant`` (the interval excludes 0).
+    def _percentiles(self, replicates: np.ndarray) -> tuple[float, float]:
+        low, high = np.percentile(replicates, [100 * self.alpha / 2, 100 * (1 - self.alpha / 2)])
+        return float(low), float(high)
 
-    ``p_value = min(1, 2 * min(#{d* <= 0} + 1, #{d* >= 0} + 1) / (n_boot + 1))``:
-    twice the smaller tail of the bootstrap distribution beyond 0, with the +1
-    correction so that a finite number of replicates never reports ``p = 0``
-    (Davison & Hinkley, 1997, sec. 4.4).
-    """
-    y_true, pred_a = _labels(y_true, pred_a, num_classes)
-    _, pred_b = _labels(y_true, pred_b, num_classes)
-    delta = metric(y_true, pred_a, num_classes) - metric(y_true, pred_b, num_classes)
-    deltas = np.array(
-        [
-            metric(y_true[i], pred_a[i], num_classes) - metric(y_true[i], pred_b[i], num_classes)
-            for i in _slide_resamples(groups, y_true.size, n_boot, seed)
-        ]
-    )
-    low, high = np.percentile(deltas, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    smaller_tail = min(np.sum(deltas <= 0), np.sum(deltas >= 0)) + 1
-    return {
-        "delta": float(delta),
-        "low": float(low),
-        "high": float(high),
-        "p_value": float(min(1.0, 2 * smaller_tail / (n_boot + 1))),
-        "significant": bool(low > 0 or high < 0),
-    }
+    def interval(self, y_pred) -> tuple[float, float]:
+        """Percentile bootstrap ``(1 - alpha)`` confidence interval ``(low, high)`` of ``metric`` over slides."""
+        y_true, y_pred = _labels(self.y_true, y_pred, self.num_classes)
+        return self._percentiles(
+            self._replicates(lambda i: self.metric(y_true[i], y_pred[i], self.num_classes), y_true.size)
+        )
+
+    def compare(self, pred_a, pred_b) -> dict:
+        """Compare two models on the same test slides: is ``metric(a) - metric(b)`` non-zero?
+
+        Both models are scored on the *same* resampled slides in each replicate, so the
+        slide-to-slide difficulty shared by both cancels out of the difference.
+        Returns ``delta`` (on the full test set), the percentile ``(1 - alpha)`` interval
+        ``low``/``high`` of the bootstrap differences, a two-sided ``p_value`` and
+        ``significant`` (the interval excludes 0).
+
+        ``p_value = min(1, 2 * min(#{d* <= 0} + 1, #{d* >= 0} + 1) / (n_boot + 1))``:
+        twice the smaller tail of the bootstrap distribution beyond 0, with the +1
+        correction so that a finite number of replicates never reports ``p = 0``
+        (Davison & Hinkley, 1997, sec. 4.4).
+        """
+        metric, num_classes = self.metric, self.num_classes
+        y_true, pred_a = _labels(self.y_true, pred_a, num_classes)
+        _, pred_b = _labels(y_true, pred_b, num_classes)
+        delta = metric(y_true, pred_a, num_classes) - metric(y_true, pred_b, num_classes)
+        deltas = self._replicates(
+            lambda i: metric(y_true[i], pred_a[i], num_classes) - metric(y_true[i], pred_b[i], num_classes),
+            y_true.size,
+        )
+        low, high = self._percentiles(deltas)
+        smaller_tail = min(np.sum(deltas <= 0), np.sum(deltas >= 0)) + 1
+        return {
+            "delta": float(delta),
+            "low": low,
+            "high": high,
+            "p_value": float(min(1.0, 2 * smaller_tail / (self.n_boot + 1))),
+            "significant": bool(low > 0 or high < 0),
+        }
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -16,18 +16,58 @@ from . import build_model
 
 #: Output stride of the Teacher's last block (smallcnn's default).
 TEACHER_OUTPUT_STRIDE = 8
+#: Student designs: ``native`` (the default) keeps the Teacher's stride on the native low-magnification
+#: patch, so its last-block grid shrinks with the magnification; ``teacher`` drops max-pools so that the
+#: grid stays the Teacher's.
+STUDENT_GRIDS = ("native", "teacher")
+#: No native-design Student's last-block grid goes below this many cells a side.
+MIN_GRID_SIDE = 4
+#: Architectures whose output stride cannot be changed, with that stride.
+FIXED_STRIDES = {"vgg16": 16, "resnet18": 32, "resnet34": 32}
 
 
-def student_output_stride(arch: str, magnification: float, teacher_magnification: float) -> int | None:
-    """Output stride that puts the Student's last-block grid on the Teacher's tissue cells.
+def student_output_stride(
+    arch: str,
+    magnification: float,
+    teacher_magnification: float,
+    *,
+    side: int,
+    grid: str = "native",
+    teacher_stride: int = TEACHER_OUTPUT_STRIDE,
+) -> int | None:
+    """Output stride of a Student's last block, for :func:`~wsidistill.models.build_model`.
 
-    Only the demo's ``smallcnn`` has a configurable stride; fixed-stride
-    backbones are aligned by interpolation in the loss instead.
+    ``side``: the Student's patch side in px at its own ``magnification`` (native input), e.g. 32 px
+    for a 256 px Teacher patch at 40x read at 5x. ``teacher_stride``: the Teacher's output stride.
+
+    - ``grid="native"`` (default): ``s = min(s_teacher, side / 4)``, rounded down to a power of two
+      (at least 1): the Teacher's stride, so the Student's FLOPs fall with its pixels, except that the
+      grid never drops below 4x4. 256 px at 40x with ``s_teacher = 8``: 20x 128 px -> 8 (16x16), 10x
+      64 px -> 8 (8x8), 5x 32 px -> 8 (4x4); 128 px at 40x: 5x 16 px -> 4 (4x4).
+    - ``grid="teacher"``: ``s = s_teacher * m_student / m_teacher`` (at least 1): the Student drops
+      max-pools so that its grid is the Teacher's and both tile the same tissue cells (cost: its
+      late blocks run at the Teacher's grid, so FLOPs fall far less than pixels).
+
+    The Teacher itself (``magnification >= teacher_magnification``) keeps ``teacher_stride``.
+    Fixed-stride backbones (``vgg16``: 16, ``resnet18/34``: 32) keep their stride and return None:
+    under ``native`` their grid is ``side / stride``, which can fall below the 4x4 floor (VGG16 on
+    32 px: 2x2; ResNet: 1x1; the losses pool the Teacher's maps to any grid and stay finite at 1x1).
+    They cannot realise ``teacher`` on native input: ValueError, naming ``student.input: upsampled``
+    (the Teacher's input size, hence its grid) as the way to get it.
     """
-    if arch != "smallcnn":
+    if grid not in STUDENT_GRIDS:
+        raise ValueError(f"student grid must be one of {list(STUDENT_GRIDS)}, got {grid!r}")
+    if arch in FIXED_STRIDES:
+        if grid == "teacher" and magnification < teacher_magnification:
+            raise ValueError(f"{arch} has a fixed output stride ({FIXED_STRIDES[arch]}): student.grid 'teacher' "
+                             "needs student.input 'upsampled', or use student.grid 'native'")
         return None
-    stride = TEACHER_OUTPUT_STRIDE * magnification / teacher_magnification
-    return max(1, int(round(stride)))
+    if magnification >= teacher_magnification:
+        return teacher_stride
+    if grid == "teacher":
+        return max(1, int(round(teacher_stride * magnification / teacher_magnification)))
+    floor_stride = max(1, side // MIN_GRID_SIDE)
+    return min(teacher_stride, 2 ** (floor_stride.bit_length() - 1))
 
 
 @dataclass(frozen=True)
@@ -37,7 +77,8 @@ class ModelMeta:
     Magnifications are objective powers (40 = 40x). ``input_magnification``: the patches the model
     reads (a Student with ``student_input`` "upsampled" reads the Teacher's and pools them to its own
     ``magnification``); ``patch_side``: their side in pixels. ``output_stride``: the ``smallcnn``
-    stride (None for fixed-stride backbones). ``weights``: the method's loss terms; ``settings``: the
+    stride (None for fixed-stride backbones). ``student_grid``: the Student design, ``native`` or
+    ``teacher`` (:func:`student_output_stride`; None for the Teacher). ``weights``: the method's loss terms; ``settings``: the
     training settings; ``runtime``: device and precision; ``threads``: the intra-op thread count
     (``torch.get_num_threads()``) it trained with, which the float sums, and so the bits, depend on.
     ``fingerprint``: digest of every setting and input that shaped the weights. Checkpoints written
@@ -54,6 +95,7 @@ class ModelMeta:
     input_magnification: float | None = None
     patch_side: int | None = None
     student_input: str = "native"
+    student_grid: str | None = None
     teacher_cache: str | None = None
     method: str | None = None
     weights: dict[str, float] | None = None

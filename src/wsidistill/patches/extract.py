@@ -38,6 +38,7 @@ from tqdm import tqdm
 from zarr.codecs import BloscCodec
 from zarr.storage import MemoryStore
 
+from ..config import section_defaults
 from ..errors import InputError
 from ..io import atomic_path, write_json
 from ..slides.annotations import (
@@ -46,10 +47,10 @@ from ..slides.annotations import (
     class_fractions,
     label_mask_fractions,
     majority_labels,
-    read_geojson,
+    read_annotations,
     read_tissue_mask,
 )
-from ..slides.grid import PatchGrid, magnification_name, patch_pixels
+from ..slides.grid import GridError, PatchGrid, field_cell, magnification_name, patch_pixels
 from ..slides.reader import Slide, TiffTiles
 from ..slides.tissue import detect_tissue
 from . import store
@@ -77,22 +78,32 @@ class MagnificationUnavailable(InputError, ValueError):
     """A requested magnification finer than the slide's native resolution."""
 
 
+#: The config's ``extraction`` keys with their defaults, declared once in the config schema.
+EXTRACTION_DEFAULTS = section_defaults("extraction")
+
+
 @dataclass(frozen=True)
 class ExtractionSettings:
+    """What shapes a patch store: the config's ``classes``, ``annotation_classes`` (``class_map``),
+    ``magnifications``, ``teacher.magnification`` and its ``extraction`` section, whose keys and
+    defaults come from the config schema (``EXTRACTION_DEFAULTS``)."""
+
     classes: tuple[str, ...]
     class_map: dict[str, str]
     magnifications: tuple[float, ...]
     teacher_magnification: float
-    patch_size: int
-    min_tissue_fraction: float = 0.5
-    min_label_fraction: float = 0.5
-    tissue_method: str = "hsv-otsu"
-    on_missing_magnification: str = "skip"
-    block_cells: int = 8
+    patch_size: int = EXTRACTION_DEFAULTS["patch_size"]
+    min_tissue_fraction: float = EXTRACTION_DEFAULTS["min_tissue_fraction"]
+    min_label_fraction: float = EXTRACTION_DEFAULTS["min_label_fraction"]
+    tissue_method: str = EXTRACTION_DEFAULTS["tissue_method"]
+    on_missing_magnification: str = EXTRACTION_DEFAULTS["on_missing_magnification"]
+    block_cells: int = EXTRACTION_DEFAULTS["block_cells"]
     thumbnail_max_side: int = 1024
-    reuse_source_tiles: bool = True
+    reuse_source_tiles: bool = EXTRACTION_DEFAULTS["reuse_source_tiles"]
     scheduler_address: str | None = None
     label_mask_classes: dict[int, str | None] = field(default_factory=lambda: dict(RADBOUD_CLASSES))
+    #: who gets the area where annotations of different classes overlap (slides.annotations.OVERLAP_RULES)
+    annotation_overlap: str = EXTRACTION_DEFAULTS["annotation_overlap"]
     extra_attrs: dict = field(default_factory=dict)
 
 
@@ -106,7 +117,7 @@ class Block:
 
 
 @lru_cache(maxsize=8)
-def _open(path: str, mpp: float | None, objective_power: float | None) -> Slide:
+def open_slide(path: str, mpp: float | None, objective_power: float | None) -> Slide:
     """One open handle per slide and process; reads are thread-safe."""
     return Slide(path, mpp=mpp, objective_power=objective_power)
 
@@ -169,7 +180,7 @@ def _read_block(slide_key, level, block_corners, cell, sides, kept_as_tiles=None
     derive the others: fresh buffers that size would cost page faults on
     every block.
     """
-    slide = _open(*slide_key)
+    slide = open_slide(*slide_key)
     downsample = slide.info.level_downsamples[level]
     native = round(cell / downsample)
     count = sum(map(len, block_corners))
@@ -264,6 +275,54 @@ def _plan_blocks(coords: np.ndarray, block_rc: np.ndarray) -> list[Block]:
             for start, stop in zip(np.r_[0, boundaries], np.r_[boundaries, len(coords)])]
 
 
+def plan_blocks(keep: np.ndarray, grid: PatchGrid, block_cells: tuple[int, int]
+                ) -> tuple[np.ndarray, np.ndarray, list[Block]]:
+    """Kept cells ordered block by block, so each block's patches are contiguous rows.
+
+    ``keep`` holds row-major cell indices of ``grid``; ``block_cells`` is
+    (columns, rows) per block (:func:`block_shape`).  Returns the reordered
+    ``keep``, their level-0 top-left corners (N, 2) int64 and the blocks.
+    """
+    grid_rc = np.stack([keep % grid.columns, keep // grid.columns], axis=1)
+    block_rc = grid_rc // block_cells
+    order = np.lexsort((grid_rc[:, 0], grid_rc[:, 1], block_rc[:, 0], block_rc[:, 1]))
+    keep, grid_rc, block_rc = keep[order], grid_rc[order], block_rc[order]
+    coords = grid_rc.astype(np.int64) * grid.cell
+    return keep, coords, _plan_blocks(coords, block_rc)
+
+
+@dataclass(frozen=True)
+class Tissue:
+    """Where a slide's tissue is: the thumbnail, its mask and the grid cells kept."""
+
+    thumbnail: np.ndarray  # (h, w, 3) uint8
+    downsample: float  # level-0 pixels per thumbnail pixel
+    mask: np.ndarray  # (h, w) bool, on the thumbnail
+    fraction: np.ndarray  # (rows * columns,) tissue fraction of every grid cell, row-major
+    keep: np.ndarray  # indices of the cells with at least the minimum fraction
+    method: str  # the detection method, or "user mask"
+
+
+def find_tissue(slide: Slide, grid: PatchGrid, method: str, min_tissue_fraction: float, thumbnail_max_side: int,
+                tissue_mask: str | Path | None = None) -> Tissue:
+    """Detect tissue on the thumbnail (or read ``tissue_mask``) and keep the cells covered enough.
+
+    Shared by extraction and ``wsidistill predict``, so both see the same patches.
+    """
+    thumbnail, thumb_downsample = slide.thumbnail(thumbnail_max_side)
+    if tissue_mask:
+        user_mask, mask_downsample = read_tissue_mask(tissue_mask, slide.info.dimensions)
+        fraction = grid.tissue_fraction(user_mask, mask_downsample)
+        mask = cv2.resize(user_mask.astype(np.uint8), (thumbnail.shape[1], thumbnail.shape[0]),
+                          interpolation=cv2.INTER_NEAREST).astype(bool)
+        method = "user mask"
+    else:
+        mask = detect_tissue(thumbnail, method)
+        fraction = grid.tissue_fraction(mask, thumb_downsample)
+    keep = np.flatnonzero(fraction >= min_tissue_fraction)
+    return Tissue(thumbnail, thumb_downsample, mask, fraction, keep, method)
+
+
 def extract_slide(
     slide_path: str | Path,
     out: str | Path,
@@ -297,7 +356,7 @@ def extract_slide(
         raise AnnotationError(f"{annotations} and {label_mask}: give either GeoJSON annotations or a label mask "
                               "for a slide, not both")
     slide_key = (str(Path(slide_path).resolve()), mpp, objective_power)
-    slide = _open(*slide_key)
+    slide = open_slide(*slide_key)
     info = slide.info
 
     available, skipped = [], []
@@ -315,54 +374,52 @@ def extract_slide(
         else:
             available.append(magnification)
 
-    cell = patch_pixels(settings.patch_size, info.objective_power, settings.teacher_magnification)
+    for message in slide.warnings:
+        note(message)
+    cell = field_cell(settings.patch_size, settings.teacher_magnification, info.mpp, info.objective_power)
     grid = PatchGrid.for_slide(info.dimensions, cell)
-    thumbnail, thumb_downsample = slide.thumbnail(settings.thumbnail_max_side)
-    if tissue_mask:
-        user_mask, mask_downsample = read_tissue_mask(tissue_mask, info.dimensions)
-        tissue_fraction = grid.tissue_fraction(user_mask, mask_downsample)
-        stored_mask = cv2.resize(user_mask.astype(np.uint8), (thumbnail.shape[1], thumbnail.shape[0]),
-                                 interpolation=cv2.INTER_NEAREST).astype(bool)
-        tissue_method = "user mask"
-    else:
-        stored_mask = detect_tissue(thumbnail, settings.tissue_method)
-        tissue_fraction = grid.tissue_fraction(stored_mask, thumb_downsample)
-        tissue_method = settings.tissue_method
-    keep = np.flatnonzero(tissue_fraction >= settings.min_tissue_fraction)
+    tissue = find_tissue(slide, grid, settings.tissue_method, settings.min_tissue_fraction,
+                         settings.thumbnail_max_side, tissue_mask)
+    thumbnail, thumb_downsample, stored_mask = tissue.thumbnail, tissue.downsample, tissue.mask
+    tissue_fraction, keep, tissue_method = tissue.fraction, tissue.keep, tissue.method
     timings["tissue_s"] = time.perf_counter() - started
 
-    sides = {magnification_name(m): patch_pixels(settings.patch_size, m, settings.teacher_magnification)
-             for m in available}
+    try:
+        sides = {magnification_name(m): patch_pixels(settings.patch_size, m, settings.teacher_magnification)
+                 for m in available}
+    except GridError as err:
+        raise GridError(f"{slide_path}: {err}") from None
     finest = max(available, default=info.objective_power)
-    level = slide.best_level_for(info.objective_power / finest)
+    level = slide.best_level_for(cell * settings.teacher_magnification / (settings.patch_size * finest))
     level_downsample = info.level_downsamples[level]
     block_columns, block_rows = block_shape(cell, slide.tile_size(level), level_downsample, settings.block_cells)
     tiles = _source_tiles(slide, level, cell, sides[magnification_name(finest)]) \
         if available and settings.reuse_source_tiles else None
     kept_as_tiles = magnification_name(finest) if tiles is not None else None
 
-    # Order patches block by block so each block's patches are contiguous in the store.
-    grid_rc = np.stack([keep % grid.columns, keep // grid.columns], axis=1)
-    block_rc = grid_rc // (block_columns, block_rows)
-    order = np.lexsort((grid_rc[:, 0], grid_rc[:, 1], block_rc[:, 0], block_rc[:, 1]))
-    keep, grid_rc, block_rc = keep[order], grid_rc[order], block_rc[order]
-    coords = grid_rc.astype(np.int64) * cell
+    keep, coords, blocks = plan_blocks(keep, grid, (block_columns, block_rows))
 
     fractions = np.zeros((len(keep), len(settings.classes)))
+    undecided, overlaps = None, {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if annotations:
-            regions = read_geojson(annotations, settings.class_map, settings.classes, info.dimensions)
-            fractions = class_fractions(regions, coords, cell)
+            regions = read_annotations(annotations, settings.class_map, settings.classes, info.dimensions,
+                                       overlap=settings.annotation_overlap)
+            fractions = class_fractions(regions.regions, coords, cell)
+            undecided = class_fractions({"undecided": regions.undecided}, coords, cell)[:, 0]
+            touched = class_fractions(regions.overlaps, coords, cell) > 0
+            overlaps = {pair: {"annotation_pairs": regions.overlap_pairs[pair], "patches": int(touched[:, k].sum()),
+                               "undecided_patches": int((touched[:, k] & (undecided > 0)).sum())}
+                        for k, pair in enumerate(regions.overlaps)}
         elif label_mask:
             fractions = label_mask_fractions(label_mask, settings.label_mask_classes, settings.classes, coords, cell,
                                              info.dimensions)
     for warning in caught:
         note(str(warning.message))
-    labels = majority_labels(fractions, settings.min_label_fraction)
+    labels = majority_labels(fractions, settings.min_label_fraction, undecided)
     timings["labels_s"] = time.perf_counter() - started - timings["tissue_s"]
 
-    blocks = _plan_blocks(coords, block_rc)
     extract_started = time.perf_counter()
     # Metadata and the small arrays are built in memory and written in one pass: zarr-python's local
     # store hops to a thread for every file it checks or writes, 30 ms a slide.
@@ -427,6 +484,8 @@ def extract_slide(
         "grid_cells": grid.columns * grid.rows,
         "tissue_patches": int(len(keep)),
         "patches_per_class": counts,
+        "annotation_overlap": settings.annotation_overlap,
+        "annotation_overlaps": overlaps,
         "magnifications": [magnification_name(m) for m in available],
         "skipped_magnifications": [magnification_name(m) for m in skipped],
         "pixel_reader": info.pixel_reader,
@@ -453,10 +512,15 @@ def _group_blocks(blocks: list[Block], patches: int) -> list[list[Block]]:
     return tasks + [run] if run else tasks
 
 
-def _write_blocks(images, directory, blocks, slide_key, level, cell, sides, threads, scheduler_address, kept_as_tiles,
-                  *, progress, desc):
-    """Compute blocks in bounded windows of dask tasks and store their patches in order."""
-    if not blocks or not images:
+def stream_blocks(blocks, slide_key, level, cell, sides, threads, scheduler_address=None, kept_as_tiles=None):
+    """Yield each dask task's patches (magnification name -> array, :func:`_read_block`) and its patch count, in order.
+
+    Tasks are computed in windows of ``4 * threads`` (threads, or the
+    distributed scheduler at ``scheduler_address``), so at most one window of
+    patches is in memory besides what the caller keeps.  Shared by extraction
+    and ``wsidistill predict``.
+    """
+    if not blocks:
         return
     window = max(4, 4 * threads)
     client = None
@@ -469,17 +533,29 @@ def _write_blocks(images, directory, blocks, slide_key, level, cell, sides, thre
     # smaller tasks on small slides, so that a window still has a task for every thread
     tasks = _group_blocks(blocks, min(TASK_PATCHES, blocks[-1].stop // window))
     try:
-        with PatchWriter(images, directory, workers=threads) as writer, \
-                tqdm(total=blocks[-1].stop, unit="patch", desc=f"extract {desc}", disable=not progress) as bar:
-            for i in range(0, len(tasks), window):
-                batch = tasks[i : i + window]
-                graph = {(name, i + j): (_read_block, slide_key, level, [b.corners for b in task], cell, sides,
-                                         kept_as_tiles)
-                         for j, task in enumerate(batch)}
-                for result, task in zip(get(graph, list(graph)), batch):
-                    writer.append(result)
-                    bar.update(task[-1].stop - task[0].start)
-                writer.flush()
+        for i in range(0, len(tasks), window):
+            batch = tasks[i : i + window]
+            graph = {(name, i + j): (_read_block, slide_key, level, [b.corners for b in task], cell, sides,
+                                     kept_as_tiles)
+                     for j, task in enumerate(batch)}
+            for result, task in zip(get(graph, list(graph)), batch):
+                yield result, task[-1].stop - task[0].start
     finally:
         if client is not None:
             client.close()
+
+
+def _write_blocks(images, directory, blocks, slide_key, level, cell, sides, threads, scheduler_address, kept_as_tiles,
+                  *, progress, desc):
+    """Compute blocks in bounded windows of dask tasks and store their patches in order."""
+    if not blocks or not images:
+        return
+    window = max(4, 4 * threads)
+    with PatchWriter(images, directory, workers=threads) as writer, \
+            tqdm(total=blocks[-1].stop, unit="patch", desc=f"extract {desc}", disable=not progress) as bar:
+        for done, (result, count) in enumerate(stream_blocks(blocks, slide_key, level, cell, sides, threads,
+                                                             scheduler_address, kept_as_tiles), start=1):
+            writer.append(result)
+            bar.update(count)
+            if done % window == 0:
+                writer.flush()

@@ -14,6 +14,10 @@ One Zarr v3 store per slide, ``{slide}.zarr``, written by extraction
     ...
     attributes                 :class:`StoreAttributes`
 
+A prediction store (``wsidistill predict``) holds probabilities (N, C) f4, coords, thumbnail and
+tissue_mask, with :class:`PredictionAttributes`; an evaluation's predictions hold one group per
+slide with probabilities, coords and labels.
+
 Every writer builds a :class:`StoreAttributes` and every reader gets one from
 :func:`read_attributes`: the attribute names appear nowhere else.
 
@@ -47,6 +51,9 @@ THUMBNAIL = "thumbnail"
 TISSUE_MASK = "tissue_mask"
 #: The array in each magnification's group (``{name}/images``).
 IMAGES = "images"
+#: A model's class probabilities (N, C) float32 per patch: in a prediction store and in each slide's group
+#: of an evaluation's predictions (``wsidistill evaluate``).
+PROBABILITIES = "probabilities"
 #: Root attribute recording ``{array path: chunk files}``, written last (stores and Teacher caches).
 CHUNK_FILES = "chunk_files"
 
@@ -67,8 +74,40 @@ class _Unset:
 UNSET: Any = _Unset()
 
 
+def _geometry(**kwargs):
+    """A field of the patch grid's geometry (:meth:`_Attributes.geometry`)."""
+    return field(metadata={"geometry": True}, **kwargs)
+
+
+class _Attributes:
+    """Reading and writing a store's root attributes from a dataclass of them, in field order."""
+
+    extra: dict
+    chunk_files: dict[str, int] | None
+
+    def to_dict(self) -> dict:
+        """The attributes as written to the store (``UNSET`` left out, ``extra`` spliced in)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("extra", CHUNK_FILES) and getattr(self, f.name) is not UNSET}
+        out.update(self.extra)
+        if self.chunk_files is not None:
+            out[CHUNK_FILES] = self.chunk_files
+        return out
+
+    @classmethod
+    def from_dict(cls, attributes: dict):
+        """Attributes as read from a store; any the store lacks are :data:`UNSET` (``chunk_files`` None)."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("extra", CHUNK_FILES)]
+        return cls(**{name: attributes.get(name, UNSET) for name in names}, chunk_files=attributes.get(CHUNK_FILES),
+                   extra={k: v for k, v in attributes.items() if k not in names and k != CHUNK_FILES})
+
+    def geometry(self) -> dict:
+        """The patch grid's attributes (cell side, columns and rows): what placing patches on the slide needs."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("geometry")}
+
+
 @dataclass(frozen=True, kw_only=True)
-class StoreAttributes:
+class StoreAttributes(_Attributes):
     """Root attributes of a patch store, in the order they are written.
 
     Lengths are level-0 pixels; magnifications are names such as ``"40x"``.
@@ -97,8 +136,8 @@ class StoreAttributes:
     teacher_magnification: float
     patch_size: int
     patch_sizes: dict[str, int]
-    cell_level0: int = field(metadata={"geometry": True})  # side of a grid cell (a patch at the Teacher's magnification)
-    grid: dict[str, int] = field(metadata={"geometry": True})  # {"columns": ..., "rows": ...} of cell_level0 cells
+    cell_level0: int = _geometry()  # side of a grid cell (a patch at the Teacher's magnification)
+    grid: dict[str, int] = _geometry()  # {"columns": ..., "rows": ...} of cell_level0 cells
     thumbnail_downsample: float
     min_tissue_fraction: float = UNSET  # extraction
     min_label_fraction: float
@@ -110,30 +149,46 @@ class StoreAttributes:
     extra: dict = field(default_factory=dict)
     chunk_files: dict[str, int] | None = None
 
-    def to_dict(self) -> dict:
-        """The attributes as written to the store (``UNSET`` left out, ``extra`` spliced in)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in ("extra", CHUNK_FILES) and getattr(self, f.name) is not UNSET}
-        out.update(self.extra)
-        if self.chunk_files is not None:
-            out[CHUNK_FILES] = self.chunk_files
-        return out
-
-    @classmethod
-    def from_dict(cls, attributes: dict) -> StoreAttributes:
-        """Attributes as read from a store; any the store lacks are :data:`UNSET` (``chunk_files`` None)."""
-        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("extra", CHUNK_FILES)]
-        return cls(**{name: attributes.get(name, UNSET) for name in names}, chunk_files=attributes.get(CHUNK_FILES),
-                   extra={k: v for k, v in attributes.items() if k not in names and k != CHUNK_FILES})
-
-    def geometry(self) -> dict:
-        """The patch grid's attributes (cell side, columns and rows): what placing patches on the slide needs."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("geometry")}
-
     @property
     def rerun(self) -> str:
         """What to run again to rewrite this store."""
         return REIMPORT if self.source == SICAPV2 else REEXTRACT
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictionAttributes(_Attributes):
+    """Root attributes of a prediction store (``wsidistill predict``'s ``{slide_id}.zarr``), in write order.
+
+    Its arrays are :data:`PROBABILITIES`, :data:`COORDS`, :data:`THUMBNAIL` and :data:`TISSUE_MASK`, and
+    the attributes a heatmap reads carry a patch store's names (``slide_id``, ``classes``,
+    ``cell_level0``, ``grid``, ``thumbnail_downsample``, ``tissue_method``), so both kinds of store
+    are drawn by one reader (:func:`read_attributes`). Lengths are level-0 pixels; ``mpp`` is the
+    microns per pixel the model read (at ``magnification``), ``slide_mpp`` the slide's level 0.
+    """
+
+    slide_id: str
+    source_path: str
+    model: str  # checkpoint path
+    model_arch: str
+    method: str
+    seed: int
+    classes: list[str]
+    magnification: float  # the model's input magnification
+    model_magnification: float
+    mpp: float
+    slide_mpp: float
+    objective_power: float
+    objective_power_source: str
+    slide: dict  # SlideInfo.to_dict()
+    patch_side: int  # px read per patch
+    cell_level0: int = _geometry()
+    grid: dict[str, int] = _geometry()
+    read_level: int
+    thumbnail_downsample: float
+    tissue_method: str
+    wsidistill_version: str = __version__
+    extra: dict = field(default_factory=dict)
+    chunk_files: dict[str, int] | None = None
 
 
 def images_path(magnification_name: str) -> str:

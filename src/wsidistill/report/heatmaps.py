@@ -51,18 +51,20 @@ def legend_handles(classes):
 
 
 def _slide_layers(store_path):
+    """The layers a heatmap draws from a patch store, or from a ``wsidistill predict`` store (no labels)."""
     store = patch_store.open_store(store_path)
     attributes = patch_store.read_attributes(store)
     return store, {
         "slide_id": attributes.slide_id, "classes": attributes.classes, "cell": attributes.cell_level0,
         "grid": attributes.grid, "thumbnail": store[patch_store.THUMBNAIL][:],
         "downsample": attributes.thumbnail_downsample, "coords": store[patch_store.COORDS][:],
-        "labels": store[patch_store.LABELS][:].astype(int), "tissue_method": attributes.tissue_method,
+        "labels": store[patch_store.LABELS][:].astype(int) if patch_store.LABELS in store else None,
+        "tissue_method": attributes.tissue_method,
     }
 
 
 def _probabilities(predictions_path, slide_id) -> np.ndarray:
-    return zarr.open_group(str(predictions_path), mode="r")[slide_id]["probabilities"][:]
+    return zarr.open_group(str(predictions_path), mode="r")[slide_id][patch_store.PROBABILITIES][:]
 
 
 def _argmax(probabilities: np.ndarray) -> np.ndarray:
@@ -73,19 +75,17 @@ def _figure_height(thumbnail, width, rows=1):
     return rows * width * thumbnail.shape[0] / thumbnail.shape[1] + 1.0
 
 
-def slide_heatmap(store_path: str | Path, predictions_path: str | Path, out_png: str | Path, *, title: str) -> None:
-    """One model on one slide: annotation, predicted class map and one probability map per class."""
-    _, s = _slide_layers(store_path)
-    probabilities = _probabilities(predictions_path, s["slide_id"])
+def _heatmap_figure(s: dict, probabilities: np.ndarray, top: list[tuple[str, np.ndarray]], out_png) -> None:
+    """Class maps ``top`` [(title, class per patch)] side by side, then one probability map per class."""
     classes, n = s["classes"], len(s["classes"])
     figure = plt.figure(figsize=(2.6 * n, _figure_height(s["thumbnail"], 1.3 * n) + _figure_height(s["thumbnail"], 2.6)))
     grid_spec = figure.add_gridspec(2, 2 * n, height_ratios=[2, 1])
-    top = [figure.add_subplot(grid_spec[0, :n]), figure.add_subplot(grid_spec[0, n:])]
     overlay_args = (s["coords"], s["cell"], s["grid"], classes)
-    _show_overlay(top[0], s["thumbnail"], class_overlay(s["labels"], *overlay_args), s["cell"], s["grid"],
-                  s["downsample"], "annotation (patch labels)")
-    _show_overlay(top[1], s["thumbnail"], class_overlay(_argmax(probabilities), *overlay_args), s["cell"], s["grid"],
-                  s["downsample"], f"prediction: {title}")
+    offset = (2 - len(top)) * n // 2  # each class map is half the width, centred
+    for index, (title, classes_per_patch) in enumerate(top):
+        axis = figure.add_subplot(grid_spec[0, offset + index * n : offset + (index + 1) * n])
+        _show_overlay(axis, s["thumbnail"], class_overlay(classes_per_patch, *overlay_args), s["cell"], s["grid"],
+                      s["downsample"], title)
     for index, (name, color) in enumerate(zip(classes, class_colors(classes))):
         axis = figure.add_subplot(grid_spec[1, 2 * index : 2 * index + 2])
         values = probabilities[:, index] if len(probabilities) else np.zeros(0)
@@ -95,6 +95,21 @@ def slide_heatmap(store_path: str | Path, predictions_path: str | Path, out_png:
     figure.suptitle(s["slide_id"])
     figure.tight_layout(rect=(0, 0.05, 1, 1))
     save_figure(figure, out_png, dpi=100)
+
+
+def slide_heatmap(store_path: str | Path, predictions_path: str | Path, out_png: str | Path, *, title: str) -> None:
+    """One model on one slide: annotation, predicted class map and one probability map per class."""
+    _, s = _slide_layers(store_path)
+    probabilities = _probabilities(predictions_path, s["slide_id"])
+    _heatmap_figure(s, probabilities, [("annotation (patch labels)", s["labels"]),
+                                       (f"prediction: {title}", _argmax(probabilities))], out_png)
+
+
+def prediction_heatmap(predictions_store: str | Path, out_png: str | Path, *, title: str) -> None:
+    """A ``wsidistill predict`` store (no annotation): predicted class map and one probability map per class."""
+    store, s = _slide_layers(predictions_store)
+    probabilities = store[patch_store.PROBABILITIES][:]
+    _heatmap_figure(s, probabilities, [(f"prediction: {title}", _argmax(probabilities))], out_png)
 
 
 def probability_overlay(values, coords, cell, grid, color) -> np.ndarray:

@@ -16,7 +16,7 @@ import zarr
 from ..evaluation.grading import grade_from_patch_labels
 from ..evaluation.metrics import quadratic_kappa
 from ..io import write_text
-from ..patches.store import LABELS, open_store, read_attributes
+from ..patches.store import LABELS, PROBABILITIES, open_store, read_attributes
 
 GRADE_GROUPS = 6  # 0 (benign) .. 5
 
@@ -37,7 +37,7 @@ def slide_grades(predictions: dict[str, str | Path], stores: list[str | Path]) -
     for model, path in predictions.items():
         root = zarr.open_group(str(path), mode="r")
         for slide_id, (classes, labels) in references.items():
-            probabilities = root[slide_id]["probabilities"][:]
+            probabilities = root[slide_id][PROBABILITIES][:]
             predicted = probabilities.argmax(1) if len(probabilities) else np.zeros(0, int)
             rows.append({"model": model, "slide_id": slide_id,
                          **_grade_fields("true", grade_from_patch_labels(labels, classes)),

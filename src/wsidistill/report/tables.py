@@ -15,17 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import TEACHER
-from ..evaluation.metrics import (
-    balanced_accuracy,
-    bootstrap_ci,
-    format_mean_std,
-    mean_std,
-    paired_bootstrap,
-    quadratic_kappa,
-)
+from ..config import TEACHER, config_default
+from ..evaluation.metrics import SlideBootstrap, balanced_accuracy, format_mean_std, mean_std, quadratic_kappa
 from ..io import save_figure, write_text
 
+#: The method every other is tested against by default: the schema's `baseline_method`.
+BASELINE = config_default("baseline_method")
 METRICS = {"kappa": ("quadratic_kappa", quadratic_kappa), "balanced_accuracy": ("balanced_accuracy", balanced_accuracy)}
 
 
@@ -33,7 +28,7 @@ def load_metrics(paths: list[str | Path]) -> list[dict]:
     return [json.loads(Path(p).read_text()) for p in paths]
 
 
-def comparison_frame(results: list[dict], baseline: str | None = "ce", n_boot: int = 1000) -> pd.DataFrame:
+def comparison_frame(results: list[dict], baseline: str | None = BASELINE, n_boot: int = 1000) -> pd.DataFrame:
     """Long table: one row per (method, magnification) with mean, std and significance."""
     rows = []
     groups: dict[tuple[str, float], list[dict]] = {}
@@ -60,7 +55,7 @@ def _pooled_interval(runs: list[dict], n_boot: int) -> dict:
     predicted = np.concatenate([r["per_patch"]["predicted"] for r in runs]).astype(int)
     slides = np.concatenate([r["per_patch"]["slide"] for r in runs])
     num_classes = len(runs[0]["classes"])
-    low, high = bootstrap_ci(truth, predicted, slides, quadratic_kappa, num_classes, n_boot=n_boot, seed=0)
+    low, high = SlideBootstrap(truth, slides, quadratic_kappa, num_classes, n_boot=n_boot, seed=0).interval(predicted)
     return {"kappa_pooled": quadratic_kappa(truth, predicted, num_classes),
             "kappa_pooled_ci_low": low, "kappa_pooled_ci_high": high}
 
@@ -76,7 +71,7 @@ def _against_baseline(runs: list[dict], reference: list[dict], n_boot: int) -> d
     num_classes = len(runs[0]["classes"])
     if len(truth) == 0 or len(np.unique(slides)) < 2:
         return {}
-    test = paired_bootstrap(truth, ours, theirs, slides, quadratic_kappa, num_classes, n_boot=n_boot, seed=0)
+    test = SlideBootstrap(truth, slides, quadratic_kappa, num_classes, n_boot=n_boot, seed=0).compare(ours, theirs)
     return {"kappa_delta_vs_baseline": test["delta"], "kappa_delta_low": test["low"], "kappa_delta_high": test["high"],
             "p_value_vs_baseline": test["p_value"], "significant_vs_baseline": bool(test["significant"])}
 
@@ -118,7 +113,7 @@ def _legend(frame: pd.DataFrame, baseline: str) -> str:
             "predictions pooled, with its 95% bootstrap interval over test slides (`kappa_pooled_ci_low/high`).")
 
 
-def comparison_markdown(frame: pd.DataFrame, baseline: str = "ce") -> str:
+def comparison_markdown(frame: pd.DataFrame, baseline: str = BASELINE) -> str:
     """Two pivot tables (kappa, balanced accuracy) with the best Student per column in bold."""
     lines = []
     for name, title in TITLES.items():
@@ -128,7 +123,7 @@ def comparison_markdown(frame: pd.DataFrame, baseline: str = "ce") -> str:
     return "\n".join([*lines, _legend(frame, baseline), ""])
 
 
-def comparison_html(frame: pd.DataFrame, baseline: str = "ce") -> str:
+def comparison_html(frame: pd.DataFrame, baseline: str = BASELINE) -> str:
     """The same tables as a standalone page: Snakemake's report displays HTML, not CSV or Markdown."""
     def cell(text: str, tag: str = "td") -> str:
         text = html.escape(text)
@@ -177,7 +172,7 @@ def kappa_plot(frame: pd.DataFrame, path: str | Path) -> None:
 
 
 def write_comparison(metric_paths: list[str | Path], out_csv, out_md, out_html, out_png,
-                     baseline: str = "ce") -> pd.DataFrame:
+                     baseline: str = BASELINE) -> pd.DataFrame:
     frame = comparison_frame(load_metrics(metric_paths), baseline=baseline)
     write_text(out_csv, frame.to_csv(index=False))
     write_text(out_md, "# Comparison\n\n" + comparison_markdown(frame, baseline))

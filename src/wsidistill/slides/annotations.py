@@ -1,32 +1,56 @@
 """Region annotations and patch labels: QuPath GeoJSON, PANDA label masks, user tissue masks.
 
-QuPath exports GeoJSON FeatureCollections whose features carry
-``properties.classification.name``; config maps those names to the pipeline's
-classes.  PANDA-style label masks are pyramidal TIFFs whose pixel values are
-classes (Radboud: 0 background, 1 stroma, 2 benign epithelium, 3-5 Gleason
-3-5); config maps values to classes, ``None`` ignoring a value.  Either way a
-patch's class fractions are the share of its area given to each class, and its
-label is the class with the largest share, kept only when that share is at
-least ``min_label_fraction``; other patches get -1 (kept for heatmaps,
-excluded from training).
+QuPath GeoJSON (:func:`read_annotations`) is read in every form QuPath and other tools write: a
+FeatureCollection, a single Feature or a list of features; classifications as
+``{"name": ...}``, as QuPath >= 0.4's derived ``{"names": ["Gleason 3",
+"Positive"]}`` (joined as QuPath displays it, ``"Gleason 3: Positive"``), as a
+plain string, or missing (then ``properties.name``, else ``"<unnamed>"``);
+Polygon, MultiPolygon and the polygons of a GeometryCollection, holes kept.
+Config ``annotation_classes`` maps names to the pipeline's classes, ``null``
+ignoring a name.  Features without a usable polygon (no geometry, points and
+lines, geometry ``shapely.make_valid`` cannot turn into an area) are skipped
+with one warning that counts them.
+
+Where annotations of different classes overlap, an overlap rule
+(:data:`OVERLAP_RULES`, config ``extraction.annotation_overlap``) gives the
+shared area to one of them or leaves it undecided; the default, ``innermost``,
+gives it to the annotation drawn inside the other, as QuPath's hierarchy reads
+a Gleason 4 nest drawn inside a Benign region.
+
+PANDA-style label masks are rasters whose pixel values are classes (Radboud: 0
+background, 1 stroma, 2 benign epithelium, 3-5 Gleason 3-5); config maps values
+to classes, ``None`` ignoring a value.  Either way a patch's class fractions are
+the share of its area given to each class, and its label is the class with the
+largest share, kept only when that share is at least ``min_label_fraction`` and
+larger than the patch's undecided share; other patches get -1 (kept for
+heatmaps, excluded from training).
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 import shapely
-import tifffile
 from shapely.geometry import box, shape
-from shapely.ops import unary_union
 
-from ..errors import InputError
-from .reader import TiffPyramid
+from .geojson import (
+    UNNAMED,
+    AnnotationError,
+    check_annotation_classes,
+    class_names,
+    classification_name,
+    feature_label,
+    read_features,
+    unknown_classes,
+)
+from .reader import RasterLevel, TiffPyramid
+
+__all__ = ["UNNAMED", "AnnotationError", "check_annotation_classes", "classification_name"]
 
 UNLABELLED = -1
 
@@ -42,78 +66,156 @@ ASPECT_TOLERANCE = 0.02
 #: Level-0 pixels of mask read at once when labelling patches: memory stays bounded on any slide.
 MASK_BAND_PIXELS = 4 << 20
 
+#: Rules for the area shared by annotations of different classes (config ``extraction.annotation_overlap``):
+#: innermost - the annotation lying inside the other wins (QuPath's hierarchy); partial overlaps are undecided;
+#: smallest_area - the smaller annotation wins any overlap; equal areas are undecided;
+#: highest_class - the class later in `classes` (the higher grade) wins;
+#: undecided - every overlap of different classes is undecided.
+OVERLAP_RULES = ("innermost", "smallest_area", "highest_class", "undecided")
 
-class AnnotationError(InputError, ValueError):
-    """Annotations (GeoJSON, label or tissue mask) that cannot be read or mapped onto the configured classes."""
+#: An annotation lies inside another when at least this share of its area does (hand-drawn edges wobble).
+CONTAINED_FRACTION = 0.98
+
+#: Overlaps smaller than this (level-0 px^2) are shared edges, not overlaps.
+MIN_OVERLAP_AREA = 1.0
 
 
-def classification_name(feature: dict) -> str | None:
-    props = feature.get("properties") or {}
-    classification = props.get("classification") or {}
-    return classification.get("name") or props.get("name")
-
-
-def _features(path: Path) -> list:
+def _polygonal(geometry) -> shapely.Geometry | None:
+    """A feature's geometry as a valid (Multi)Polygon with area, or None when it has none."""
+    if not isinstance(geometry, dict):
+        return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AnnotationError(f"{path}: not readable GeoJSON ({err})") from err
-    features = data.get("features", []) if isinstance(data, dict) and data.get("type") == "FeatureCollection" else data
-    if not isinstance(features, list):
-        raise AnnotationError(f"{path}: expected a GeoJSON FeatureCollection or a list of features")
-    return features
+        geom = shape(geometry)
+        if not geom.is_valid:
+            geom = shapely.make_valid(geom)
+        if geom.geom_type == "GeometryCollection":  # make_valid and some exporters mix polygons with lines
+            geom = shapely.union_all([g for g in geom.geoms if g.geom_type in ("Polygon", "MultiPolygon")])
+        valid = geom.geom_type in ("Polygon", "MultiPolygon") and not geom.is_empty and geom.area > 0 \
+            and np.isfinite(geom.bounds).all()
+    except Exception:  # noqa: BLE001 - shapely's shape() raises a different type for each malformed form
+        return None
+    return geom if valid else None
 
 
-def check_annotation_classes(paths: Sequence[str | Path], class_map: Mapping[str, str]) -> None:
-    """Fail before any job when a GeoJSON uses a classification missing from ``class_map``, naming every file."""
-    problems = []
-    for path in paths:
-        unknown = sorted({classification_name(f) or "<unnamed>" for f in _features(Path(path))} - set(class_map))
-        if unknown:
-            problems.append(f"{path}: {unknown}")
-    if problems:
-        raise AnnotationError(
-            f"annotation classes not in config `annotation_classes` (known: {sorted(class_map)}): "
-            + "; ".join(problems) + ". Add them to the mapping or remove those annotations."
-        )
+@dataclass
+class Annotations:
+    """Annotated regions after the overlap rule.
+
+    ``regions``: class -> its area (disjoint across classes); ``undecided``: area
+    the rule could not give to one class; ``overlaps``: "A/B" (classes in
+    `classes` order) -> the area where annotations of A and B overlap, and
+    ``overlap_pairs`` the number of overlapping annotation pairs.  Level-0 px.
+    """
+
+    regions: dict[str, shapely.Geometry]
+    undecided: shapely.Geometry = field(default_factory=shapely.Polygon)
+    overlaps: dict[str, shapely.Geometry] = field(default_factory=dict)
+    overlap_pairs: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
 
 
-def read_geojson(
+def _winner(rule: str, i: int, j: int, classes: list, areas: list, shared: float) -> int | None:
+    """Which of annotations i and j (of different classes) gets their shared area under ``rule``; None: undecided."""
+    if rule == "innermost":
+        i_inside, j_inside = shared >= CONTAINED_FRACTION * areas[i], shared >= CONTAINED_FRACTION * areas[j]
+        return i if i_inside and not j_inside else j if j_inside and not i_inside else None
+    if rule == "smallest_area":
+        if abs(areas[i] - areas[j]) <= 1e-6 * max(areas[i], areas[j]):
+            return None
+        return i if areas[i] < areas[j] else j
+    if rule == "highest_class":
+        return i if classes[i] > classes[j] else j
+    return None
+
+
+def _resolve_overlaps(geoms: list, class_index: list, names: Sequence[str], rule: str) -> Annotations:
+    areas = [g.area for g in geoms]
+    cut: list[list] = [[] for _ in geoms]  # areas each annotation loses to others or to undecided
+    undecided, overlaps, pairs = [], {}, {}
+    tree = shapely.STRtree(geoms)
+    left, right = tree.query(geoms, predicate="intersects")
+    for i, j in zip(left.tolist(), right.tolist()):
+        if i >= j or class_index[i] == class_index[j]:
+            continue
+        shared = shapely.intersection(geoms[i], geoms[j])
+        if shared.area < MIN_OVERLAP_AREA:
+            continue
+        low, high = sorted((class_index[i], class_index[j]))
+        key = f"{names[low]}/{names[high]}"
+        overlaps.setdefault(key, []).append(shared)
+        pairs[key] = pairs.get(key, 0) + 1
+        winner = _winner(rule, i, j, class_index, areas, shared.area)
+        if winner is None:
+            undecided.append(shared)
+            cut[i].append(shared)
+            cut[j].append(shared)
+        else:
+            cut[j if winner == i else i].append(shared)
+    regions: dict[str, list] = {c: [] for c in names}
+    for geom, index, lost in zip(geoms, class_index, cut):
+        regions[names[index]].append(geom.difference(shapely.union_all(lost)) if lost else geom)
+    return Annotations(
+        regions={c: shapely.union_all(g) if g else shapely.Polygon() for c, g in regions.items()},
+        undecided=shapely.union_all(undecided) if undecided else shapely.Polygon(),
+        overlaps={k: shapely.union_all(v) for k, v in overlaps.items()},
+        overlap_pairs=pairs,
+    )
+
+
+def read_annotations(
     path: str | Path,
-    class_map: Mapping[str, str],
+    class_map: Mapping[str, str | None],
     classes: Sequence[str],
     slide_dimensions: tuple[int, int] | None = None,
-) -> dict[str, shapely.Geometry]:
-    """Union of annotated regions per class, clipped to the slide.
+    *,
+    overlap: str = "innermost",
+) -> Annotations:
+    """Annotated regions per class, after the ``overlap`` rule, clipped to the slide (level-0 px).
 
-    Raises AnnotationError naming the file and any classification absent from
-    ``class_map``; clipping a region that leaves the slide is a warning.
+    Raises AnnotationError, one line naming the file (and the features), for an
+    unreadable file, a classification absent from ``class_map`` or of no known
+    form, or a mapping onto a name not in ``classes``.  Features of classes
+    mapped to None are ignored; unusable features are skipped with one warning
+    counting them; clipping a region that leaves the slide is a warning.
     """
     path = Path(path)
-    features = _features(path)
-    unknown = sorted({classification_name(f) or "<unnamed>" for f in features} - set(class_map))
+    if overlap not in OVERLAP_RULES:
+        raise AnnotationError(f"unknown annotation overlap rule {overlap!r}: choose one of {', '.join(OVERLAP_RULES)} "
+                              "(`extraction.annotation_overlap`)")
+    features = read_features(path)
+    names = class_names(path, features)
+    unknown = unknown_classes(path, names, features, class_map)
     if unknown:
-        raise AnnotationError(
-            f"{path}: annotation classes {unknown} are not in config `annotation_classes` "
-            f"(known: {sorted(class_map)}). Add them to the mapping or remove those annotations."
-        )
-    regions: dict[str, list] = {c: [] for c in classes}
-    for feature in features:
-        target = class_map[classification_name(feature)]
-        if target not in regions:
-            raise AnnotationError(f"{path}: `annotation_classes` maps to {target!r}, which is not in `classes`")
-        geometry = shape(feature["geometry"])
-        if not geometry.is_valid:
-            geometry = shapely.make_valid(geometry)
-        regions[target].append(geometry)
-    merged = {c: unary_union(g) if g else shapely.Polygon() for c, g in regions.items()}
+        raise AnnotationError(f"{unknown}: not in config `annotation_classes` (known: {sorted(class_map)}). "
+                              "Add them to the mapping (null ignores a class) or remove those annotations.")
+    targets = {class_map[n] for n in names if n is not None} - {None} - set(classes)
+    if targets:
+        raise AnnotationError(f"{path}: `annotation_classes` maps to {sorted(targets)}, which are not in `classes` "
+                              f"{list(classes)}")
+    geoms, class_index, skipped = [], [], []
+    for index, (name, feature) in enumerate(zip(names, features)):
+        if name is not None and class_map[name] is None:
+            continue
+        geom = _polygonal(feature.get("geometry")) if name is not None else None
+        if geom is None:
+            skipped.append(feature_label(index, feature))
+            continue
+        geoms.append(geom)
+        class_index.append(list(classes).index(class_map[name]))
+    if skipped:
+        warnings.warn(f"{path}: skipped {len(skipped)} feature(s) without a usable polygon (no geometry, points or "
+                      f"lines, or a shape that cannot be repaired): {', '.join(skipped[:5])}"
+                      + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
+    result = _resolve_overlaps(geoms, class_index, list(classes), overlap)
+    result.skipped = len(skipped)
     if slide_dimensions is not None:
         bounds = box(0, 0, *slide_dimensions)
-        outside = [c for c, g in merged.items() if not g.is_empty and not bounds.contains(g)]
+        outside = [c for c, g in result.regions.items() if not g.is_empty and not bounds.contains(g)]
         if outside:
             warnings.warn(f"{path}: annotations of {outside} extend beyond the slide and were clipped", stacklevel=2)
-            merged = {c: g.intersection(bounds) for c, g in merged.items()}
-    return merged
+            result.regions = {c: g.intersection(bounds) for c, g in result.regions.items()}
+            result.undecided = result.undecided.intersection(bounds)
+    return result
 
 
 def class_fractions(regions: Mapping[str, shapely.Geometry], coords: np.ndarray, cell: int) -> np.ndarray:
@@ -129,13 +231,21 @@ def class_fractions(regions: Mapping[str, shapely.Geometry], coords: np.ndarray,
     return fractions
 
 
-def majority_labels(fractions: np.ndarray, min_label_fraction: float) -> np.ndarray:
-    """Class with the largest area per patch, or -1 below ``min_label_fraction``."""
+def majority_labels(fractions: np.ndarray, min_label_fraction: float, undecided: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """(N,) int8: the class with the largest area per patch, or -1 below ``min_label_fraction``.
+
+    ``undecided`` (N,) is each patch's share the overlap rule left undecided:
+    a patch where it is at least the best class's share gets -1.
+    """
     if fractions.shape[0] == 0:
         return np.zeros(0, dtype=np.int8)
     best = fractions.argmax(axis=1)
     covered = fractions[np.arange(len(best)), best]
-    return np.where(covered >= min_label_fraction, best, UNLABELLED).astype(np.int8)
+    labelled = covered >= min_label_fraction
+    if undecided is not None:
+        labelled &= ~((undecided > 0) & (undecided >= covered))
+    return np.where(labelled, best, UNLABELLED).astype(np.int8)
 
 
 def _mask_scale(path: Path, mask_size: tuple[int, int], slide_dimensions: tuple[int, int]) -> float:
@@ -149,13 +259,38 @@ def _mask_scale(path: Path, mask_size: tuple[int, int], slide_dimensions: tuple[
     return slide_w / mask_w
 
 
-def _open_mask(path: Path) -> TiffPyramid:
+class _ImageMask:
+    """A PNG/JPEG/BMP mask read whole, with :class:`TiffPyramid`'s interface (one level)."""
+
+    def __init__(self, path: Path, image: np.ndarray):
+        self.levels = [RasterLevel(path, image, 0)]
+        self.dimensions = (self.levels[0].width, self.levels[0].height)
+
+    def __enter__(self) -> _ImageMask:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _open_mask(path: Path) -> TiffPyramid | _ImageMask:
+    """A mask raster of any layout: a tiled or stripped TIFF (every level), or an image file OpenCV reads."""
     if not path.exists():
         raise AnnotationError(f"{path}: mask file not found. Check the sample sheet or the command line.")
-    try:
-        return TiffPyramid(path)
-    except ValueError as err:
-        raise AnnotationError(str(err)) from err
+    with open(path, "rb") as head:
+        is_tiff = head.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    if is_tiff:
+        try:
+            return TiffPyramid(path)
+        except ValueError as err:
+            raise AnnotationError(str(err)) from err
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None or image.dtype != np.uint8:
+        raise AnnotationError(f"{path}: not a readable 8-bit mask (TIFF, PNG or another image OpenCV reads, one "
+                              "value per pixel). Re-export it as an 8-bit image.")
+    if image.ndim == 3:
+        image = image[..., ::-1] if image.shape[2] == 3 else image[..., [2, 1, 0, 3]]  # BGR(A) -> RGB(A): red first
+    return _ImageMask(path, image)
 
 
 def label_mask_fractions(
@@ -168,6 +303,8 @@ def label_mask_fractions(
 ) -> np.ndarray:
     """(N, C) share of each level-0 cell whose mask value maps to each class.
 
+    The mask is any raster :func:`_open_mask` reads (tiled or stripped TIFF,
+    PNG) covering the whole slide at any scale (PANDA: the value in red).
     Read at the coarsest mask level that still gives ``MASK_PIXELS_PER_CELL``
     pixels per cell side, in bands of cell rows, so memory does not grow with
     the slide.  Values mapped to None (background) and unmapped values count
@@ -227,27 +364,16 @@ def read_tissue_mask(
 ) -> tuple[np.ndarray, float]:
     """A user's tissue mask (nonzero = tissue) and its level-0 downsample.
 
-    PNG/JPEG are read whole; a pyramidal TIFF at its coarsest level with at
-    least ``min_side`` pixels on the long side, so a full-resolution mask does
-    not have to fit in memory.
+    Any raster :func:`_open_mask` reads: PNG/JPEG whole; a TIFF (tiled or
+    stripped) at its coarsest level with at least ``min_side`` pixels on the
+    long side, so a full-resolution pyramidal mask does not have to fit in memory.
     """
     path = Path(path)
     if not path.exists():
         raise AnnotationError(f"{path}: tissue mask not found. Check the --tissue-mask path.")
-    if path.suffix.lower() in (".tif", ".tiff"):
-        try:
-            with _open_mask(path) as pyramid:
-                big_enough = [lv for lv in pyramid.levels if max(lv.width, lv.height) >= min_side]
-                level = big_enough[-1] if big_enough else pyramid.levels[0]
-                image = level.read(0, 0, level.width, level.height)[..., 0]
-        except AnnotationError:
-            try:  # a small untiled TIFF
-                image = np.asarray(tifffile.imread(path))
-            except (tifffile.TiffFileError, OSError, ValueError) as err:
-                raise AnnotationError(f"{path}: not a readable tissue mask ({err})") from err
-    else:
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise AnnotationError(f"{path}: not a readable tissue mask image (PNG, JPEG or TIFF, nonzero = tissue)")
-    mask = (image.reshape(image.shape[0], image.shape[1], -1)[..., :3] > 0).any(axis=-1)
+    with _open_mask(path) as pyramid:
+        big_enough = [lv for lv in pyramid.levels if max(lv.width, lv.height) >= min_side]
+        level = big_enough[-1] if big_enough else pyramid.levels[0]
+        image = level.read(0, 0, level.width, level.height)
+    mask = (image[..., :3] > 0).any(axis=-1)
     return mask, _mask_scale(path, (mask.shape[1], mask.shape[0]), slide_dimensions)

@@ -1,18 +1,22 @@
 """The patch grid: one set of level-0 rectangles shared by every magnification.
 
-The field of view is ``patch_size`` pixels at the Teacher's magnification, so on
-a 40x slide with a 40x Teacher and 128 px patches each cell is 128 level-0
-pixels wide; at 5x the same cell is 16 pixels.  Patch *i* covers exactly the
+The field of view is ``patch_size`` pixels at the Teacher's magnification, in
+microns (:func:`field_cell`), so on a 40x slide with a 40x Teacher and 128 px
+patches each cell is 128 level-0 pixels wide; at 5x the same cell is 16 pixels.  Patch *i* covers exactly the
 same level-0 rectangle at every magnification.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
 from ..errors import InputError
+
+#: Relative difference between a slide's MPP and its objective's nominal MPP kept as whole nominal pixels.
+FIELD_TOLERANCE = 0.03
 
 
 class GridError(InputError, ValueError):
@@ -28,11 +32,32 @@ def patch_pixels(patch_size: int, magnification: float, teacher_magnification: f
     """Side in pixels at ``magnification`` of a field of view ``patch_size`` px at the Teacher's."""
     side = patch_size * magnification / teacher_magnification
     if abs(side - round(side)) > 1e-6 or round(side) < 1:
+        step = Fraction(magnification / teacher_magnification).limit_denominator(1000).denominator
         raise GridError(
-            f"a {patch_size} px field at {teacher_magnification:g}x is {side:g} px at {magnification:g}x; "
-            "choose magnifications that divide the field into whole pixels"
+            f"a {patch_size} px field at {teacher_magnification:g}x is {side:g} px at {magnification:g}x, not a "
+            f"whole number: set `extraction.patch_size` (--patch-size) to a multiple of {step}, or drop "
+            f"{magnification:g}x from `magnifications`"
         )
     return int(round(side))
+
+
+def field_cell(patch_size: int, teacher_magnification: float, mpp: float, objective_power: float) -> int:
+    """Level-0 px side of the field of view: ``patch_size`` px at the Teacher's magnification, in physical units.
+
+    The field is ``patch_size * MPP_AT_10X * 10 / teacher_magnification`` um
+    wide on every slide (64 um for 256 px at 40x), so patches cover the same
+    tissue whatever the scanner: a 0.2265 um/px scan reads 283 px cells and
+    resamples them to 256.  Where the slide's MPP is within
+    FIELD_TOLERANCE of its power's nominal MPP the cell is the whole nominal
+    side (patch_size * power / teacher), so patches stay whole file tiles.
+    """
+    from .reader import MPP_AT_10X
+
+    nominal = patch_size * objective_power / teacher_magnification
+    physical = patch_size * MPP_AT_10X * 10 / teacher_magnification / mpp
+    if abs(physical / nominal - 1) <= FIELD_TOLERANCE and abs(nominal - round(nominal)) < 1e-6:
+        return int(round(nominal))
+    return max(1, int(round(physical)))
 
 
 @dataclass(frozen=True)

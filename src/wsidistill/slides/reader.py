@@ -1,17 +1,23 @@
 """One reader for every slide format, with resolution always carried with its unit.
 
-OpenSlide opens SVS, NDPI, MRXS, generic TIFF and DICOM and supplies the
-metadata; tiatoolbox's ``WSIReader`` is the fallback for files OpenSlide does
-not recognise (OME-TIFF, plain images).  Magnification comes from the
-objective power; without it, it is derived from the MPP (magnification ~ 10 /
-MPP) and the derivation is recorded, never hidden.
+OpenSlide opens SVS, NDPI, MRXS, generic tiled TIFF and DICOM (a file of the
+series, or its folder) and supplies the metadata.  TIFFs are read as they are
+stored: a pyramid OpenSlide does not see (an OME-TIFF's levels in SubIFDs) and
+TIFFs OpenSlide refuses (stripped, untiled) are read through tifffile's series
+levels, with the MPP from the resolution tags or the OME-XML.  tiatoolbox's
+``WSIReader`` is the fallback for other files OpenSlide does not recognise
+(JPEG 2000, plain images).  Magnification comes from the objective power;
+without it, it is derived from the MPP and snapped to the nearest standard
+objective, and the derivation is recorded, never hidden
+(:func:`resolve_resolution`).  Transparent pixels are composited on white the
+same way whatever the reader (:func:`composite_on_white`).
 
 Pixels of Aperio SVS and generic tiled TIFF slides are read straight from the
 file (:class:`TiffTiles`): each tile's bytes with one ``pread``, decoded once by
 libjpeg-turbo with the file's JPEG tables and colourspace.  That is the same
 decode OpenSlide does, without its per-region ARGB compositing and tile cache,
 and it is where extraction spends most of its time.  Every other format is read
-through OpenSlide (or tiatoolbox).
+through OpenSlide (or tifffile, or tiatoolbox).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import threading
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import imagecodecs
@@ -34,6 +41,18 @@ from ..errors import InputError
 #: Microns per pixel of a 10x objective; magnification ~ MPP_AT_10X * 10 / mpp.
 MPP_AT_10X = 1.0
 
+#: Objective powers a derived power snaps to: tiatoolbox's ``mpp2common_objective_power`` list.
+STANDARD_POWERS = (1, 1.25, 2, 2.5, 4, 5, 10, 20, 40, 60, 90, 100)
+
+#: Largest ratio between 10 / mpp and the recorded objective power read as agreement (Hamamatsu 40x: 0.2265 um/px).
+CONSISTENT_RATIO = 1.3
+
+#: MPPs outside this range (um/px) are placeholders (72 dpi, 1 px per unit), not a scanner's.
+PLAUSIBLE_MPP = (0.05, 20.0)
+
+#: Relative difference between x and y MPP still read as square pixels.
+SQUARE_TOLERANCE = 0.01
+
 #: OpenSlide vendors whose TIFF tile grid is the image itself (no overlaps, offsets or stitching).
 DIRECT_VENDORS = ("aperio", "generic-tiff")
 
@@ -44,7 +63,13 @@ DIRECT_COMPRESSIONS = frozenset(
 )
 
 #: Suffixes OpenSlide does not read but tiatoolbox does; other unrecognised files are errors.
-TIATOOLBOX_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".jp2", ".png", ".jpg", ".jpeg")
+TIATOOLBOX_SUFFIXES = (".jp2", ".j2k")
+
+#: Plain images read whole by OpenCV, alpha kept (tiatoolbox drops it, leaving transparent pixels' colour).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+#: Suffixes read through tifffile when OpenSlide refuses them or misses their pyramid.
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 
 #: Rows of the coarsest level read at once for the thumbnail: memory stays bounded on slides without a pyramid.
 THUMBNAIL_STRIP_PIXELS = 16 << 20
@@ -82,21 +107,57 @@ def _positive(value) -> float | None:
     return value if value > 0 and math.isfinite(value) else None
 
 
+class Resolution(NamedTuple):
+    """A slide's resolution: level-0 microns per pixel and (equivalent) objective power, each with its source."""
+
+    mpp: float
+    mpp_source: str
+    objective_power: float
+    objective_power_source: str
+    warnings: tuple[str, ...] = ()
+
+
+def standard_power(mpp: float) -> float:
+    """The standard objective nearest (on a log scale) to ``MPP_AT_10X * 10 / mpp``, as tiatoolbox snaps it."""
+    power = MPP_AT_10X * 10 / mpp
+    return min(STANDARD_POWERS, key=lambda p: abs(math.log(power / p)))
+
+
 def resolve_resolution(
     path: str | Path,
     mpp: float | None,
     objective_power: float | None,
     *,
+    mpp_y: float | None = None,
     mpp_override: float | None = None,
     power_override: float | None = None,
-) -> tuple[float, str, float, str]:
-    """Combine metadata and sample-sheet overrides into (mpp, source, power, source)."""
-    mpp_source = "metadata"
-    power_source = "metadata"
+) -> Resolution:
+    """Combine metadata and the sample sheet's ``mpp`` / ``objective_power`` overrides into one Resolution.
+
+    The MPP is the physical measurement and wins over a disagreeing objective
+    power from the file (a 20x objective behind a 2x camera adapter is 40x
+    pixels); a sample-sheet value wins over the file.  A missing power is
+    derived from the MPP and snapped to the nearest standard objective
+    (0.2520 um/px -> 40x, 0.2265 -> 40x), a missing MPP from the power
+    (10 / power).  Raises SlideReadError naming the slide, the values and the
+    sheet column for missing or non-square resolution; disagreements and
+    implausible values are returned as warnings naming the same.
+    """
+    notes = []
+    fix = "Set the `mpp` or `objective_power` column for this slide in the sample sheet to override."
+    mpp_source = power_source = "metadata"
+    if mpp is not None and not PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]:
+        notes.append(f"{path}: the file's mpp {mpp:g} um/px is outside the range of slide scanners "
+                     f"({PLAUSIBLE_MPP[0]:g}-{PLAUSIBLE_MPP[1]:g}), a placeholder resolution; ignored. {fix}")
+        mpp = mpp_y = None
     if mpp_override is not None:
-        mpp, mpp_source = float(mpp_override), "sample sheet"
+        mpp, mpp_y, mpp_source = float(mpp_override), None, "sample sheet"
     if power_override is not None:
         objective_power, power_source = float(power_override), "sample sheet"
+    if mpp is not None and mpp_y is not None and abs(mpp_y / mpp - 1) > SQUARE_TOLERANCE:
+        raise SlideReadError(f"{path}: the pixels are not square ({mpp:g} x {mpp_y:g} um): patches would be "
+                             "stretched. Resample the slide to square pixels, or, if the metadata is wrong, set "
+                             "the `mpp` column for this slide in the sample sheet.")
     if mpp is None and objective_power is None:
         raise SlideReadError(
             f"{path}: the slide records neither microns per pixel nor objective power. "
@@ -104,12 +165,23 @@ def resolve_resolution(
             "in the sample sheet."
         )
     if objective_power is None:
-        objective_power = round(MPP_AT_10X * 10 / mpp, 2)
-        power_source = "derived from mpp"
-    if mpp is None:
+        objective_power = standard_power(mpp)
+        power_source = (f"derived from mpp ({MPP_AT_10X * 10 / mpp:.2f}x, nearest standard objective)"
+                        if mpp_source == "metadata" else f"derived from mpp ({mpp_source})")
+    elif mpp is None:
         mpp = MPP_AT_10X * 10 / objective_power
-        mpp_source = "derived from objective power"
-    return float(mpp), mpp_source, float(objective_power), power_source
+        mpp_source = "derived from objective power" + ("" if power_source == "metadata" else f" ({power_source})")
+    elif abs(math.log(MPP_AT_10X * 10 / mpp / objective_power)) > math.log(CONSISTENT_RATIO):
+        said = f"objective power {objective_power:g}x ({power_source}) and mpp {mpp:g} um/px ({mpp_source}, " \
+               f"{MPP_AT_10X * 10 / mpp:.1f}x) disagree"
+        if power_source == "sample sheet" and mpp_source == "metadata":
+            mpp, mpp_source = MPP_AT_10X * 10 / objective_power, f"derived from objective power (sample sheet; {said})"
+        elif mpp_source == "sample sheet" and power_source == "metadata":
+            objective_power, power_source = standard_power(mpp), f"derived from mpp (sample sheet; {said})"
+        else:
+            notes.append(f"{path}: {said}; using {standard_power(mpp):g}x from the mpp. {fix}")
+            objective_power, power_source = standard_power(mpp), f"derived from mpp ({said})"
+    return Resolution(float(mpp), mpp_source, float(objective_power), power_source, tuple(notes))
 
 
 class TiffTiles:
@@ -235,12 +307,134 @@ def tiff_levels(path: Path, fd: int, level_dimensions, *, samples=(3,), fill=255
         return None
 
 
-class TiffPyramid:
-    """Every decodable tiled level of a TIFF, largest first: label and tissue masks.
+class RasterLevel:
+    """One level of any raster tifffile or OpenCV decodes (stripped TIFF, a SubIFD level, PNG): TiffTiles' reads.
 
-    Masks are read by value, so only their first sample counts (PANDA stores its
-    labels in the red channel of an RGB TIFF).  Raises ValueError naming the
-    file when it has no tiled level this reader can decode.
+    ``array`` is (height, width[, samples]), a NumPy array or tifffile's lazy
+    Zarr view, which decodes only the strips under a read.
+    """
+
+    def __init__(self, path: Path, array, fill: int):
+        self.path = path
+        self._array = array
+        self.height, self.width = int(array.shape[0]), int(array.shape[1])
+        self.samples = int(array.shape[2]) if len(array.shape) == 3 else 1
+        self.fill = fill
+        self.jpeg = None
+
+    def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """(height, width, samples) pixels from (x, y) in this level's pixels, ``fill`` outside the image."""
+        return self.read_rectangles(np.array([[x, y]]), width, height)[0]
+
+    def read_rectangles(self, corners: np.ndarray, width: int, height: int | None = None,
+                        out: np.ndarray | None = None) -> np.ndarray:
+        height = width if height is None else height
+        corners = np.asarray(corners, dtype=np.int64)
+        if out is None:
+            out = np.empty((len(corners), height, width, self.samples), np.uint8)
+        for target, (x, y) in zip(out, corners):
+            x0, y0 = max(x, 0), max(y, 0)
+            x1, y1 = min(x + width, self.width), min(y + height, self.height)
+            if (x0, y0, x1, y1) != (x, y, x + width, y + height):
+                target[:] = self.fill
+            if x1 > x0 and y1 > y0:
+                try:
+                    pixels = np.asarray(self._array[y0:y1, x0:x1])
+                except Exception as err:  # noqa: BLE001 - each codec raises its own error class
+                    raise SlideReadError(f"{self.path}: pixels at ({x0}, {y0}) cannot be decoded ({err}). The file "
+                                         "is corrupt: re-export or re-copy it.") from err
+                target[y0 - y : y1 - y, x0 - x : x1 - x] = pixels.reshape(y1 - y0, x1 - x0, -1)
+        return out
+
+
+def tifffile_levels(path: Path, fd: int, *, fill: int = 255) -> list | None:
+    """Every level of the TIFF's first image series, largest first (an OME-TIFF's SubIFDs included), else None.
+
+    Tiled 8-bit levels are read tile by tile (:class:`TiffTiles`), others
+    through tifffile's lazy Zarr view (:class:`RasterLevel`).
+    """
+    import zarr
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            levels = []
+            for index, level in enumerate(series.levels):
+                axes, page = level.axes, level.keyframe
+                if page.dtype != np.uint8 or not set(axes) <= {"Y", "X", "S", "C", "Z", "T", "Q"}:
+                    return None
+                if TiffTiles.readable(page, (1, 3, 4)) and axes.replace("S", "").strip("ZTQC") == "YX":
+                    levels.append(TiffTiles(path, fd, page, fill))
+                    continue
+                array = zarr.open(tifffile.imread(path, aszarr=True, series=0, level=index), mode="r")
+                core = axes.lstrip("ZTQ")
+                if core not in ("YX", "YXS", "YXC", "CYX", "SYX") or math.prod(level.shape[: len(axes) - len(core)]) != 1:
+                    return None
+                levels.append(RasterLevel(path, _View(array, len(axes) - len(core), core[0] in "CS"), fill))
+    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError):
+        return None
+    return levels or None
+
+
+class _View:
+    """A level array read as (height, width[, samples]): leading length-1 axes dropped, planar samples moved last."""
+
+    def __init__(self, array, lead: int, planar: bool):
+        self._array, self._lead, self._planar = array, lead, planar
+        shape = array.shape[lead:]
+        self.shape = (*shape[1:], shape[0]) if planar else shape
+
+    def __getitem__(self, key):
+        pixels = np.asarray(self._array[(0,) * self._lead + ((slice(None),) if self._planar else ()) + key])
+        return np.moveaxis(pixels, 0, -1) if self._planar else pixels
+
+
+def tiff_resolution(path: Path) -> tuple[float | None, float | None, float | None]:
+    """(mpp x, mpp y, objective power) from a TIFF's OME-XML or resolution tags; None where it has none."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if tif.is_ome and tif.ome_metadata:
+                return _ome_resolution(tif.ome_metadata)
+            page = tif.pages[0]
+            unit = {tifffile.RESUNIT.CENTIMETER: 1e4, tifffile.RESUNIT.INCH: 25400}.get(page.resolutionunit)
+            x, y = page.get_resolution()
+    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError, TypeError):
+        return None, None, None
+    if unit is None:
+        return None, None, None
+    return _positive(unit / x) if _positive(x) else None, _positive(unit / y) if _positive(y) else None, None
+
+
+def _ome_resolution(xml: str) -> tuple[float | None, float | None, float | None]:
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return None, None, None
+    to_um = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+    mpp = [None, None]
+    power = None
+    for element in root.iter():
+        tag = element.tag.rsplit("}", 1)[-1]
+        if tag == "Pixels" and mpp == [None, None]:
+            for i, axis in enumerate("XY"):
+                size = _positive(element.get(f"PhysicalSize{axis}"))
+                scale = to_um.get(element.get(f"PhysicalSize{axis}Unit", "µm"))
+                mpp[i] = size * scale if size and scale else None
+        elif tag == "Objective" and power is None:
+            power = _positive(element.get("NominalMagnification"))
+    return mpp[0], mpp[1], power
+
+
+class TiffPyramid:
+    """Every decodable level of a TIFF, largest first: label and tissue masks.
+
+    Tiled levels are read tile by tile; a TIFF without them (stripped, one
+    page) through tifffile, strips decoded as read.  Masks are read by value,
+    so only their first sample counts (PANDA stores its labels in the red
+    channel of an RGB TIFF).  Raises ValueError naming the file when it holds
+    no 8-bit image.
     """
 
     def __init__(self, path: str | Path, *, fill: int = 0):
@@ -255,12 +449,15 @@ class TiffPyramid:
         except (tifffile.TiffFileError, OSError) as err:
             os.close(self._fd)
             raise ValueError(f"{self.path}: not a readable TIFF ({err})") from err
-        if not readable:
-            os.close(self._fd)
-            raise ValueError(f"{self.path}: no tiled 8-bit level this reader decodes. Convert it to a tiled pyramidal "
-                             "TIFF, e.g. `vips tiffsave MASK out.tiff --tile --pyramid --compression deflate`.")
-        self.levels = [TiffTiles(self.path, self._fd, readable[size], fill)
-                       for size in sorted(readable, key=lambda s: s[0] * s[1], reverse=True)]
+        if readable:
+            self.levels = [TiffTiles(self.path, self._fd, readable[size], fill)
+                           for size in sorted(readable, key=lambda s: s[0] * s[1], reverse=True)]
+        else:  # stripped or otherwise untiled: tifffile's levels, decoding only the strips read
+            self.levels = tifffile_levels(self.path, self._fd, fill=fill)
+            if not self.levels:
+                os.close(self._fd)
+                raise ValueError(f"{self.path}: no 8-bit image this reader decodes (a mask holds one 8-bit value "
+                                 "per pixel, or PANDA's RGB with the value in red). Re-export it as 8-bit.")
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -273,56 +470,113 @@ class TiffPyramid:
         os.close(self._fd)
 
 
+def _dicom_file(folder: Path) -> Path:
+    """A file of the DICOM WSI series in ``folder`` that OpenSlide opens (it finds the rest of the series beside it)."""
+    for candidate in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            if openslide.OpenSlide.detect_format(str(candidate)) == "dicom":
+                openslide.OpenSlide(str(candidate)).close()
+                return candidate
+        except (openslide.OpenSlideError, OSError):
+            continue
+    raise SlideReadError(f"{folder}: a folder without a DICOM whole-slide image OpenSlide reads. Give a DICOM WSI "
+                         "series' folder or one of its .dcm files (or a slide file) in the `path` column.")
+
+
 class Slide:
-    """An open whole-slide image; use as a context manager."""
+    """An open whole-slide image; use as a context manager.
+
+    ``path`` is a slide file, or a DICOM WSI series' folder.  ``mpp`` and
+    ``objective_power`` override the file's metadata (the sample sheet's
+    columns); ``warnings`` lists what :func:`resolve_resolution` found odd.
+    """
 
     def __init__(self, path: str | Path, *, mpp: float | None = None, objective_power: float | None = None):
         self.path = Path(path)
         if not self.path.exists():
             raise SlideReadError(f"{self.path}: file not found. Check the `path` column of the sample sheet.")
+        if self.path.is_dir():
+            self.path = _dicom_file(self.path)
         self._osr = self._tia = None
         self._tia_lock = threading.Lock()
+        self._fd = os.open(self.path, os.O_RDONLY)
+        self._tiles = None
+        try:
+            self._open(mpp, objective_power)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, mpp: float | None, objective_power: float | None) -> None:
+        tiff = self.path.name.lower().endswith(TIFF_SUFFIXES)
         try:
             self._osr = openslide.OpenSlide(str(self.path))
         except openslide.OpenSlideUnsupportedFormatError as err:
-            self._tia = self._open_with_tiatoolbox(err)
+            self._tiles = tifffile_levels(self.path, self._fd) if tiff else self._image_level()
+            if self._tiles is None:
+                self._tia = self._open_with_tiatoolbox(err)
         except (openslide.OpenSlideError, OSError) as err:
             raise SlideReadError(
                 f"{self.path}: cannot be read as a whole-slide image ({err}). "
                 "The file may be truncated or corrupt: re-export or re-copy it, or remove it from the sample sheet."
             ) from err
+        if self._osr is not None and tiff and self._osr.level_count == 1:
+            # OpenSlide sees one level of a TIFF whose pyramid lies elsewhere (an OME-TIFF's SubIFDs)
+            levels = tifffile_levels(self.path, self._fd)
+            if levels is not None and len(levels) > 1:
+                self._osr.close()
+                self._osr, self._tiles = None, levels
         if self._osr is not None:
             props = self._osr.properties
             vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
-            slide_mpp = _positive(props.get(openslide.PROPERTY_NAME_MPP_X))
+            mpp_xy = (_positive(props.get(openslide.PROPERTY_NAME_MPP_X)),
+                      _positive(props.get(openslide.PROPERTY_NAME_MPP_Y)))
             slide_power = _positive(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER))
             level_dimensions = tuple(tuple(d) for d in self._osr.level_dimensions)
             level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
+            if vendor in DIRECT_VENDORS:
+                self._tiles = tiff_levels(self.path, self._fd, level_dimensions)
+        elif self._tiles is not None:
+            vendor = "tifffile" if tiff else "image"
+            *mpp_xy, slide_power = tiff_resolution(self.path) if tiff else (None, None, None)
+            level_dimensions = tuple((level.width, level.height) for level in self._tiles)
+            level_downsamples = tuple(level_dimensions[0][0] / w for w, _ in level_dimensions)
         else:
             info = self._tia.info
             vendor = f"tiatoolbox {type(self._tia).__name__}"
-            slide_mpp = _positive(info.mpp[0] if info.mpp is not None else None)
+            mpp_xy = tuple(_positive(v) for v in info.mpp) if info.mpp is not None else (None, None)
             slide_power = _positive(info.objective_power)
             level_dimensions = tuple(tuple(int(v) for v in d) for d in info.level_dimensions)
             level_downsamples = tuple(float(d) for d in info.level_downsamples)
-        resolved = resolve_resolution(
-            self.path, slide_mpp, slide_power, mpp_override=mpp, power_override=objective_power
-        )
-        self._fd = os.open(self.path, os.O_RDONLY)
-        direct = vendor in DIRECT_VENDORS or (self._tia is not None and self.path.suffix in (".tif", ".tiff"))
-        self._tiles = tiff_levels(self.path, self._fd, level_dimensions) if direct else None
+        resolved = resolve_resolution(self.path, mpp_xy[0], slide_power, mpp_y=mpp_xy[1], mpp_override=mpp,
+                                      power_override=objective_power)
+        self.warnings = resolved.warnings
+        direct = self._tiles is not None and all(isinstance(level, TiffTiles) for level in self._tiles)
         self.info = SlideInfo(
             path=str(self.path),
             vendor=vendor,
             dimensions=level_dimensions[0],
             level_dimensions=level_dimensions,
             level_downsamples=level_downsamples,
-            mpp=resolved[0],
-            mpp_source=resolved[1],
-            objective_power=resolved[2],
-            objective_power_source=resolved[3],
-            pixel_reader="tiff tiles" if self._tiles else ("openslide" if self._osr is not None else "tiatoolbox"),
+            mpp=resolved.mpp,
+            mpp_source=resolved.mpp_source,
+            objective_power=resolved.objective_power,
+            objective_power_source=resolved.objective_power_source,
+            pixel_reader="tiff tiles" if direct else vendor if self._tiles else (
+                "openslide" if self._osr is not None else "tiatoolbox"),
         )
+
+    def _image_level(self) -> list[RasterLevel] | None:
+        """A plain image (PNG, JPEG) as one level read whole, alpha kept; None for other files."""
+        if not self.path.name.lower().endswith(IMAGE_SUFFIXES):
+            return None
+        image = cv2.imread(str(self.path), cv2.IMREAD_UNCHANGED)
+        if image is None or image.dtype != np.uint8:
+            raise SlideReadError(f"{self.path}: not a readable 8-bit image. Re-export it, or remove it from the "
+                                 "sample sheet.")
+        if image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+        return [RasterLevel(self.path, image, 255)]
 
     def _open_with_tiatoolbox(self, openslide_error: Exception):
         name = self.path.name.lower()
@@ -350,7 +604,10 @@ class Slide:
     def close(self) -> None:
         if self._osr is not None:
             self._osr.close()
-        os.close(self._fd)
+            self._osr = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def best_level_for(self, downsample: float) -> int:
         """The native level closest above the requested resolution: never coarser than asked."""
@@ -360,7 +617,8 @@ class Slide:
     def tile_size(self, level: int) -> tuple[int, int] | None:
         """(width, height) of the file's tiles at ``level`` in that level's pixels, when known."""
         if self._tiles:
-            return self._tiles[level].tile_width, self._tiles[level].tile_height
+            tiles = self._tiles[level]
+            return (tiles.tile_width, tiles.tile_height) if isinstance(tiles, TiffTiles) else None
         if self._osr is not None:
             props = self._osr.properties
             width = _positive(props.get(f"openslide.level[{level}].tile-width"))
@@ -389,8 +647,15 @@ class Slide:
         downsample = self.info.level_downsamples[level]
         corners = np.asarray(corners, dtype=np.int64)
         if self._tiles:
-            return self._tiles[level].read_rectangles(np.round(corners / downsample).astype(np.int64), width, height,
-                                                      out=out)
+            reader = self._tiles[level]
+            pixels = reader.read_rectangles(np.round(corners / downsample).astype(np.int64), width, height,
+                                            out=out if reader.samples == 3 else None)
+            if reader.samples == 3:
+                return pixels
+            if out is None:
+                return composite_on_white(pixels)
+            out[:] = composite_on_white(pixels)
+            return out
         x0, y0 = corners.min(axis=0)
         offsets = np.round((corners - (x0, y0)) / downsample).astype(np.int64)
         region_w, region_h = offsets.max(axis=0) + (width, height)
@@ -405,12 +670,12 @@ class Slide:
         if self._tia is not None:
             with self._tia_lock:
                 image = self._tia.read_rect((x, y), (width, height), resolution=level, units="level")
-            return np.ascontiguousarray(image[..., :3])
+            return composite_on_white(image)
         try:
             rgba = np.asarray(self._osr.read_region((x, y), level, (width, height)))
         except openslide.OpenSlideError as err:
             raise SlideReadError(f"{self.path}: failed to decode region at ({x}, {y}) level {level}: {err}") from err
-        return _rgba_on_white(rgba)
+        return composite_on_white(rgba)
 
     def thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, float]:
         """An RGB thumbnail and its level-0 downsample factor, read in strips so memory stays bounded."""
@@ -429,11 +694,20 @@ class Slide:
         return np.concatenate(strips), downsample * width / out_w
 
 
-def _rgba_on_white(rgba: np.ndarray) -> np.ndarray:
-    """Composite OpenSlide's premultiplied RGBA on white, as a scanner's background would look."""
-    rgb = rgba[..., :3]
-    alpha = rgba[..., 3:4]
+def composite_on_white(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 (..., 3) of RGB or straight-alpha RGBA (..., 4) pixels laid on white, as glass looks.
+
+    ``rgb * a + 255 * (1 - a)`` with a = alpha / 255: OpenSlide's Python
+    binding un-premultiplies its ARGB, and TIFF's unassociated alpha is
+    straight, so every reader composites the same way; alpha 0 is white
+    whatever colour the transparent pixels hold.
+    """
+    if image.shape[-1] in (1, 2):  # grey, grey + alpha
+        image = np.concatenate([np.repeat(image[..., :1], 3, axis=-1), image[..., 1:]], axis=-1)
+    if image.shape[-1] == 3:
+        return np.ascontiguousarray(image)
+    rgb, alpha = image[..., :3], image[..., 3:4]
     if alpha.min() == 255:
         return np.ascontiguousarray(rgb)
-    white = (255 - alpha.astype(np.uint16))
-    return (rgb.astype(np.uint16) + white).clip(0, 255).astype(np.uint8)
+    alpha = alpha.astype(np.uint32)
+    return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)

@@ -4,10 +4,16 @@ Columns: ``slide_id``, ``path``, ``patient_id``, ``split`` (train/val/test)
 and optionally ``annotations``, ``label_mask``, ``mpp``, ``objective_power``.
 Relative paths are resolved against the sheet's own directory, so a cohort
 folder can be moved as a whole.
+
+A ``slide_id`` names output files and reaches shell commands, so it is data
+with a narrow alphabet: letters, digits, ``.``, ``_`` and ``-``, starting with
+a letter or digit (``SLIDE_ID_PATTERN``, also in ``schemas/samples.schema.yaml``).
+Any other id is rejected before any job, with its sheet line named.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -17,22 +23,36 @@ from ..errors import InputError
 REQUIRED_COLUMNS = ("slide_id", "path", "patient_id", "split")
 OPTIONAL_COLUMNS = ("annotations", "label_mask", "mpp", "objective_power")
 SPLITS = ("train", "val", "test")
+#: Allowed slide ids: no spaces, quotes, shell or path metacharacters; no leading '.' or '-'.
+SLIDE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class SampleSheetError(InputError, ValueError):
     """A sample sheet that would make a job fail later; raised before any job."""
 
 
-def load_sample_sheet(path: str | Path, *, check_files: bool = True) -> pd.DataFrame:
-    """Read and validate a TSV (or CSV) sample sheet; paths come back absolute."""
+def load_sample_sheet(path: str | Path, *, check_files: bool = True,
+                      required: tuple[str, ...] = REQUIRED_COLUMNS) -> pd.DataFrame:
+    """Read and validate a TSV (or CSV) sample sheet; paths come back absolute.
+
+    ``required``: the columns the sheet must have; a training sheet needs :data:`REQUIRED_COLUMNS`, a sheet
+    of new slides to predict only ``("slide_id", "path")``. Raises :class:`SampleSheetError` naming the file.
+    """
     path = Path(path)
     if not path.exists():
         raise SampleSheetError(f"sample sheet {path} not found. Set `samples` in config.yaml to your sheet's path.")
     sep = "," if path.suffix == ".csv" else "\t"
-    sheet = pd.read_csv(path, sep=sep, dtype={"slide_id": str, "patient_id": str}, keep_default_na=False)
-    missing = [c for c in REQUIRED_COLUMNS if c not in sheet.columns]
+    try:
+        sheet = pd.read_csv(path, sep=sep, dtype={"slide_id": str, "patient_id": str}, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise SampleSheetError(f"sample sheet {path} is empty; it needs a header line "
+                               f"({', '.join(required)}) and one row per slide") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise SampleSheetError(f"sample sheet {path} is not a readable table: {message}") from None
+    missing = [c for c in required if c not in sheet.columns]
     if missing:
-        raise SampleSheetError(f"{path}: missing columns {missing}; required: {list(REQUIRED_COLUMNS)}")
+        raise SampleSheetError(f"{path}: missing columns {missing}; required: {list(required)}")
     unknown = sorted(set(sheet.columns) - set(REQUIRED_COLUMNS) - set(OPTIONAL_COLUMNS))
     if unknown:
         raise SampleSheetError(f"{path}: unknown columns {unknown}; optional ones are {list(OPTIONAL_COLUMNS)}")
@@ -40,13 +60,16 @@ def load_sample_sheet(path: str | Path, *, check_files: bool = True) -> pd.DataF
     duplicated = sorted(sheet.loc[sheet.slide_id.duplicated(), "slide_id"].unique())
     if duplicated:
         problems.append(f"duplicate slide_id values {duplicated}: each slide needs a unique id")
-    bad_ids = sorted(s for s in sheet.slide_id if not s or "/" in s or s.startswith("."))
+    bad_ids = [(line, s) for line, s in enumerate(sheet.slide_id, start=2) if not SLIDE_ID_PATTERN.fullmatch(s)]
     if bad_ids:
-        problems.append(f"slide_id values {bad_ids} are empty or contain '/' or a leading '.'")
-    bad_splits = sorted(set(sheet.split) - set(SPLITS))
+        problems.append(
+            "slide_id values " + ", ".join(f"{s!r} (line {line})" for line, s in bad_ids)
+            + " use characters other than letters, digits, '.', '_' and '-' (or start with '.' or '-'); rename them"
+        )
+    bad_splits = sorted(set(sheet.split) - set(SPLITS)) if "split" in sheet else []
     if bad_splits:
         problems.append(f"unknown split values {bad_splits}; use one of {list(SPLITS)}")
-    leaking = sheet.groupby("patient_id").split.nunique()
+    leaking = sheet.groupby("patient_id").split.nunique() if {"split", "patient_id"} <= set(sheet) else pd.Series()
     leaking = sorted(leaking[leaking > 1].index)
     if leaking:
         problems.append(f"patients {leaking} have slides in more than one split; split by patient")

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import __version__
-from ..config import TEACHER
+from ..config import TEACHER, config_default, section_defaults
 from ..device import Runtime
 from ..distill import Distiller, d4_transform, student_input_from, teacher_targets
 from ..evaluation.inference import batch_probabilities
@@ -43,28 +43,37 @@ from .augment import hed_jitter
 from .distributed import Distributed, average_batchnorm_statistics, batchnorm_layers, local_batchnorm, sync_batchnorm
 from .teacher_cache import StaleCacheError, TeacherCache, describe_stores, file_sha256
 
+#: The config's ``training`` keys with their defaults, declared once in the config schema.
+TRAINING_DEFAULTS = section_defaults("training")
+
 
 @dataclass(frozen=True)
 class TrainSettings:
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    patience: int | None = None
-    augment: str = "d4"
-    stain_jitter: float = 0.0
-    device: str = "auto"
-    precision: str = "auto"
-    deterministic: bool = False
+    """The config's ``training`` section (keys and defaults from the schema), its ``device`` and ``precision``."""
+
+    epochs: int = TRAINING_DEFAULTS["epochs"]
+    batch_size: int = TRAINING_DEFAULTS["batch_size"]
+    lr: float = TRAINING_DEFAULTS["lr"]
+    weight_decay: float = TRAINING_DEFAULTS["weight_decay"]
+    patience: int | None = TRAINING_DEFAULTS["patience"]
+    augment: str = TRAINING_DEFAULTS["augment"]
+    stain_jitter: float = TRAINING_DEFAULTS["stain_jitter"]
+    device: str = config_default("device")
+    precision: str = config_default("precision")
+    deterministic: bool = TRAINING_DEFAULTS["deterministic"]
     #: DataLoader worker processes reading (and decoding) streamed patches; 0 reads in the training process.
-    loader_workers: int = 2
+    loader_workers: int = TRAINING_DEFAULTS["loader_workers"]
     #: Patches are read into memory when their uint8 pixels (training and validation, every view) take at
     #: most this many MiB; above it they are streamed from the stores batch by batch. 0 always streams.
-    memory_budget_mb: float = 1024
+    memory_budget_mb: float = TRAINING_DEFAULTS["memory_budget_mb"]
+    #: GPUs the workflow launches a job on (``torchrun`` ranks, see workflow/rules/common.smk); the Trainer
+    #: takes its ranks from torchrun's environment (:class:`~wsidistill.training.distributed.Distributed`).
+    gpus_per_job: int = TRAINING_DEFAULTS["gpus_per_job"]
 
 
-#: Settings that change how patches are read, never the weights: left out of the checkpoint's fingerprint.
-READING_SETTINGS = ("epochs", "loader_workers", "memory_budget_mb")
+#: Settings that change how patches are read or how a job is launched, never the weights: left out of the
+#: checkpoint's fingerprint (the ranks a job ran on are in its provenance's ``runtime``).
+READING_SETTINGS = ("epochs", "loader_workers", "memory_budget_mb", "gpus_per_job")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -136,7 +145,8 @@ class TrainJob:
     ``weights``: the method's loss terms (``{"ce": 1}`` for the Teacher); ``teacher_path``: the
     Teacher checkpoint a Student distils from; ``student_input``: "native" (the Student's own
     magnification) or "upsampled" (the Teacher's patches pooled to it and upsampled back);
-    ``teacher_cache``: a Teacher-target cache (:mod:`wsidistill.training.teacher_cache`) of this
+    ``student_grid``: ``native`` | ``teacher``, the Student design
+    (:func:`wsidistill.models.checkpoint.student_output_stride`); ``teacher_cache``: a Teacher-target cache (:mod:`wsidistill.training.teacher_cache`) of this
     Teacher and ``train_stores``, read instead of running the Teacher each batch; ``pretrained``: a
     local checkpoint the network starts from (:func:`wsidistill.models.load_pretrained`).
     """
@@ -152,6 +162,7 @@ class TrainJob:
     out_history: str | Path
     teacher_path: str | Path | None = None
     student_input: str = "native"
+    student_grid: str = "native"
     distill_options: dict | None = None
     method: str = TEACHER
     teacher_cache: str | Path | None = None
@@ -215,10 +226,13 @@ class Trainer:
             raise ValueError(f"no labelled training patches in {job.train_stores}")
         self._choose_reading()
 
-        self.stride = None if self.upsampled else student_output_stride(job.arch, job.magnification,
-                                                                        self.teacher_magnification)
+        teacher_stride = self.teacher.output_stride if self.teacher is not None else TEACHER_OUTPUT_STRIDE
+        side = int(self.train_set.shapes[magnification_name(job.magnification)][0])  # the Student's patch side
+        self.stride = None if self.upsampled else student_output_stride(
+            job.arch, job.magnification, self.teacher_magnification, side=side, grid=job.student_grid,
+            teacher_stride=teacher_stride)
         if self.upsampled and job.arch == "smallcnn":
-            self.stride = TEACHER_OUTPUT_STRIDE
+            self.stride = teacher_stride
         self.model = runtime.place(build_model(job.arch, len(job.classes), output_stride=self.stride,
                                                pretrained=job.pretrained))
         if self.distributed.enabled:
@@ -240,6 +254,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
         self.scaler = runtime.grad_scaler()
 
+        # The Student design realised: an upsampled Student reads the Teacher's input, so it is on the Teacher's grid.
+        self.student_grid = None if self.teacher is None else ("teacher" if self.upsampled else job.student_grid)
         self.provenance = self._provenance(threads)
         self.fingerprint = hashlib.sha256(json.dumps(self.provenance, sort_keys=True, default=str).encode()).hexdigest()
         self.history: list[dict] = []
@@ -273,6 +289,7 @@ class Trainer:
             "seed": job.seed,
             "magnification": job.magnification,
             "student_input": "upsampled" if self.upsampled else "native",
+            "student_grid": self.student_grid,
             "teacher_sha256": None if job.teacher_path is None else file_sha256(job.teacher_path),
             "teacher_cache": self.cache.attrs["dtype"] if self.cache is not None else None,
             "pretrained_sha256": None if job.pretrained is None else file_sha256(job.pretrained),
@@ -457,6 +474,7 @@ class Trainer:
             input_magnification=self.val_magnification,
             patch_side=int(self.train_set.shapes[magnification_name(self.val_magnification)][0]),
             student_input="upsampled" if self.upsampled else "native",
+            student_grid=self.student_grid,
             teacher_cache=str(job.teacher_cache) if self.use_cache else None,
             method=job.method,
             weights=dict(job.weights),

@@ -38,6 +38,8 @@ import torch
 import zarr
 from torch import Tensor
 
+from ..config import section_defaults
+from ..device import InferenceSettings
 from ..distill.d4 import d4_transform
 from ..distill.targets import teacher_targets
 from ..distill.terms import TEACHER_DEFAULTS, TERMS, check_terms, target_keys
@@ -45,6 +47,8 @@ from ..errors import InputError
 from ..patches import store as patch_store
 from ..patches.zarr_io import ChunkFiles, RowChunkWriter, chunk_files
 
+#: The config's ``training`` defaults (``loader_workers``), declared once in the config schema.
+TRAINING_DEFAULTS = section_defaults("training")
 CACHE_FORMAT = "wsidistill-teacher-cache"
 CACHE_VERSION = 1
 D4_ELEMENTS = 8
@@ -128,25 +132,22 @@ def build_teacher_cache(
     *,
     teacher_options: dict | None = None,
     dtype: str = "float32",
-    batch_size: int = 64,
-    device: str = "cpu",
-    precision: str = "fp32",
-    threads: int = 1,
-    loader_workers: int = 2,
-    progress: bool = True,
+    settings: InferenceSettings = InferenceSettings(device="cpu", precision="fp32"),
+    loader_workers: int = TRAINING_DEFAULTS["loader_workers"],
 ) -> dict:
     """Run the Teacher on the 8 D4 transforms of every training patch of ``stores``; write ``out``.
 
     ``terms``: the union of the terms of every method that will read the cache (``ce`` needs
     nothing). ``teacher_options`` as ``Distiller.teacher_options`` (``at_p``). ``dtype`` float32
     keeps the targets exact; float16 halves the size and rounds them (relative error ~5e-4).
-    Patches are streamed from the stores in batches (``loader_workers`` processes read and decode them)
-    and each batch's eight D4 transforms are written before the next is read, so memory holds a few
-    batches, whatever the cohort. Written atomically. Returns a summary (rows, keys, bytes, seconds).
+    ``settings``: batch size, device (default CPU, fp32), threads, progress bars. Patches are streamed
+    from the stores in batches (``loader_workers`` processes read and decode them, as the config's
+    ``training.loader_workers``) and each batch's eight D4 transforms are written before the next is
+    read, so memory holds a few batches, whatever the cohort. Written atomically. Returns a summary
+    (rows, keys, bytes, seconds).
     """
     from tqdm import tqdm
 
-    from ..device import Runtime
     from ..io import atomic_path
     from ..models.checkpoint import load_model
     from ..patches.dataset import StorePatches, batch_loader, to_tensor
@@ -159,8 +160,8 @@ def build_teacher_cache(
     if not keys:
         raise ValueError(f"terms {list(terms)} read no Teacher target: nothing to cache")
     teacher_options = teacher_options_with_defaults(teacher_options)
-    torch.set_num_threads(threads)
-    runtime = Runtime.create(device, precision)
+    runtime = settings.runtime()
+    batch_size, progress = settings.batch_size, settings.progress
     started = time.perf_counter()
     teacher, meta = load_model(teacher_path, runtime)
     for parameter in teacher.parameters():

@@ -1,0 +1,209 @@
+"""Whole-slide prediction speed: the 40x Teacher, the 20/10/5x Students, and tiatoolbox's PatchPredictor.
+
+    .venv/bin/python benchmarks/predict.py                                   # 25600 x 19200 px (0.49 gigapixel)
+    .venv/bin/python benchmarks/predict.py --size 4096x3072 --rss-sizes 2048x1536 4096x3072   # quick check
+
+One generated 40x demo slide (Aperio SVS, 256 px JPEG tiles, levels 1/4/16), written once under the
+system's temporary folder and reused.  The field of view is ``--field`` px at 40x.  Every run is a
+fresh process, timed end to end: open the slide, detect tissue, read and decode at the model's
+magnification, infer, write every output (``wsidistill predict``: Zarr, heatmap, GeoJSON, grade).
+
+* ``teacher_40x``, ``student_20x`` / ``10x`` / ``5x``: ``predict_slides`` with smallcnn models of random
+  weights (speed does not depend on them); Students take the stride of
+  :func:`wsidistill.models.checkpoint.student_output_stride`, so they follow the project's Student rule.
+* ``tiatoolbox_40x``: tiatoolbox 2.x ``PatchPredictor.run(patch_mode=False)`` on the same slide, the
+  same Teacher wrapped as a tiatoolbox ``ModelABC``, its own tissue mask, ``--field`` px patches at
+  40x (units "power"), written as its Zarr output.
+
+Printed: patches, seconds per slide, patches/s and each run's ratio of seconds to the Teacher's, then
+the Teacher's peak RSS (VmHWM of the process) at each of ``--rss-sizes``.  On a shared machine the
+figures are noisy; ratios from one run are what to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TEACHER_MAGNIFICATION = 40
+RUNS = ("teacher_40x", "student_20x", "student_10x", "student_5x", "tiatoolbox_40x")
+CLASSES = ["NC", "G3", "G4", "G5"]
+
+
+def cache_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "wsidistill-benchmarks"
+
+
+def benchmark_slide(size: str) -> Path:
+    """The generated slide of ``size`` (WIDTHxHEIGHT), written on first use."""
+    from wsidistill.demo import plan_cohort, write_slide
+
+    width, height = (int(v) for v in size.split("x"))
+    path = cache_dir() / size / "demo000.svs"
+    if not path.exists():
+        print(f"generating {path} (once) ...", file=sys.stderr, flush=True)
+        write_slide(plan_cohort(6, 0)[0], path.parent, width=width, height=height)
+    return path
+
+
+def checkpoint(magnification: float, field: int) -> Path:
+    """A random-weight smallcnn saved as training saves it, reading ``field`` px at 40x at ``magnification``."""
+    import torch
+
+    from wsidistill.models import build_model
+    from wsidistill.models.checkpoint import student_output_stride
+
+    path = cache_dir() / "models" / f"smallcnn_{magnification:g}x_{field}.pt"
+    if path.exists():
+        return path
+    teacher = magnification == TEACHER_MAGNIFICATION
+    stride = None if teacher else student_output_stride("smallcnn", magnification, TEACHER_MAGNIFICATION)
+    torch.manual_seed(0)
+    model = build_model("smallcnn", len(CLASSES), output_stride=stride)
+    meta = {"arch": "smallcnn", "num_classes": len(CLASSES), "classes": CLASSES, "magnification": magnification,
+            "teacher_magnification": TEACHER_MAGNIFICATION, "output_stride": stride,
+            "input_magnification": magnification, "patch_side": int(field * magnification / TEACHER_MAGNIFICATION),
+            "student_input": "native", "method": "teacher" if teacher else "ce", "seed": 0}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "meta": meta}, path)
+    return path
+
+
+def run_project(slide: Path, magnification: float, args) -> int:
+    from wsidistill.predict import PredictSettings, predict_slides
+
+    with tempfile.TemporaryDirectory() as out:
+        records = predict_slides([slide], checkpoint(magnification, args.field), out, progress=False,
+                                 settings=PredictSettings(threads=args.threads, batch_size=args.batch_size),
+                                 device=args.device)
+    return records[0]["tissue_patches"]
+
+
+def run_tiatoolbox(slide: Path, args) -> int:
+    """tiatoolbox's WSI patch-prediction engine with our Teacher inside."""
+    import numpy as np
+    import torch
+    import zarr
+    from tiatoolbox.models.engine.io_config import IOPatchPredictorConfig
+    from tiatoolbox.models.engine.patch_predictor import PatchPredictor
+    from tiatoolbox.models.models_abc import ModelABC
+
+    from wsidistill.device import Runtime
+    from wsidistill.predict import PredictModel
+
+    teacher = PredictModel.load(checkpoint(TEACHER_MAGNIFICATION, args.field), Runtime(torch.device(args.device)))
+
+    class Teacher(ModelABC):
+        """Our network behind tiatoolbox's model interface: uint8 NHWC batch in, softmax probabilities out."""
+
+        def __init__(self):
+            super().__init__()
+            self.network = teacher.network
+
+        def forward(self, images):
+            return torch.softmax(self.network(images).logits, dim=1)
+
+        @staticmethod
+        def infer_batch(model, batch_data, *, device="cpu"):
+            images = torch.as_tensor(np.asarray(batch_data)).to(device).permute(0, 3, 1, 2).float().div_(255)
+            with torch.inference_mode():
+                return model(images).cpu().numpy()
+
+    engine = PatchPredictor(model=Teacher(), batch_size=args.batch_size, num_workers=0, device=args.device,
+                            verbose=False)
+    ioconfig = IOPatchPredictorConfig(input_resolutions=[{"units": "power", "resolution": TEACHER_MAGNIFICATION}],
+                                      patch_input_shape=(args.field, args.field),
+                                      stride_shape=(args.field, args.field))
+    with tempfile.TemporaryDirectory() as out:
+        result = engine.run([slide], patch_mode=False, ioconfig=ioconfig, save_dir=Path(out) / "tia",
+                            output_type="zarr", overwrite=True)
+        store = next(iter(result.values())) if isinstance(result, dict) else result
+        root = zarr.open(str(store), mode="r")
+        return int(root["probabilities"].shape[0] if "probabilities" in root else root["predictions"].shape[0])
+
+
+def worker(args) -> None:
+    """One run, in this process; prints its figures as JSON.  Imports are not timed: they are per process, not per slide."""
+    import torch  # noqa: F401
+
+    import wsidistill.predict  # noqa: F401
+    import wsidistill.report.heatmaps  # noqa: F401
+
+    if args.worker == "tiatoolbox_40x":
+        import tiatoolbox.models.engine.patch_predictor  # noqa: F401
+    started = time.perf_counter()
+    if args.worker == "tiatoolbox_40x":
+        patches = run_tiatoolbox(args.slide, args)
+    else:
+        patches = run_project(args.slide, float(args.worker.split("_")[1].rstrip("x")), args)
+    seconds = time.perf_counter() - started
+    peak_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("VmHWM"))
+    print(json.dumps({"run": args.worker, "patches": patches, "seconds": seconds, "peak_rss_mb": peak_kib / 1024,
+                      "load": os.getloadavg()[0]}))
+
+
+def measure(run: str, slide: Path, args) -> dict:
+    command = [sys.executable, __file__, "--worker", run, "--slide", str(slide), "--field", str(args.field),
+               "--threads", str(args.threads), "--batch-size", str(args.batch_size), "--device", args.device]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode:
+        return {"run": run, "error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="25600x19200", help="slide of the speed runs, WIDTHxHEIGHT at 40x")
+    parser.add_argument("--rss-sizes", nargs="+", default=["16384x12288", "32768x24576"],
+                        help="slides of the Teacher's peak-RSS runs (0.2 and 0.8 gigapixel)")
+    parser.add_argument("--field", type=int, default=256, help="patch side in px at 40x")
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--worker", choices=RUNS, help=argparse.SUPPRESS)
+    parser.add_argument("--slide", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    slide = benchmark_slide(args.size)
+    for magnification in (40, 20, 10, 5):
+        checkpoint(magnification, args.field)
+    runs = [measure(run, slide, args) for run in args.runs]
+    teacher = next((r for r in runs if r["run"] == "teacher_40x" and "error" not in r), None)
+    width, height = (int(v) for v in args.size.split("x"))
+    print(f"\n{args.size} px ({width * height / 1e9:.2f} gigapixel), {args.field} px field at 40x, "
+          f"{args.threads} threads, {args.device}")
+    print(f"{'run':<16}{'patches':>9}{'s/slide':>10}{'patches/s':>11}{'speed-up vs Teacher':>22}{'peak RSS MB':>13}")
+    for r in runs:
+        if "error" in r:
+            print(f"{r['run']:<16} failed: {r['error']}")
+            continue
+        ratio = f"{teacher['seconds'] / r['seconds']:.2f}x" if teacher else "-"
+        print(f"{r['run']:<16}{r['patches']:>9}{r['seconds']:>10.2f}{r['patches'] / r['seconds']:>11.1f}"
+              f"{ratio:>22}{r['peak_rss_mb']:>13.0f}")
+    rss = [{**measure("teacher_40x", benchmark_slide(size), args), "size": size} for size in args.rss_sizes]
+    print("\nTeacher peak RSS by slide size:")
+    for r in rss:
+        print(f"  {r['size']:>12}: " + (f"{r['peak_rss_mb']:.0f} MB ({r['patches']} patches, {r['seconds']:.1f} s)"
+                                        if "error" not in r else f"failed: {r['error']}"))
+    if len(rss) >= 2 and all("error" not in r for r in rss):
+        print(f"  largest / smallest: {rss[-1]['peak_rss_mb'] / rss[0]['peak_rss_mb']:.2f}")
+    print(f"load average {os.getloadavg()[0]:.2f} (shared machine: figures are noisy)")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
+                                         "rss": rss}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
