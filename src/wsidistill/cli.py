@@ -145,6 +145,7 @@ def _add_train(sub):
                    help="JSON; only `at_p` reaches the Teacher")
     c.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     c.add_argument("--batch-size", type=int, default=64)
+    _add_config_key(c, "loader_workers", section_schema("training")["loader_workers"])
     _add_runtime_arguments(c)
     c.add_argument("--out", required=True, type=Path)
     c.add_argument("--threads", type=int, default=1)
@@ -335,7 +336,7 @@ def run(args: argparse.Namespace) -> None:
         summary = build_teacher_cache(
             args.teacher, args.train_stores, args.out, args.terms, dtype=args.dtype,
             teacher_options={k: v for k, v in args.distill_options.items() if k == "at_p"},
-            settings=_inference_settings(args),
+            settings=_inference_settings(args), loader_workers=args.loader_workers,
         )
         print(json.dumps(summary))
     elif args.verb == "evaluate":

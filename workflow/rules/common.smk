@@ -219,6 +219,70 @@ def final_outputs():
     return outputs
 
 
+# --- Resources that follow the cohort (issue 18) -----------------------------------------------------------------
+# Snakemake calls these with the job's inputs present, just before it is scheduled. Patch stores and the
+# Teacher cache are directories, so their sizes are summed over their files (input.size_mb would count the
+# directory entry only). The coefficients are deliberately simple estimates, stated beside each rule.
+
+#: A Python process with PyTorch, zarr and one model loaded, in MiB; each DataLoader worker adds about WORKER_MB.
+BASE_MB, WORKER_MB = 1500, 400
+#: Decoded pixels per MiB of store on disk: JPEG source tiles about 8x, Blosc-LZ4 patches about 1.5x.
+PIXELS_PER_STORE_MB = 8
+
+
+def tree_mb(paths):
+    """MiB of the files under ``paths`` (files or directories)."""
+    total = 0
+    for path in map(Path, [paths] if isinstance(paths, str) else paths):
+        if path.is_dir():
+            total += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        elif path.exists():
+            total += path.stat().st_size
+    return total / 2**20
+
+
+def training_mem_mb(wildcards, input):
+    """The framework, the loader workers, the patches when they are read into memory (at most
+    `training.memory_budget_mb`: above it they are streamed) and the Teacher cache's in-memory part (<= 4 GiB)."""
+    training = config["training"]
+    pixels = min(PIXELS_PER_STORE_MB * (tree_mb(input.train) + tree_mb(input.get("val", []))),
+                 training["memory_budget_mb"])
+    cache = min(tree_mb(input.get("cache", [])) * 3, 4096)  # the cache's arrays are stored ~2.6x compressed
+    return int(BASE_MB + WORKER_MB * training["loader_workers"] + pixels + cache)
+
+
+def training_runtime(wildcards, input):
+    """Minutes: 30, plus for each epoch 2 minutes per 100 MiB of training stores (a CPU's pace on the demo;
+    a GPU is faster), divided over `training.gpus_per_job` ranks."""
+    epochs = config["training"]["epochs"]
+    return int(30 + epochs * 2 * tree_mb(input.train) / 100 / config["training"]["gpus_per_job"])
+
+
+def store_mb_resources(base_mb, per_store_mb, base_minutes, minutes_per_gb):
+    """``mem_mb`` and ``runtime`` callables linear in the MiB of the job's input (files or stores)."""
+    return (lambda wildcards, input: int(base_mb + per_store_mb * tree_mb(list(input))),
+            lambda wildcards, input: int(base_minutes + minutes_per_gb * tree_mb(list(input)) / 1024))
+
+
+#: Inference streams each test store in batches: memory is the framework plus about one store's worth of buffers.
+EVALUATE_MEM_MB, EVALUATE_RUNTIME = store_mb_resources(BASE_MB, 0.05, 10, 20)
+#: Extraction reads a slide in blocks and writes whole chunks (memory bounded by the block, not the slide);
+#: time grows with the slide file's size.
+EXTRACT_MEM_MB, EXTRACT_RUNTIME = store_mb_resources(1000, 0.25, 10, 30)
+#: Prediction streams the slide in extraction's blocks through one model: the framework and the model, plus
+#: extraction's per-MiB buffers; time grows with the slide file's size.
+PREDICT_MEM_MB, PREDICT_RUNTIME = store_mb_resources(BASE_MB, 0.25, 10, 30)
+
+
+def training_launcher():
+    """The command that starts a training job, as words (a plain param, quoted with `:q`): ``torchrun`` with
+    one process per GPU when `training.gpus_per_job` is above 1 (DistributedDataParallel), else the plain CLI."""
+    gpus = config["training"]["gpus_per_job"]
+    if gpus > 1:
+        return ["torchrun", "--standalone", "--nproc-per-node", str(gpus), "-m", "wsidistill.cli"]
+    return ["wsidistill"]
+
+
 # `wsidistill predict`: the model and the new slides of config section `predict`.
 PREDICT = config["predict"]
 

@@ -23,8 +23,9 @@ rule evaluate:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=4000,
-        runtime=60,
+        # test stores are streamed a batch at a time: memory and minutes grow with their size (common.smk)
+        mem_mb=EVALUATE_MEM_MB,
+        runtime=EVALUATE_RUNTIME,
     shell:
         "wsidistill evaluate --model {input.model:q} --stores {input.stores:q} "
         "--predictions {output.predictions:q} --metrics {output.metrics:q} "

@@ -50,8 +50,9 @@ else:
             scheduler=lambda wildcards, threads: cli_flags({"scheduler_address": config["dask"]["scheduler_address"]}),
         threads: 2
         resources:
-            mem_mb=2000,
-            runtime=60,
+            # memory is bounded by the reading block; memory and minutes grow with the slide file (common.smk)
+            mem_mb=EXTRACT_MEM_MB,
+            runtime=EXTRACT_RUNTIME,
         shell:
             "wsidistill extract {input.slide:q} --out {output.store:q} --summary {output.summary:q} --qc {output.qc:q} "
             "--slide-id {wildcards.slide:q} {params.settings:q} {params.slide:q} {params.scheduler:q} "

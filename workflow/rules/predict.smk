@@ -31,8 +31,9 @@ rule predict:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=4000,
-        runtime=60,
+        # the slide is streamed in blocks: memory and minutes grow with the slide file (common.smk)
+        mem_mb=PREDICT_MEM_MB,
+        runtime=PREDICT_RUNTIME,
     shell:
         "wsidistill predict {input.slide:q} --model {input.model:q} --out {params.out:q} "
         "--slide-id {wildcards.predicted:q} --no-summary {params.flags:q} --threads {threads} > {log:q} 2>&1"

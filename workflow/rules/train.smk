@@ -20,13 +20,15 @@ rule train_teacher:
         f"results/benchmarks/train/{TEACHER}_{{mag}}x/seed{{seed}}.tsv"
     params:
         flags=training_flags("teacher"),
+        launcher=training_launcher(),
     threads: 2
     resources:
-        gpu=1,
-        mem_mb=6000,
-        runtime=240,
+        # memory and minutes follow the stores' size (training_mem_mb, training_runtime in common.smk)
+        gpu=config["training"]["gpus_per_job"],
+        mem_mb=training_mem_mb,
+        runtime=training_runtime,
     shell:
-        "wsidistill train-teacher --train-stores {input.train:q} --val-stores {input.val:q} "
+        "{params.launcher:q} train-teacher --train-stores {input.train:q} --val-stores {input.val:q} "
         "--magnification {wildcards.mag:q} --seed {wildcards.seed:q} {params.flags:q} "
         "--out {output.model:q} --history {output.history:q} --threads {threads} > {log:q} 2>&1"
 
@@ -52,15 +54,18 @@ rule teacher_cache:
         options=json.dumps(config["distill_options"]),
         device=config["device"],
         precision=config["precision"],
+        loader_workers=config["training"]["loader_workers"],
     threads: 2
     resources:
+        # the framework and loader workers (patches are streamed), a few batches of targets; minutes follow the
+        # training stores (eight Teacher passes over them)
         gpu=1,
-        mem_mb=6000,
-        runtime=120,
+        mem_mb=lambda wildcards, input: BASE_MB + WORKER_MB * config["training"]["loader_workers"] + 500,
+        runtime=lambda wildcards, input: int(20 + 8 * tree_mb(input.train) / 100),
     shell:
         "wsidistill teacher-cache --teacher {input.teacher:q} --train-stores {input.train:q} --terms {params.terms:q} "
         "--distill-options {params.options:q} --device {params.device:q} --precision {params.precision:q} "
-        "--out {output.cache:q} --threads {threads} > {log:q} 2>&1"
+        "--loader-workers {params.loader_workers:q} --out {output.cache:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule distill:
@@ -89,6 +94,7 @@ rule distill:
         "results/benchmarks/distill/{method}_{mag}x/seed{seed}.tsv"
     params:
         flags=training_flags("student"),
+        launcher=training_launcher(),
         weights=lambda wildcards: json.dumps(METHODS[wildcards.method]),
         options=json.dumps(config["distill_options"]),
         student_input=config["student"]["input"],
@@ -96,11 +102,12 @@ rule distill:
         cache=lambda wildcards, input: ["--teacher-cache", input.cache] if input.cache else [],
     threads: 2
     resources:
-        gpu=1,
-        mem_mb=6000,
-        runtime=240,
+        # memory and minutes follow the stores' and the cache's size (training_mem_mb, training_runtime in common.smk)
+        gpu=config["training"]["gpus_per_job"],
+        mem_mb=training_mem_mb,
+        runtime=training_runtime,
     shell:
-        "wsidistill distill --train-stores {input.train:q} --val-stores {input.val:q} --teacher {input.teacher:q} "
+        "{params.launcher:q} distill --train-stores {input.train:q} --val-stores {input.val:q} --teacher {input.teacher:q} "
         "--method {wildcards.method:q} --weights {params.weights:q} --magnification {wildcards.mag:q} "
         "--student-input {params.student_input:q} --student-grid {params.student_grid:q} --distill-options {params.options:q} {params.cache:q} "
         "--seed {wildcards.seed:q} {params.flags:q} "

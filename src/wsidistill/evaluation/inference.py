@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -17,17 +17,22 @@ from ..slides.grid import magnification_name
 
 
 @torch.no_grad()
-def _probabilities(model: torch.nn.Module, count: int, read_batch: Callable[[slice], torch.Tensor], batch_size: int,
-                   runtime: Runtime) -> np.ndarray:
-    """Softmax class probabilities ``(count, C)`` float32 of ``model`` on ``read_batch(rows)``, batch by batch."""
+def batch_probabilities(model: torch.nn.Module, batches: Iterable[torch.Tensor], runtime: Runtime) -> np.ndarray:
+    """Softmax class probabilities ``(N, C)`` float32 of ``model`` on each input batch of ``batches``, in order."""
     model.eval()
     out = []
-    for start in range(0, count, batch_size):
-        batch = read_batch(slice(start, start + batch_size))
+    for batch in batches:
         with runtime.autocast():
             logits = model(batch).logits
         out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.classifier.out_features), np.float32)
+
+
+def _probabilities(model: torch.nn.Module, count: int, read_batch: Callable[[slice], torch.Tensor], batch_size: int,
+                   runtime: Runtime) -> np.ndarray:
+    """:func:`batch_probabilities` on ``read_batch(rows)`` for consecutive slices of ``count`` rows."""
+    return batch_probabilities(model, (read_batch(slice(start, start + batch_size))
+                                       for start in range(0, count, batch_size)), runtime)
 
 
 def predict_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size: int, runtime: Runtime,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ from .jpeg import source_tile_codec
 from .store import open_store
 from .zarr_io import read_source_tiles
 
-__all__ = ["PatchSet", "load_patches", "open_store", "read_images", "to_tensor"]
+__all__ = ["MemoryPatches", "PatchSet", "StorePatches", "batch_loader", "load_patches", "open_store", "read_images",
+           "to_tensor"]
 
 
 def read_images(array: zarr.Array, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
@@ -79,14 +81,142 @@ def load_patches(stores: Sequence[str | Path], magnifications: Sequence[float], 
     )
 
 
-def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+def to_tensor(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 NHWC -> float NCHW in [0, 1], channels_last because the source is NHWC.
 
     The uint8 bytes travel to the device (from pinned memory, asynchronously, on CUDA) and are
     converted there: a quarter of the bytes of a float copy.
     """
-    tensor = torch.from_numpy(np.ascontiguousarray(images))
+    tensor = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
     if torch.device(device).type == "cuda":
-        tensor = tensor.pin_memory().to(device, non_blocking=True)
+        tensor = (tensor if tensor.is_pinned() else tensor.pin_memory()).to(device, non_blocking=True)
     return tensor.permute(0, 3, 1, 2).float().div_(255)
 
+
+
+# --- batches for training: streamed from the stores, or from memory -----------------------------------------------
+
+class _Batches(torch.utils.data.Dataset):
+    """``dataset[rows]`` is one batch: ``{"rows", "labels", "images": {name: uint8 NHWC}}`` as tensors."""
+
+    labels: np.ndarray
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def only(self, names: Sequence[str]) -> _Batches:
+        """The same rows, serving only the magnifications ``names``."""
+        view = copy.copy(self)
+        view.names = [name for name in self.names if name in names]
+        return view
+
+    def read(self, rows: np.ndarray, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def __getitem__(self, rows) -> dict:
+        rows = np.asarray(rows, dtype=np.int64)
+        return {"rows": torch.from_numpy(rows), "labels": torch.from_numpy(self.labels[rows]),
+                "images": {name: torch.from_numpy(images) for name, images in self.read(rows).items()}}
+
+
+class StorePatches(_Batches):
+    """Patches of ``stores`` at ``magnifications``, read a batch at a time straight from the stores.
+
+    Rows are those of :func:`load_patches` (labelled patches, or every patch, in store order), so row
+    ``i`` here is row ``i`` of the in-memory :class:`PatchSet`.  ``dataset[rows]`` (``rows``: ascending
+    int indices) returns one batch, ``{"rows": (B,) int64, "labels": (B,) int64, "images": {name: (B, P,
+    P, 3) uint8}}``: kept JPEG tiles are decoded in the process that reads (a DataLoader worker), only
+    for those rows (:func:`~wsidistill.patches.zarr_io.read_source_tiles`); Blosc arrays read the chunks
+    holding them.  Only labels and row indices stay in memory (a few bytes a patch).  Each store is
+    checked for completeness once, here (:func:`open_store`).  Picklable: each worker opens the stores
+    itself.
+    """
+
+    def __init__(self, stores: Sequence[str | Path], magnifications: Sequence[float], *,
+                 labelled_only: bool = True) -> None:
+        self.stores = [str(path) for path in stores]
+        self.magnifications, self.labelled_only = list(magnifications), labelled_only
+        self.names = [magnification_name(m) for m in magnifications]
+        rows, labels, slide_index, self.slide_ids, self.shapes = [], [], [], [], {}
+        for index, path in enumerate(self.stores):
+            root = open_store(path)
+            attributes = store.read_attributes(root)
+            slide_labels = root[store.LABELS][:]
+            selected = np.flatnonzero(slide_labels >= 0) if labelled_only else np.arange(len(slide_labels))
+            for name in self.names:
+                if name not in root:
+                    raise KeyError(f"{path}: no {name} patches (skipped at extraction: "
+                                   f"{attributes.skipped_magnifications})")
+                self.shapes.setdefault(name, tuple(root[store.images_path(name)].shape[1:]))
+            self.slide_ids.append(attributes.slide_id)
+            rows.append(selected)
+            labels.append(slide_labels[selected])
+            slide_index.append(np.full(len(selected), index))
+        self.local_rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        self.labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
+        self.slide_index = np.concatenate(slide_index) if slide_index else np.zeros(0, np.int64)
+        self._arrays: dict | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of uint8 pixels :meth:`load` would hold in memory (every magnification)."""
+        return sum(len(self) * int(np.prod(shape)) for shape in self.shapes.values())
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_arrays": None}  # zarr handles are reopened in each worker
+
+    def _array(self, index: int, name: str) -> zarr.Array:
+        if self._arrays is None:
+            self._arrays = {}
+        key = (index, name)
+        if key not in self._arrays:
+            self._arrays[key] = zarr.open_group(self.stores[index], mode="r")[store.images_path(name)]
+        return self._arrays[key]
+
+    def read(self, rows: np.ndarray, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Images ``{name: (len(rows), P, P, 3) uint8}`` of ascending ``rows``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        names = self.names if names is None else names
+        out = {name: np.empty((len(rows), *self.shapes[name]), np.uint8) for name in names}
+        slides = self.slide_index[rows]
+        for slide in np.unique(slides):
+            where = np.flatnonzero(slides == slide)
+            local = self.local_rows[rows[where]]
+            for name in names:
+                array = self._array(int(slide), name)
+                if source_tile_codec(array) is not None and isinstance(array.store_path.store, LocalStore):
+                    out[name][where] = read_source_tiles(array, local)
+                else:
+                    out[name][where] = array.oindex[local]
+        return out
+
+    def load(self) -> MemoryPatches:
+        """Every row read into memory (:func:`load_patches`), served batch by batch as this dataset is."""
+        return MemoryPatches(load_patches(self.stores, self.magnifications, labelled_only=self.labelled_only))
+
+
+class MemoryPatches(_Batches):
+    """A :class:`PatchSet` in memory served as :class:`StorePatches` serves its stores: ``dataset[rows]``
+    gives the same batch dict."""
+
+    def __init__(self, patches: PatchSet) -> None:
+        self.patches = patches
+        self.labels, self.slide_index, self.slide_ids = patches.labels, patches.slide_index, patches.slide_ids
+        self.names = list(patches.images)
+        self.shapes = {name: tuple(images.shape[1:]) for name, images in patches.images.items()}
+
+    def read(self, rows: np.ndarray, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        return {name: self.patches.images[name][rows] for name in (self.names if names is None else names)}
+
+
+def batch_loader(dataset: _Batches, batches, *, workers: int = 0, pin_memory: bool = False,
+                 persistent: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader yielding ``dataset[rows]`` for each ``rows`` of ``batches`` (any iterable of ascending
+    index arrays, read in order: a list, or a sampler whose batches change per epoch).
+
+    ``workers`` > 0 reads and decodes in that many worker processes, two batches ahead each; ``pin_memory``
+    (on CUDA) puts each batch in page-locked memory for an asynchronous copy to the GPU.
+    """
+    return torch.utils.data.DataLoader(dataset, sampler=batches, batch_size=None, num_workers=workers,
+                                       pin_memory=pin_memory, persistent_workers=persistent and workers > 0)

@@ -18,26 +18,29 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import __version__
 from ..config import TEACHER, config_default, section_defaults
 from ..device import Runtime
 from ..distill import Distiller, d4_transform, student_input_from, teacher_targets
-from ..evaluation.inference import predict_probabilities
+from ..evaluation.inference import batch_probabilities
 from ..evaluation.metrics import balanced_accuracy, quadratic_kappa
 from ..io import atomic_path, save_figure
 from ..models import build_model
 from ..models.checkpoint import TEACHER_OUTPUT_STRIDE, ModelMeta, load_model, save_model, student_output_stride
-from ..patches.dataset import load_patches, to_tensor
+from ..patches.dataset import StorePatches, batch_loader, to_tensor
 from ..slides.grid import magnification_name
 from .augment import hed_jitter
+from .distributed import Distributed, average_batchnorm_statistics, batchnorm_layers, local_batchnorm, sync_batchnorm
 from .teacher_cache import StaleCacheError, TeacherCache, describe_stores, file_sha256
 
 #: The config's ``training`` keys with their defaults, declared once in the config schema.
@@ -58,6 +61,19 @@ class TrainSettings:
     device: str = config_default("device")
     precision: str = config_default("precision")
     deterministic: bool = TRAINING_DEFAULTS["deterministic"]
+    #: DataLoader worker processes reading (and decoding) streamed patches; 0 reads in the training process.
+    loader_workers: int = TRAINING_DEFAULTS["loader_workers"]
+    #: Patches are read into memory when their uint8 pixels (training and validation, every view) take at
+    #: most this many MiB; above it they are streamed from the stores batch by batch. 0 always streams.
+    memory_budget_mb: float = TRAINING_DEFAULTS["memory_budget_mb"]
+    #: GPUs the workflow launches a job on (``torchrun`` ranks, see workflow/rules/common.smk); the Trainer
+    #: takes its ranks from torchrun's environment (:class:`~wsidistill.training.distributed.Distributed`).
+    gpus_per_job: int = TRAINING_DEFAULTS["gpus_per_job"]
+
+
+#: Settings that change how patches are read or how a job is launched, never the weights: left out of the
+#: checkpoint's fingerprint (the ranks a job ran on are in its provenance's ``runtime``).
+READING_SETTINGS = ("epochs", "loader_workers", "memory_budget_mb", "gpus_per_job")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -92,15 +108,18 @@ def augment_pair(images: list[torch.Tensor], generator: torch.Generator | None =
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: torch.nn.Module, images: np.ndarray, batch_size: int, runtime: Runtime,
-                          upsample_factor: float | None = None) -> None:
-    """Replace BatchNorm running statistics by exact averages over ``images`` ("precise BN").
+def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterable[torch.Tensor], runtime: Runtime,
+                          upsample_factor: float | None = None, distributed: Distributed | None = None) -> None:
+    """Replace BatchNorm running statistics by exact averages over ``batches`` (float NCHW) ("precise BN").
 
     The running averages lag weights that move every step, and on the demo cohort they left a
     Teacher at 48% eval-mode accuracy on its own training patches (96% once recalibrated).
     Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021: recompute them with frozen weights.
+    Under data-parallel training each rank passes its share of the batches, with per-batch statistics
+    (:class:`~wsidistill.training.distributed.local_batchnorm`), and the ranks' averages are combined
+    (:func:`~wsidistill.training.distributed.average_batchnorm_statistics`).
     """
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    layers = batchnorm_layers(model)
     if not layers:
         return
     momenta = [layer.momentum for layer in layers]
@@ -108,10 +127,12 @@ def recalibrate_batchnorm(model: torch.nn.Module, images: np.ndarray, batch_size
         layer.reset_running_stats()
         layer.momentum = None  # cumulative average over all batches
     model.train()
-    for start in range(0, len(images), batch_size):
-        batch = to_tensor(images[start : start + batch_size], runtime.device)
-        with runtime.autocast():
-            model(student_input_from(batch, "upsampled", upsample_factor) if upsample_factor else batch)
+    with local_batchnorm(model):
+        for batch in batches:
+            with runtime.autocast():
+                model(student_input_from(batch, "upsampled", upsample_factor) if upsample_factor else batch)
+    if distributed is not None:
+        average_batchnorm_statistics(model, distributed)
     for layer, momentum in zip(layers, momenta):
         layer.momentum = momentum
     model.eval()
@@ -170,8 +191,15 @@ class Trainer:
     def __init__(self, job: TrainJob, settings: TrainSettings, *, threads: int = 1, progress: bool = True) -> None:
         torch.set_num_threads(threads)
         seed_everything(job.seed, settings.deterministic)
-        self.job, self.settings, self.progress = job, settings, progress
-        self.runtime = runtime = Runtime.create(settings.device, settings.precision)
+        self.job, self.settings = job, settings
+        self.distributed = Distributed.from_environment()
+        self.progress = progress and self.distributed.is_main
+        runtime = Runtime.create(settings.device, settings.precision)
+        if self.distributed.enabled and runtime.is_cuda:  # one GPU per rank
+            runtime = Runtime(torch.device("cuda", self.distributed.local_rank), runtime.precision)
+            torch.cuda.set_device(runtime.device)
+        self.runtime = runtime
+        self.distributed.init(runtime.device)
         self.checkpoint_path = Path(job.out_model).with_name("checkpoint.pt")
 
         self.teacher, self.teacher_meta = None, None
@@ -192,13 +220,14 @@ class Trainer:
             views.append(self.teacher_magnification)
         self.view_magnifications = list(dict.fromkeys(views))
         self.val_magnification = self.teacher_magnification if self.upsampled else job.magnification
-        self.train_set = load_patches(job.train_stores, self.view_magnifications)
-        self.val_set = load_patches(job.val_stores, [self.val_magnification])
+        self.train_set = StorePatches(job.train_stores, self.view_magnifications)
+        self.val_set = StorePatches(job.val_stores, [self.val_magnification])
         if len(self.train_set) == 0:
             raise ValueError(f"no labelled training patches in {job.train_stores}")
+        self._choose_reading()
 
         teacher_stride = self.teacher.output_stride if self.teacher is not None else TEACHER_OUTPUT_STRIDE
-        side = int(self.train_set.images[magnification_name(job.magnification)].shape[1])
+        side = int(self.train_set.shapes[magnification_name(job.magnification)][0])  # the Student's patch side
         self.stride = None if self.upsampled else student_output_stride(
             job.arch, job.magnification, self.teacher_magnification, side=side, grid=job.student_grid,
             teacher_stride=teacher_stride)
@@ -206,8 +235,14 @@ class Trainer:
             self.stride = teacher_stride
         self.model = runtime.place(build_model(job.arch, len(job.classes), output_stride=self.stride,
                                                pretrained=job.pretrained))
+        if self.distributed.enabled:
+            self.model = sync_batchnorm(self.model, runtime.device)
         self.distiller = runtime.place(Distiller(self.model, job.weights, teacher=self.teacher,
                                                  num_classes=len(job.classes), options=job.distill_options))
+        # Under DDP the distiller (the Student and any trained regressors) is what synchronises gradients;
+        # batch norm is already global-batch, so buffers need no broadcast.
+        self.step_module = self.distiller if not self.distributed.enabled else DistributedDataParallel(
+            self.distiller, device_ids=[runtime.device.index] if runtime.is_cuda else None, broadcast_buffers=False)
         self.cache = None
         if self.use_cache:
             self.cache = TeacherCache.open(job.teacher_cache, stores=job.train_stores, teacher_path=job.teacher_path,
@@ -242,8 +277,10 @@ class Trainer:
                     for m in magnifications for e in describe_stores(paths, magnification_name(m))]
 
         return {
-            "settings": {k: v for k, v in asdict(self.settings).items() if k != "epochs"},
-            "runtime": {"device": str(self.runtime.device), "precision": self.runtime.precision, "threads": threads},
+            "settings": {k: v for k, v in asdict(self.settings).items() if k not in READING_SETTINGS},
+            "runtime": {"device": self.runtime.device.type if self.distributed.enabled else str(self.runtime.device),
+                        "precision": self.runtime.precision, "threads": threads,
+                        **({"world_size": self.distributed.world_size} if self.distributed.enabled else {})},
             "method": job.method,
             "weights": {k: float(v) for k, v in job.weights.items()},
             "distill_options": self.distiller.options,
@@ -307,23 +344,30 @@ class Trainer:
             self.epochs_without_gain = 0
         else:
             self.epochs_without_gain += 1
-        print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"), flush=True)
-        # Checkpoint first: the history CSV never lists an epoch a resumed run would repeat.
-        with atomic_path(self.checkpoint_path) as tmp:
-            torch.save({"distiller": self.distiller.state_dict(), "optimizer": self.optimizer.state_dict(),
-                        "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-                        "history": self.history, "best": self.best, "epoch": epoch,
-                        "fingerprint": self.fingerprint, "provenance": self.provenance}, tmp)
-        _write_history(self.history, job.out_history)
+        if self.distributed.is_main:
+            print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"), flush=True)
+        # Checkpoint first: the history CSV never lists an epoch a resumed run would repeat. Rank 0 writes.
+        if self.distributed.is_main:
+            with atomic_path(self.checkpoint_path) as tmp:
+                torch.save({"distiller": self.distiller.state_dict(), "optimizer": self.optimizer.state_dict(),
+                            "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+                            "history": self.history, "best": self.best, "epoch": epoch,
+                            "fingerprint": self.fingerprint, "provenance": self.provenance}, tmp)
+            _write_history(self.history, job.out_history)
         self.epoch += 1
         return row
 
     def _optimise(self, epoch: int) -> dict[str, float]:
-        """One pass over the training set in a seeded order; per-term loss sums weighted by batch size."""
+        """One pass over the training set in a seeded order; per-term loss sums weighted by batch size.
+
+        Under data-parallel training every rank draws the same global order, batches and augmentations
+        and trains on its share of each batch (:mod:`wsidistill.training.distributed`); the sums are over
+        every rank.
+        """
         settings, job, runtime, device = self.settings, self.job, self.runtime, self.runtime.device
-        train_set, teacher = self.train_set, self.teacher
+        teacher, distributed = self.teacher, self.distributed
         generator = torch.Generator().manual_seed(job.seed * 100_003 + epoch)
-        order = torch.randperm(len(train_set), generator=generator).numpy()
+        order = torch.randperm(len(self.train_set), generator=generator).numpy()
         self.distiller.train()
         if teacher is not None:
             teacher.eval()
@@ -333,13 +377,19 @@ class Trainer:
         # D4 elements drawn up front, in the order the batches used to draw them (same augmentations).
         elements = [torch.randint(0, 8, (len(rows),), generator=generator) if settings.augment == "d4"
                     else torch.zeros(len(rows), dtype=torch.int64) for rows in batches]
-        cached = self.cache.iterate(zip(elements, batches), device=device) if self.cache is not None else None
+        shares = [distributed.share(len(rows)) for rows in batches]
+        self.sampler.batches = [rows[share] for rows, share in zip(batches, shares)]
+        local_elements = [e[torch.from_numpy(share)] for e, share in zip(elements, shares)]
+        cached = (self.cache.iterate(zip(local_elements, self.sampler.batches), device=device)
+                  if self.cache is not None else None)
         description = (f"{job.method} {magnification_name(job.magnification)} seed{job.seed} "
                        f"epoch {epoch + 1}/{settings.epochs}")
-        for rows, batch_elements in tqdm(list(zip(batches, elements)), desc=description,
-                                         disable=not self.progress, leave=False):
-            labels = torch.from_numpy(train_set.labels[rows]).to(device)
-            views = [to_tensor(train_set.images[magnification_name(m)][rows], device) for m in self.view_magnifications]
+        names = [magnification_name(m) for m in self.view_magnifications]
+        for batch, rows, share, batch_elements in tqdm(zip(self.train_loader, batches, shares, local_elements),
+                                                       total=len(batches), desc=description,
+                                                       disable=not self.progress, leave=False):
+            labels = batch["labels"].to(device, non_blocking=True)
+            views = [to_tensor(batch["images"][name], device) for name in names]
             if settings.augment == "d4":
                 views = augment_pair(views, elements=batch_elements)
             student_view = views[0]
@@ -354,28 +404,59 @@ class Trainer:
                     student_view = student_input_from(teacher_view, "upsampled", self.factor)
             # Only the trained model's view is stain-jittered: the Teacher's targets stay those of the
             # tissue as scanned, so cached targets remain exact.
-            student_view = hed_jitter(student_view, settings.stain_jitter, generator)
+            student_view = hed_jitter(student_view, settings.stain_jitter, generator,
+                                      **({"positions": share, "batch": len(rows)} if distributed.enabled else {}))
             with runtime.autocast():
-                loss, terms = self.distiller(student_view, labels, targets)
+                loss, terms = self.step_module(student_view, labels, targets)
+            for name, value in {"loss": loss.item(), **terms}.items():  # sums over this rank's samples
+                totals[name] = totals.get(name, 0.0) + value * len(share)
+            if distributed.enabled:  # DDP averages gradients over ranks: make that the global batch mean
+                loss = loss * (distributed.world_size * len(share) / len(rows))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            for name, value in {"loss": loss.item(), **terms}.items():
-                totals[name] = totals.get(name, 0.0) + value * len(rows)
-        return totals
+        return distributed.sum(totals)
+
+    def _choose_reading(self) -> None:
+        """Patches in memory when their pixels fit ``memory_budget_mb``, else streamed from the stores (logged)."""
+        settings = self.settings
+        pixels = self.train_set.nbytes + self.val_set.nbytes
+        self.in_memory = pixels <= settings.memory_budget_mb * 2**20
+        if self.in_memory:
+            self.train_set, self.val_set = self.train_set.load(), self.val_set.load()
+        self.workers = 0 if self.in_memory else settings.loader_workers
+        self.sampler = EpochBatches()
+        self.train_loader = batch_loader(self.train_set, self.sampler, workers=self.workers,
+                                         pin_memory=self.runtime.is_cuda, persistent=True)
+        if self.distributed.is_main:
+            how = "in memory" if self.in_memory else f"streamed from the stores by {self.workers} loader workers"
+            print(f"patches {how}: {pixels / 2**20:.0f} MiB of pixels, training.memory_budget_mb "
+                  f"{settings.memory_budget_mb:g}", flush=True)
+
+    def _view_batches(self, dataset, magnification: float, *, share: bool = False) -> Iterator[torch.Tensor]:
+        """Float NCHW batches of ``dataset`` at ``magnification`` in row order (``share``: this rank's batches)."""
+        name, size = magnification_name(magnification), self.settings.batch_size
+        batches = [np.arange(start, min(start + size, len(dataset))) for start in range(0, len(dataset), size)]
+        if share:
+            batches = batches[self.distributed.rank :: self.distributed.world_size]
+        for batch in batch_loader(dataset.only([name]), batches, workers=min(self.workers, len(batches)),
+                                  pin_memory=self.runtime.is_cuda):
+            yield to_tensor(batch["images"][name], self.runtime.device)
 
     def validate(self) -> tuple[float, float]:
         """Recalibrate batch norm on the training patches, then validation quadratic kappa and balanced accuracy
         (NaN without validation patches)."""
-        settings, classes, val_set = self.settings, self.job.classes, self.val_set
-        view = magnification_name(self.val_magnification)
+        classes, val_set, magnification = self.job.classes, self.val_set, self.val_magnification
         factor = self.factor if self.upsampled else None
-        recalibrate_batchnorm(self.model, self.train_set.images[view], settings.batch_size, self.runtime, factor)
+        recalibrate_batchnorm(self.model, self._view_batches(self.train_set, magnification, share=True), self.runtime,
+                              factor, self.distributed)
         if not len(val_set):
             return float("nan"), float("nan")
-        predicted = predict_probabilities(self.model, val_set.images[view], settings.batch_size, self.runtime,
-                                          factor).argmax(1)
+        # Every rank validates all of it (same weights and statistics, so the same kappa): no broadcast needed.
+        inputs = (student_input_from(batch, "upsampled", factor) if factor else batch
+                  for batch in self._view_batches(val_set, magnification))
+        predicted = batch_probabilities(self.model, inputs, self.runtime).argmax(1)
         return (quadratic_kappa(val_set.labels, predicted, len(classes)),
                 balanced_accuracy(val_set.labels, predicted, len(classes)))
 
@@ -391,7 +472,7 @@ class Trainer:
             teacher_magnification=self.teacher_magnification,
             output_stride=self.stride,
             input_magnification=self.val_magnification,
-            patch_side=int(self.train_set.images[magnification_name(self.val_magnification)].shape[1]),
+            patch_side=int(self.train_set.shapes[magnification_name(self.val_magnification)][0]),
             student_input="upsampled" if self.upsampled else "native",
             student_grid=self.student_grid,
             teacher_cache=str(job.teacher_cache) if self.use_cache else None,
@@ -408,11 +489,27 @@ class Trainer:
             fingerprint=self.fingerprint,
             wsidistill_version=__version__,
         )
-        save_model(job.out_model, best["state_dict"], meta)
-        _plot_history(self.history, Path(job.out_history).with_suffix(".png"),
-                      title=f"{job.method} {magnification_name(job.magnification)} seed {job.seed}")
-        self.checkpoint_path.unlink(missing_ok=True)
+        if self.distributed.is_main:
+            save_model(job.out_model, best["state_dict"], meta)
+            _plot_history(self.history, Path(job.out_history).with_suffix(".png"),
+                          title=f"{job.method} {magnification_name(job.magnification)} seed {job.seed}")
+            self.checkpoint_path.unlink(missing_ok=True)
+        self.distributed.barrier()
         return meta
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """The batches (ascending row arrays) the training loader reads this epoch, set by the Trainer before
+    each epoch: one loader, with persistent workers, serves every epoch's seeded order."""
+
+    def __init__(self) -> None:
+        self.batches: list[np.ndarray] = []
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(list(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def _write_history(history: list[dict], path: str | Path) -> None:

@@ -38,6 +38,7 @@ import torch
 import zarr
 from torch import Tensor
 
+from ..config import section_defaults
 from ..device import InferenceSettings
 from ..distill.d4 import d4_transform
 from ..distill.targets import teacher_targets
@@ -46,6 +47,8 @@ from ..errors import InputError
 from ..patches import store as patch_store
 from ..patches.zarr_io import ChunkFiles, RowChunkWriter, chunk_files
 
+#: The config's ``training`` defaults (``loader_workers``), declared once in the config schema.
+TRAINING_DEFAULTS = section_defaults("training")
 CACHE_FORMAT = "wsidistill-teacher-cache"
 CACHE_VERSION = 1
 D4_ELEMENTS = 8
@@ -130,20 +133,24 @@ def build_teacher_cache(
     teacher_options: dict | None = None,
     dtype: str = "float32",
     settings: InferenceSettings = InferenceSettings(device="cpu", precision="fp32"),
+    loader_workers: int = TRAINING_DEFAULTS["loader_workers"],
 ) -> dict:
     """Run the Teacher on the 8 D4 transforms of every training patch of ``stores``; write ``out``.
 
     ``terms``: the union of the terms of every method that will read the cache (``ce`` needs
     nothing). ``teacher_options`` as ``Distiller.teacher_options`` (``at_p``). ``dtype`` float32
     keeps the targets exact; float16 halves the size and rounds them (relative error ~5e-4).
-    Written atomically. ``settings``: batch size, device (default CPU, fp32), threads, progress bars.
-    Returns a summary (rows, keys, bytes, seconds).
+    ``settings``: batch size, device (default CPU, fp32), threads, progress bars. Patches are streamed
+    from the stores in batches (``loader_workers`` processes read and decode them, as the config's
+    ``training.loader_workers``) and each batch's eight D4 transforms are written before the next is
+    read, so memory holds a few batches, whatever the cohort. Written atomically. Returns a summary
+    (rows, keys, bytes, seconds).
     """
     from tqdm import tqdm
 
     from ..io import atomic_path
     from ..models.checkpoint import load_model
-    from ..patches.dataset import load_patches, to_tensor
+    from ..patches.dataset import StorePatches, batch_loader, to_tensor
     from ..slides.grid import magnification_name
 
     if dtype not in DTYPES:
@@ -161,21 +168,22 @@ def build_teacher_cache(
         parameter.requires_grad_(False)
     name = magnification_name(meta.magnification)
     entries = describe_stores(stores, name)
-    images = load_patches(stores, [meta.magnification]).images[name]
-    n_rows = len(images)
+    patches = StorePatches(stores, [meta.magnification])
+    n_rows = len(patches)
     if n_rows == 0:
         raise ValueError(f"no labelled training patches in {list(map(str, stores))}")
 
     with atomic_path(out) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         arrays: dict[str, zarr.Array] = {}
-        for k in range(D4_ELEMENTS):
-            writers: dict[str, RowChunkWriter] = {}
-            for start in tqdm(range(0, n_rows, batch_size), desc=f"teacher cache D4 element {k}",
-                              disable=not progress, leave=False):
-                batch = d4_transform(to_tensor(images[start : start + batch_size], runtime.device), k)
+        writers: dict[tuple[str, int], RowChunkWriter] = {}  # one per (key, D4 element): each holds < one chunk
+        batches = [np.arange(start, min(start + batch_size, n_rows)) for start in range(0, n_rows, batch_size)]
+        loader = batch_loader(patches, batches, workers=min(loader_workers, len(batches)), pin_memory=runtime.is_cuda)
+        for batch in tqdm(loader, total=len(batches), desc="teacher cache", disable=not progress, leave=False):
+            images = to_tensor(batch["images"][name], runtime.device)
+            for k in range(D4_ELEMENTS):
                 with runtime.autocast():
-                    targets = teacher_targets(teacher, batch, terms, **teacher_options)
+                    targets = teacher_targets(teacher, d4_transform(images, k), terms, **teacher_options)
                 for key in keys:
                     value = targets[key].float().cpu().numpy().astype(dtype, copy=False)
                     if key not in arrays:
@@ -184,9 +192,9 @@ def build_teacher_cache(
                         arrays[key] = root.create_array(key, shape=(D4_ELEMENTS, n_rows, *value.shape[1:]),
                                                         chunks=(1, rows, *value.shape[1:]), dtype=dtype,
                                                         compressors=COMPRESSOR)
-                    writers.setdefault(key, RowChunkWriter(arrays[key], tmp, k)).append(value)
-            for writer in writers.values():
-                writer.close()
+                    writers.setdefault((key, k), RowChunkWriter(arrays[key], tmp, k)).append(value)
+        for writer in writers.values():
+            writer.close()
         root.attrs.update(
             {
                 "format": CACHE_FORMAT,
