@@ -168,6 +168,8 @@ def test_bad_config_stops_before_any_job(tmp_path, repo_root, run_snakemake, cha
 
 
 def _job_counts(output: str) -> dict[str, int]:
+    if "Job stats:" not in output:  # "Nothing to be done"
+        return {}
     table = output.split("Job stats:")[1].split("\n\n")[0]
     return {row.split()[0]: int(row.split()[1]) for row in table.splitlines()[3:] if row.strip()}
 
@@ -282,6 +284,9 @@ def test_each_setting_that_shapes_a_store_reruns_exactly_its_jobs(sheet_cohort, 
          {"extract": 0, "train_teacher": 0, "teacher_cache": 1, "distill": 10, "evaluate": 10}),
         (lambda c: c["methods"].update(kd={"ce": 1, "kd": 2}),
          {"extract": 0, "train_teacher": 0, "teacher_cache": 0, "distill": 1, "evaluate": 1}),
+        # How patches are loaded (streamed or in memory) does not change the weights: nothing retrains.
+        (lambda c: c["training"].update(loader_workers=0, memory_budget_mb=1),
+         {"extract": 0, "train_teacher": 0, "teacher_cache": 0, "distill": 0, "evaluate": 0}),
     ],
 )
 def test_a_settings_change_after_a_run_plans_the_affected_jobs_and_everything_downstream(
@@ -296,7 +301,7 @@ def test_a_settings_change_after_a_run_plans_the_affected_jobs_and_everything_do
     assert result.returncode == 0, result.stderr[-3000:]
     counts = _job_counts(result.stdout)
     assert {job: counts.get(job, 0) for job in expected} == expected
-    assert counts["tables"] == 1  # and the tables downstream
+    assert counts.get("tables", 0) == (1 if any(expected.values()) else 0)  # and the tables downstream
 
 
 @pytest.mark.parametrize("source", ["demo", "sheet"])

@@ -122,6 +122,8 @@ def _add_train(sub):
         _add_config_key(p, "arch", section_schema("student" if verb == "distill" else "teacher")["arch"])
         p.add_argument("--pretrained", type=Path, help="local checkpoint to start from (nothing is downloaded)")
         p.add_argument("--training", type=_json, default={}, help="JSON of the config's `training` section")
+        p.add_argument("--training-loading", type=_json, default={},
+                       help="JSON of `training` keys that choose how patches are loaded (merged into --training)")
         _add_runtime_arguments(p)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", required=True, type=Path)
@@ -316,7 +318,8 @@ def run(args: argparse.Namespace) -> None:
         from .config import TEACHER
         from .training.loop import TrainSettings, train
 
-        settings = TrainSettings(**{**args.training, "device": args.device, "precision": args.precision})
+        settings = TrainSettings(**{**args.training, **args.training_loading, "device": args.device,
+                                    "precision": args.precision})
         is_student = args.verb == "distill"
         train(
             train_stores=args.train_stores, val_stores=args.val_stores, classes=args.classes,

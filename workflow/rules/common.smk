@@ -176,14 +176,27 @@ def sicapv2_inputs(wildcards):
     ]
 
 
+#: `training` keys that choose how patches are loaded, not what is learnt (the weights are equal either way:
+#: tests/training/test_streaming.py); they reach the job untracked, so changing them retrains nothing.
+LOADING_KEYS = ("loader_workers", "memory_budget_mb")
+
+
 def training_flags(arch_section):
-    """Classes, architecture, `training` section, device and precision as flags (a plain param)."""
+    """Classes, architecture, `training` section (less LOADING_KEYS), device and precision as flags (a plain
+    param: Snakemake reruns the job when one changes)."""
+    shaping = {key: value for key, value in config["training"].items() if key not in LOADING_KEYS}
     return [
         "--classes", *config["classes"],
         *cli_flags({"arch": config[arch_section]["arch"], "pretrained": config[arch_section].get("pretrained")}),
-        "--training", json.dumps(config["training"], sort_keys=True),
+        "--training", json.dumps(shaping, sort_keys=True),
         *cli_flags({"device": config["device"], "precision": config["precision"]}),
     ]
+
+
+def loading_flags(wildcards, threads):
+    """LOADING_KEYS as `--training-loading` JSON: a function of `threads`, so Snakemake leaves it out of its
+    rerun check (as dask's scheduler address)."""
+    return ["--training-loading", json.dumps({key: config["training"][key] for key in LOADING_KEYS})]
 
 
 def pretrained_input(arch_section):

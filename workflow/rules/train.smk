@@ -20,6 +20,7 @@ rule train_teacher:
         f"results/benchmarks/train/{TEACHER}_{{mag}}x/seed{{seed}}.tsv"
     params:
         flags=training_flags("teacher"),
+        loading=loading_flags,
         launcher=training_launcher(),
     threads: 2
     resources:
@@ -29,7 +30,7 @@ rule train_teacher:
         runtime=training_runtime,
     shell:
         "{params.launcher:q} train-teacher --train-stores {input.train:q} --val-stores {input.val:q} "
-        "--magnification {wildcards.mag:q} --seed {wildcards.seed:q} {params.flags:q} "
+        "--magnification {wildcards.mag:q} --seed {wildcards.seed:q} {params.flags:q} {params.loading:q} "
         "--out {output.model:q} --history {output.history:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -54,7 +55,7 @@ rule teacher_cache:
         options=json.dumps(config["distill_options"]),
         device=config["device"],
         precision=config["precision"],
-        loader_workers=config["training"]["loader_workers"],
+        loader_workers=lambda wildcards, threads: config["training"]["loader_workers"],  # untracked: LOADING_KEYS
     threads: 2
     resources:
         # the framework and loader workers (patches are streamed), a few batches of targets; minutes follow the
@@ -94,6 +95,7 @@ rule distill:
         "results/benchmarks/distill/{method}_{mag}x/seed{seed}.tsv"
     params:
         flags=training_flags("student"),
+        loading=loading_flags,
         launcher=training_launcher(),
         weights=lambda wildcards: json.dumps(METHODS[wildcards.method]),
         options=json.dumps(config["distill_options"]),
@@ -110,5 +112,5 @@ rule distill:
         "{params.launcher:q} distill --train-stores {input.train:q} --val-stores {input.val:q} --teacher {input.teacher:q} "
         "--method {wildcards.method:q} --weights {params.weights:q} --magnification {wildcards.mag:q} "
         "--student-input {params.student_input:q} --student-grid {params.student_grid:q} --distill-options {params.options:q} {params.cache:q} "
-        "--seed {wildcards.seed:q} {params.flags:q} "
+        "--seed {wildcards.seed:q} {params.flags:q} {params.loading:q} "
         "--out {output.model:q} --history {output.history:q} --threads {threads} > {log:q} 2>&1"
