@@ -63,13 +63,14 @@ def checkpoint(magnification: float, field: int) -> Path:
     if path.exists():
         return path
     teacher = magnification == TEACHER_MAGNIFICATION
-    stride = None if teacher else student_output_stride("smallcnn", magnification, TEACHER_MAGNIFICATION)
+    side = int(field * magnification / TEACHER_MAGNIFICATION)
+    stride = None if teacher else student_output_stride("smallcnn", magnification, TEACHER_MAGNIFICATION, side=side)
     torch.manual_seed(0)
     model = build_model("smallcnn", len(CLASSES), output_stride=stride)
     meta = {"arch": "smallcnn", "num_classes": len(CLASSES), "classes": CLASSES, "magnification": magnification,
             "teacher_magnification": TEACHER_MAGNIFICATION, "output_stride": stride,
-            "input_magnification": magnification, "patch_side": int(field * magnification / TEACHER_MAGNIFICATION),
-            "student_input": "native", "method": "teacher" if teacher else "ce", "seed": 0}
+            "input_magnification": magnification, "patch_side": side, "student_input": "native",
+            "student_grid": None if teacher else "native", "method": "teacher" if teacher else "ce", "seed": 0}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "meta": meta}, path)
     return path
