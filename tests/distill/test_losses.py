@@ -119,14 +119,19 @@ def test_atplus_pools_a_finer_teacher_map_before_normalising():
     assert losses.atplus(s, t).item() == pytest.approx(expected, rel=1e-9)
 
 
-def test_at():
-    s, t = rand(2, 1, 2, 2).abs(), rand(2, 1, 2, 2).abs()
+def at_by_loops(s, t) -> float:
+    """AT's definition, loop by loop: mean over the batch of || s/||s|| - t/||t|| ||_2 (maps on one grid)."""
     total = 0.0
-    for b in range(2):
+    for b in range(s.shape[0]):
         vs, vt = s[b].flatten().tolist(), t[b].flatten().tolist()
         ns, nt = math.sqrt(sum(v * v for v in vs)), math.sqrt(sum(v * v for v in vt))
         total += math.sqrt(sum((a / ns - c / nt) ** 2 for a, c in zip(vs, vt)))
-    assert losses.at(s, t).item() == pytest.approx(total / 2, rel=1e-9)
+    return total / s.shape[0]
+
+
+def test_at():
+    s, t = rand(2, 1, 2, 2).abs(), rand(2, 1, 2, 2).abs()
+    assert losses.at(s, t).item() == pytest.approx(at_by_loops(s, t), rel=1e-9)
 
 
 @pytest.mark.parametrize("with_regressor", [False, True])
@@ -220,12 +225,7 @@ def test_segmentation_style_terms_pool_the_teacher_then_normalise(term, match):
 def test_at_pools_the_teacher_then_l2_normalises():
     s, t = rand(2, 1, 2, 2).abs(), rand(2, 1, 4, 4).abs()
     pooled = loop_pool(t, 2)
-    total = 0.0
-    for b in range(2):
-        vs, vt = s[b].flatten().tolist(), pooled[b].flatten().tolist()
-        ns, nt = math.sqrt(sum(v * v for v in vs)), math.sqrt(sum(v * v for v in vt))
-        total += math.sqrt(sum((a / ns - c / nt) ** 2 for a, c in zip(vs, vt)))
-    assert losses.at(s, t).item() == pytest.approx(total / 2, rel=1e-9)
+    assert losses.at(s, t).item() == pytest.approx(at_by_loops(s, pooled), rel=1e-9)
     # An L2-normalised Teacher map (as at_map returns) pooled is no longer of unit norm: the loss re-normalises.
     unit = t / t.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     assert losses.at(s, unit).item() == pytest.approx(total / 2, rel=1e-9)
