@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import logging
 import os
 from pathlib import Path
@@ -122,3 +123,31 @@ def test_every_key_of_the_schema_stops_the_dry_run_naming_it(tmp_path, repo_root
     assert len(keys) == len(list(_leaves(load_schema()))) > 50
     assert {"extraction.patch_size", "training.lr", "device", "methods", "distill_options", "panel_methods",
             "predict.model", "student.grid"} <= set(keys)
+
+
+def test_slides_that_cannot_serve_their_split_stop_the_dry_run_naming_them(tmp_path, repo_root, config, caplog):
+    """Issue 17, kind 7: from the sheet alone (the files are never opened), a training slide without annotations
+    and a slide the sheet says is 20x stop `snakemake -n` in one line; an unannotated test slide does not."""
+    feature = {"type": "Feature", "properties": {"classification": {"name": "Benign"}},
+               "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [9, 0], [9, 9], [0, 0]]]}}
+    (tmp_path / "a.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / f"{name}.svs").write_bytes(b"never opened")
+
+    def sheet(*rows):
+        (tmp_path / "slides.tsv").write_text("slide_id\tpath\tannotations\tpatient_id\tsplit\tobjective_power\n"
+                                             + "".join("\t".join(row) + "\n" for row in rows))
+        return {**copy.deepcopy(config), "demo": {**config["demo"], "enabled": False},
+                "samples": str(tmp_path / "slides.tsv")}
+
+    good = [("a", "a.svs", "a.geojson", "p1", "train", ""), ("b", "b.svs", "a.geojson", "p2", "val", ""),
+            ("c", "c.svs", "", "p3", "test", "")]
+    status, _, err = dry_run(repo_root, tmp_path / "good", sheet(*good))
+    assert status == 0, err[-2000:]
+    status, out, err = dry_run(repo_root, tmp_path / "bad", sheet(*good, ("d", "d.svs", "", "p4", "train", "20")))
+    lines = err.strip().splitlines()
+    assert status == 1 and len(lines) == 1 and "Traceback" not in out + err + caplog.text
+    assert lines[0].startswith(f"sample sheet error: {tmp_path / 'slides.tsv'}: training slides ['d'] have no "
+                               "`annotations` or `label_mask`")
+    assert "slides d (20x from `objective_power`) are below the Teacher's 40x" in lines[0]
+    assert not (tmp_path / "bad" / "results").exists()

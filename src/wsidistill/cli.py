@@ -99,6 +99,8 @@ def _add_extract(sub):
                    help="JSON: annotation name -> class, or null to ignore that name")
     _add_config_section(p, "extraction")
     p.add_argument("--scheduler-address", help="dask distributed scheduler to use instead of local threads")
+    p.add_argument("--require-labels", action="store_true",
+                   help="fail when no patch gets a label (a training slide), instead of writing an unlabelled store")
     p.add_argument("--threads", type=int, default=1)
 
 
@@ -298,6 +300,7 @@ def run(args: argparse.Namespace) -> None:
             args.slide, args.out, settings, slide_id=args.slide_id or args.slide.stem, annotations=args.annotations,
             label_mask=args.label_mask, tissue_mask=args.tissue_mask,
             mpp=args.mpp, objective_power=args.objective_power, threads=args.threads, summary_path=args.summary,
+            require_labels=args.require_labels,
         )
         if args.qc:
             from .report.heatmaps import extraction_qc

@@ -17,3 +17,7 @@ class OutputWriteError(InputError, OSError):
 
     The message names the output and the file that failed; nothing partial is left behind.
     """
+
+
+class UnlabelledSlideError(InputError, ValueError):
+    """A slide that must have labelled patches (a training slide) and has none (issue 17, kind 7)."""

@@ -1,12 +1,21 @@
 import json
 
+import cv2
 import numpy as np
 import openslide
 import pytest
 import zarr
 
+from wsidistill.cli import main
 from wsidistill.demo import plan_cohort, write_slide
-from wsidistill.patches.extract import ExtractionSettings, area_downsample, extract_slide
+from wsidistill.errors import UnlabelledSlideError
+from wsidistill.patches.extract import (
+    ExtractionSettings,
+    MagnificationUnavailable,
+    NoTissueError,
+    area_downsample,
+    extract_slide,
+)
 from wsidistill.slides.reader import SlideReadError
 
 SETTINGS = ExtractionSettings(
@@ -81,9 +90,10 @@ def test_corrupt_slide_fails_with_its_name_and_leaves_the_existing_store(tmp_pat
     assert sorted(p.name for p in existing.rglob("*")) == before
 
 
-def test_magnification_above_native_is_skipped_not_upsampled(demo_slide, tmp_path):
-    settings = ExtractionSettings(**{**SETTINGS.__dict__, "magnifications": (80, 40, 20), "teacher_magnification": 80,
-                                     "patch_size": 128})
+def test_a_student_magnification_above_native_is_skipped_not_upsampled(demo_slide, tmp_path):
+    """Standalone `wsidistill extract` with a Teacher below the highest magnification: 80x is skipped."""
+    settings = ExtractionSettings(**{**SETTINGS.__dict__, "magnifications": (80, 40, 20), "teacher_magnification": 40,
+                                     "patch_size": 64})
     with pytest.warns(UserWarning, match="80x requested.*never upsampled"):
         summary = extract_slide(demo_slide["slide"], tmp_path / "s.zarr", settings, slide_id="s", progress=False)
     assert summary["skipped_magnifications"] == ["80x"]
@@ -107,64 +117,60 @@ def blank_slide(path, width=512, height=384):
     return path
 
 
-def test_slide_without_tissue_gives_an_empty_valid_store_and_a_warning(tmp_path):
-    from wsidistill.patches.dataset import load_patches
-
+def test_a_slide_without_tissue_stops_its_extraction_naming_it_and_the_choices(tmp_path, capsys):
+    """Issue 17, kind 7: an empty store would stop the run later, in grading; whatever its split."""
     slide = blank_slide(tmp_path / "glass.svs")
-    with pytest.warns(UserWarning, match="no tissue found"):
-        summary = extract_slide(slide, tmp_path / "glass.zarr", SETTINGS, slide_id="glass",
-                                summary_path=tmp_path / "glass.json", progress=False)
-    assert summary["tissue_patches"] == 0
-    assert any("no tissue found" in w for w in json.loads((tmp_path / "glass.json").read_text())["warnings"])
-    root = zarr.open_group(str(tmp_path / "glass.zarr"), mode="r")
-    assert root["40x/images"].shape == (0, 64, 64, 3) and root["coords"].shape == (0, 2)
-    assert len(load_patches([tmp_path / "glass.zarr"], [40, 5], labelled_only=False)) == 0
+    with pytest.raises(NoTissueError, match=r"glass\.svs: no tissue found \(hsv-otsu, no 64 px cell at least 0\.5"):
+        extract_slide(slide, tmp_path / "glass.zarr", SETTINGS, slide_id="glass", progress=False)
+    assert not (tmp_path / "glass.zarr").exists()
+    status = main(["extract", str(slide), "--out", str(tmp_path / "cli.zarr"), "--patch-size", "64"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(error) == 1 and "Traceback" not in error[0]
+    for choice in ("`extraction.min_tissue_fraction`", "`extraction.tissue_method`", "`tissue_mask` sheet column",
+                   "remove the slide from the sample sheet"):
+        assert choice in error[0]
+    # The choice works: a tissue mask (here the whole slide) gives the slide its patches.
+    cv2.imwrite(str(tmp_path / "mask.png"), np.full((48, 64), 255, np.uint8))
+    summary = extract_slide(slide, tmp_path / "masked.zarr", SETTINGS, slide_id="glass", tissue_mask=tmp_path / "mask.png",
+                            progress=False)
+    assert summary["tissue_patches"] == (512 // 64) * (384 // 64)
 
 
-def test_native_20x_slide_skips_40x_with_a_warning_in_the_summary(tmp_path):
+def test_a_20x_slide_stops_its_extraction_below_the_teachers_40x(tmp_path, capsys):
+    """Issue 17, kind 7: skipping 40x would let `train-teacher` fail later; the job names the slide and choices."""
     files = write_slide(plan_cohort(6, 0)[0], tmp_path, width=768, height=512, variant="svs20")
+    with pytest.raises(MagnificationUnavailable) as caught:
+        extract_slide(files["slide"], tmp_path / "s.zarr", SETTINGS, slide_id="s", progress=False)
+    message = str(caught.value)
+    assert message.startswith(f"{files['slide']}: the Teacher reads 40x but the slide's native magnification is 20x")
+    for choice in ("`objective_power` / `mpp`", "remove it from the sheet", "lower `teacher.magnification`"):
+        assert choice in message
+    assert not (tmp_path / "s.zarr").exists()
+    # A 20x Teacher reads it: 40x, above the Teacher, is then skipped (on_missing_magnification: skip), not upsampled.
+    study_20x = ExtractionSettings(**{**SETTINGS.__dict__, "teacher_magnification": 20, "patch_size": 32})
     with pytest.warns(UserWarning, match="40x requested.*native magnification is 20x"):
-        summary = extract_slide(files["slide"], tmp_path / "s.zarr", SETTINGS, slide_id="s", progress=False)
+        summary = extract_slide(files["slide"], tmp_path / "s.zarr", study_20x, slide_id="s", progress=False)
     assert summary["skipped_magnifications"] == ["40x"] and summary["magnifications"] == ["20x", "10x", "5x"]
-    assert any("40x requested" in w and "skipped" in w for w in summary["warnings"])
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
     assert "40x" not in root and root["20x/images"].shape[1:] == (32, 32, 3)
-    assert root.attrs["cell_level0"] == 32  # a 64 px field at 40x is 32 level-0 px of a 20x scan
-    from wsidistill.patches.extract import MagnificationUnavailable
-
-    strict = ExtractionSettings(**{**SETTINGS.__dict__, "on_missing_magnification": "error"})
-    with pytest.raises(MagnificationUnavailable, match=r"demo000\.svs: 40x requested.*on_missing_magnification"):
-        extract_slide(files["slide"], tmp_path / "strict.zarr", strict, slide_id="s", progress=False)
-    assert not (tmp_path / "strict.zarr").exists()
+    assert root.attrs["cell_level0"] == 32  # a 32 px field at 20x on a 20x scan
 
 
-def test_slide_without_metadata_extracts_with_a_sample_sheet_override(tmp_path):
-    files = write_slide(plan_cohort(6, 0)[0], tmp_path, width=768, height=512, variant="nometa")
-    with pytest.raises(SlideReadError, match="neither microns per pixel nor objective power"):
-        extract_slide(files["slide"], tmp_path / "s.zarr", SETTINGS, slide_id="s", progress=False)
-    summary = extract_slide(files["slide"], tmp_path / "s.zarr", SETTINGS, slide_id="s", mpp=0.25, progress=False)
-    assert summary["tissue_patches"] > 0
-    attrs = zarr.open_group(str(tmp_path / "s.zarr"), mode="r").attrs
-    assert (attrs["mpp_source"], attrs["objective_power"], attrs["objective_power_source"]) == \
-        ("sample sheet", 40, "derived from mpp (sample sheet)")
-
-
-def test_user_tissue_mask_replaces_detection(demo_slide, tmp_path):
-    import cv2
-
-    mask = np.zeros((96, 128), np.uint8)  # 1/8 scale of the 1024x768 slide
-    mask[:48, :64] = 255  # top-left quarter only
-    cv2.imwrite(str(tmp_path / "mask.png"), mask)
-    summary = extract_slide(demo_slide["slide"], tmp_path / "s.zarr", SETTINGS, slide_id="s",
-                            tissue_mask=tmp_path / "mask.png", progress=False)
-    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
-    coords = root["coords"][:]
-    assert summary["tissue_patches"] == (384 // 64) * (512 // 64)  # every cell of the quarter, tissue or not
-    assert (coords[:, 0] < 512).all() and (coords[:, 1] < 384).all()
-    assert root.attrs["tissue_method"] == "user mask" and root["tissue_mask"].shape == root["thumbnail"].shape[:2]
-    cv2.imwrite(str(tmp_path / "square.png"), np.full((100, 100), 255, np.uint8))
-    from wsidistill.slides.annotations import AnnotationError
-
-    with pytest.raises(AnnotationError, match=r"square\.png: the mask is 100x100 px but the slide is 1024x768"):
-        extract_slide(demo_slide["slide"], tmp_path / "bad.zarr", SETTINGS, slide_id="s",
-                      tissue_mask=tmp_path / "square.png", progress=False)
+def test_a_training_slide_without_labelled_patches_stops_its_extraction(demo_slide, tmp_path, capsys):
+    """`--require-labels` (the workflow's flag for train slides): no annotations, or none on tissue, is one line."""
+    with pytest.raises(UnlabelledSlideError, match="a training slide with no labelled patch .no annotations"):
+        extract_slide(demo_slide["slide"], tmp_path / "s.zarr", SETTINGS, slide_id="s", require_labels=True,
+                      progress=False)
+    outside = tmp_path / "outside.geojson"
+    outside.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {"classification": {"name": "Gleason 3"}},
+        "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [8, 0], [8, 8], [0, 8], [0, 0]]]}}]}))
+    status = main(["extract", str(demo_slide["slide"]), "--out", str(tmp_path / "s.zarr"), "--patch-size", "64",
+                   "--annotations", str(outside), "--require-labels"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(error) == 1 and not (tmp_path / "s.zarr").exists()
+    assert f"{outside} labels none of its" in error[0] and "move it to the test split" in error[0]
+    # Without the flag (a test slide) the same slide extracts, every patch unlabelled.
+    summary = extract_slide(demo_slide["slide"], tmp_path / "t.zarr", SETTINGS, slide_id="s", annotations=outside,
+                            progress=False)
+    assert summary["patches_per_class"]["unlabelled"] == summary["tissue_patches"] > 0

@@ -1,6 +1,6 @@
 import pytest
 
-from wsidistill.slides.samples import SampleSheetError, load_sample_sheet
+from wsidistill.slides.samples import SampleSheetError, check_roles, load_sample_sheet
 
 HEADER = "slide_id\tpath\tannotations\tpatient_id\tsplit\n"
 
@@ -74,3 +74,25 @@ def test_an_empty_sheet_names_the_file(cohort):
     path.write_bytes(b"")
     with pytest.raises(SampleSheetError, match=f"sample sheet {path} is empty"):
         load_sample_sheet(path)
+
+
+def test_slides_that_cannot_serve_their_split_are_named_with_the_choices(cohort):
+    """Issue 17, kind 7, from the sheet alone: a train slide with no labels; a slide the sheet says is below the
+    Teacher's magnification (from `objective_power`, or from `mpp` snapped to its standard objective)."""
+    path = cohort / "slides.tsv"
+    path.write_text("slide_id\tpath\tannotations\tpatient_id\tsplit\tobjective_power\tmpp\n"
+                    "a\ta.svs\ta.geojson\tp1\ttrain\t\t\n"
+                    "b\tb.svs\t\tp2\ttrain\t\t\n"
+                    "c\tc.svs\t\tp3\ttest\t20\t\n"
+                    "d\tc.svs\t\tp4\tval\t\t0.5\n"
+                    "e\tc.svs\t\tp5\ttest\t\t0.2265\n")
+    sheet = load_sample_sheet(path)
+    with pytest.raises(SampleSheetError) as caught:
+        check_roles(sheet, path, 40)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: training slides ['b'] have no `annotations` or `label_mask`")
+    assert "move them to the test split" in message
+    assert "slides c (20x from `objective_power`), d (20x from `mpp` 0.5) are below the Teacher's 40x" in message
+    assert "'e'" not in message and " e (" not in message  # 0.2265 um/px is a 40x scan
+    check_roles(sheet.drop(["b", "c", "d"]), path, 40)  # unlabelled test slides are fine
+    check_roles(sheet.drop(["b"]), path, 20)  # a 20x study reads them all

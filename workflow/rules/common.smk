@@ -17,7 +17,7 @@ from wsidistill.config import (
     validate_config,
 )
 from wsidistill.slides.geojson import AnnotationError, check_annotation_classes
-from wsidistill.slides.samples import SampleSheetError, load_sample_sheet
+from wsidistill.slides.samples import SampleSheetError, check_roles, load_sample_sheet
 
 
 def stop(message):
@@ -83,6 +83,7 @@ def _load_samples():
         sheet = load_sample_sheet(SHEET)
         if "annotations" in sheet:
             check_annotation_classes([p for p in sheet.annotations if p], config["annotation_classes"])
+        check_roles(sheet, SHEET, TEACHER_MAG)
     except (SampleSheetError, AnnotationError) as err:
         stop(f"sample sheet error: {err}")
     return sheet
@@ -133,7 +134,7 @@ def test_slides():
 def extract_inputs(wildcards):
     row = SAMPLES.loc[wildcards.slide]
     inputs = {"slide": row["path"]}
-    for column in ("annotations", "label_mask"):
+    for column in ("annotations", "label_mask", "tissue_mask"):
         if row.get(column):
             inputs[column] = row[column]
     return inputs
@@ -152,14 +153,15 @@ EXTRACT_FLAGS = [
 
 
 def slide_flags(wildcards):
-    """One slide's sample-sheet entries: its annotations or label mask and its mpp/objective_power overrides.
+    """One slide's sample-sheet entries: its annotations or label mask, tissue mask and mpp/objective_power
+    overrides.
 
     A function of the wildcards only (no `input`), so Snakemake records its value and reruns the slide's
     extraction when the sheet changes them.
     """
     row = SAMPLES.loc[wildcards.slide]
     flags = []
-    for column in ("annotations", "label_mask", "mpp", "objective_power"):
+    for column in ("annotations", "label_mask", "tissue_mask", "mpp", "objective_power"):
         value = row.get(column)
         if value is not None and not pd.isna(value) and value != "":
             flags += [f"--{column.replace('_', '-')}", str(value)]

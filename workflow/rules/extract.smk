@@ -48,6 +48,9 @@ else:
             # Where the work runs, not what it makes: a function of `threads`, which Snakemake leaves out
             # of its params rerun check (moving to another scheduler reruns nothing).
             scheduler=lambda wildcards, threads: cli_flags({"scheduler_address": config["dask"]["scheduler_address"]}),
+            # A training slide must get labelled patches (issue 17, kind 7). It decides whether the job fails, not
+            # what the store holds, so it too is a function of `threads`: moving a slide between splits reruns nothing.
+            role=lambda wildcards, threads: ["--require-labels"] if SAMPLES.split[wildcards.slide] == "train" else [],
         threads: 2
         resources:
             # memory is bounded by the reading block; memory and minutes grow with the slide file (common.smk)
@@ -55,7 +58,7 @@ else:
             runtime=EXTRACT_RUNTIME,
         shell:
             "wsidistill extract {input.slide:q} --out {output.store:q} --summary {output.summary:q} --qc {output.qc:q} "
-            "--slide-id {wildcards.slide:q} {params.settings:q} {params.slide:q} {params.scheduler:q} "
+            "--slide-id {wildcards.slide:q} {params.settings:q} {params.slide:q} {params.scheduler:q} {params.role:q} "
             "--threads {threads} > {log:q} 2>&1"
 
 

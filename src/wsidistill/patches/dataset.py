@@ -12,6 +12,7 @@ import torch
 import zarr
 from zarr.storage import LocalStore
 
+from ..errors import InputError
 from ..slides.grid import magnification_name
 from . import store
 from .jpeg import source_tile_codec
@@ -20,6 +21,20 @@ from .zarr_io import read_source_tiles
 
 __all__ = ["MemoryPatches", "PatchSet", "StorePatches", "batch_loader", "load_patches", "open_store", "read_images",
            "to_tensor"]
+
+
+class MissingMagnification(InputError, KeyError):
+    """A store without the patches a model reads: its slide's native magnification is below them."""
+
+    @classmethod
+    def of(cls, path, name: str, attributes: store.StoreAttributes) -> MissingMagnification:
+        return cls(f"{path}: no {name} patches: slide {attributes.slide_id} is {attributes.objective_power:g}x "
+                   f"({attributes.objective_power_source}) and extraction skipped {attributes.skipped_magnifications}. "
+                   "Remove the slide from the sample sheet, correct its `objective_power` / `mpp`, or lower "
+                   "`teacher.magnification` and `magnifications` for the whole study")
+
+    def __str__(self) -> str:  # KeyError's repr-quoting would wrap the one line in quotes
+        return str(self.args[0])
 
 
 def read_images(array: zarr.Array, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
@@ -68,7 +83,7 @@ def load_patches(stores: Sequence[str | Path], magnifications: Sequence[float], 
         slide_ids.append(attributes.slide_id)
         for name in names:
             if name not in root:
-                raise KeyError(f"{path}: no {name} patches (skipped at extraction: {attributes.skipped_magnifications})")
+                raise MissingMagnification.of(path, name, attributes)
             array = root[store.images_path(name)]
             images[name].append(read_images(array, rows) if len(rows) else np.zeros((0, *array.shape[1:]), np.uint8))
         labels.append(slide_labels[rows])
@@ -146,8 +161,7 @@ class StorePatches(_Batches):
             selected = np.flatnonzero(slide_labels >= 0) if labelled_only else np.arange(len(slide_labels))
             for name in self.names:
                 if name not in root:
-                    raise KeyError(f"{path}: no {name} patches (skipped at extraction: "
-                                   f"{attributes.skipped_magnifications})")
+                    raise MissingMagnification.of(path, name, attributes)
                 self.shapes.setdefault(name, tuple(root[store.images_path(name)].shape[1:]))
             self.slide_ids.append(attributes.slide_id)
             rows.append(selected)

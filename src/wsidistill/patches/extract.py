@@ -39,7 +39,7 @@ from zarr.codecs import BloscCodec
 from zarr.storage import MemoryStore
 
 from ..config import section_defaults
-from ..errors import InputError
+from ..errors import InputError, UnlabelledSlideError
 from ..io import atomic_path, write_json
 from ..slides.annotations import (
     RADBOUD_CLASSES,
@@ -51,7 +51,7 @@ from ..slides.annotations import (
     read_tissue_mask,
 )
 from ..slides.grid import GridError, PatchGrid, field_cell, magnification_name, patch_pixels
-from ..slides.reader import Slide, TiffTiles
+from ..slides.reader import Slide, SlideInfo, TiffTiles
 from ..slides.tissue import detect_tissue
 from . import store
 from .jpeg import SlideJpegCodec
@@ -76,6 +76,26 @@ TASK_PATCHES = 64
 
 class MagnificationUnavailable(InputError, ValueError):
     """A requested magnification finer than the slide's native resolution."""
+
+
+class NoTissueError(InputError, ValueError):
+    """A slide on which tissue detection keeps no patch."""
+
+
+def require_magnification(path, info: SlideInfo, magnification: float, needed_by: str, choices: str) -> None:
+    """Raise :class:`MagnificationUnavailable` naming the slide, its power, ``magnification`` and ``choices``
+    when the slide's native objective power is below ``magnification`` (slides are never upsampled);
+    ``needed_by`` says what reads it ("the Teacher", "the model")."""
+    if magnification > info.objective_power * 1.001:
+        raise MagnificationUnavailable(
+            f"{path}: {needed_by} reads {magnification:g}x but the slide's native magnification is "
+            f"{info.objective_power:g}x ({info.objective_power_source}); slides are never upsampled. {choices}")
+
+
+def no_tissue_error(path, method: str, cell: int, min_tissue_fraction: float, choices: str) -> NoTissueError:
+    """:class:`NoTissueError` naming the slide, the tissue method and threshold, and ``choices``."""
+    return NoTissueError(f"{path}: no tissue found ({method}, no {cell} px cell at least {min_tissue_fraction:g} "
+                         f"tissue). {choices}")
 
 
 #: The config's ``extraction`` keys with their defaults, declared once in the config schema.
@@ -337,12 +357,18 @@ def extract_slide(
     threads: int = 1,
     summary_path: str | Path | None = None,
     progress: bool = True,
+    require_labels: bool = False,
 ) -> dict:
     """Write ``out`` (a Zarr store) atomically and return the extraction summary.
 
     Labels come from ``annotations`` (QuPath GeoJSON) or ``label_mask`` (a
     PANDA-style mask TIFF); ``tissue_mask`` (nonzero = tissue, any scale)
     replaces tissue detection.  Every warning also lands in the summary.
+
+    Before anything is written, a slide that cannot serve its role stops with one line naming it and the
+    choices (issue 17, kind 7): :class:`MagnificationUnavailable` below the Teacher's magnification,
+    :class:`NoTissueError` when no cell has ``min_tissue_fraction`` tissue, and, with ``require_labels``
+    (a training slide), :class:`UnlabelledSlideError` when no patch is labelled.
     """
     started = time.perf_counter()
     timings = {}
@@ -359,6 +385,11 @@ def extract_slide(
     slide = open_slide(*slide_key)
     info = slide.info
 
+    require_magnification(
+        slide_path, info, settings.teacher_magnification, "the Teacher",
+        "Give a scan at that magnification, correct the slide's `objective_power` / `mpp` in the sample sheet "
+        "(--objective-power, --mpp) if its metadata is wrong, remove it from the sheet, or lower "
+        "`teacher.magnification` and `magnifications` for the whole study.")
     available, skipped = [], []
     for magnification in settings.magnifications:
         if magnification > info.objective_power * 1.001:
@@ -382,6 +413,12 @@ def extract_slide(
                          settings.thumbnail_max_side, tissue_mask)
     thumbnail, thumb_downsample, stored_mask = tissue.thumbnail, tissue.downsample, tissue.mask
     tissue_fraction, keep, tissue_method = tissue.fraction, tissue.keep, tissue.method
+    if not len(keep):
+        raise no_tissue_error(
+            slide_path, tissue_method, cell, settings.min_tissue_fraction,
+            "Check the slide holds stained tissue; lower `extraction.min_tissue_fraction` (--min-tissue-fraction) or "
+            "change `extraction.tissue_method`, give a tissue mask (`tissue_mask` sheet column, --tissue-mask), "
+            "or remove the slide from the sample sheet.")
     timings["tissue_s"] = time.perf_counter() - started
 
     try:
@@ -418,6 +455,13 @@ def extract_slide(
     for warning in caught:
         note(str(warning.message))
     labels = majority_labels(fractions, settings.min_label_fraction, undecided)
+    if require_labels and not (labels >= 0).any():
+        source = annotations or label_mask
+        detail = (f"{source} labels none of its {len(keep)} tissue patches at `extraction.min_label_fraction` "
+                  f"{settings.min_label_fraction:g}" if source else "no annotations or label mask given")
+        raise UnlabelledSlideError(
+            f"{slide_path}: a training slide with no labelled patch ({detail}). Annotate its tissue, move it to "
+            "the test split (predicted, left out of the metrics), or drop it from the sample sheet.")
     timings["labels_s"] = time.perf_counter() - started - timings["tissue_s"]
 
     extract_started = time.perf_counter()
@@ -474,8 +518,6 @@ def extract_slide(
     timings["extract_s"] = time.perf_counter() - extract_started
     timings["total_s"] = time.perf_counter() - started
 
-    if not len(keep):
-        note(f"{slide_path}: no tissue found; wrote an empty store")
     counts = {c: int((labels == i).sum()) for i, c in enumerate(settings.classes)}
     counts["unlabelled"] = int((labels < 0).sum())
     summary = {

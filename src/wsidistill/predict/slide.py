@@ -23,25 +23,22 @@ from tqdm import tqdm
 
 from ..config import section_defaults
 from ..device import Runtime
-from ..errors import InputError
 from ..patches.dataset import to_tensor
-from ..patches.extract import (
+from ..patches.extract import (  # noqa: F401 (NoTissueError: predict's error, re-exported)
     ExtractionSettings,
-    MagnificationUnavailable,
+    NoTissueError,
     Tissue,
     block_shape,
     find_tissue,
+    no_tissue_error,
     open_slide,
     plan_blocks,
+    require_magnification,
     stream_blocks,
 )
 from ..slides.grid import PatchGrid, magnification_name, patch_pixels
 from ..slides.reader import SlideInfo
 from .model import PredictModel
-
-
-class NoTissueError(InputError, ValueError):
-    """A slide on which tissue detection keeps no patch."""
 
 
 @dataclass(frozen=True)
@@ -109,21 +106,16 @@ def predict_slide(path: str | Path, model: PredictModel, runtime: Runtime, setti
     slide = open_slide(*slide_key)
     info = slide.info
     magnification = model.input_magnification
-    if magnification > info.objective_power * 1.001:
-        raise MagnificationUnavailable(
-            f"{path}: the model reads {magnification:g}x but the slide's native magnification is "
-            f"{info.objective_power:g}x ({info.objective_power_source}); slides are never upsampled. Use a model "
-            f"trained at {info.objective_power:g}x or lower, or a scan at {magnification:g}x."
-        )
+    require_magnification(path, info, magnification, "the model", f"Use a model trained at {info.objective_power:g}x "
+                          f"or lower, or a scan at {magnification:g}x.")
     cell = patch_pixels(model.patch_side, info.objective_power, magnification)  # level-0 px per patch
     grid = PatchGrid.for_slide(info.dimensions, cell)
     tissue = find_tissue(slide, grid, settings.tissue_method, settings.min_tissue_fraction,
                          settings.thumbnail_max_side)
     if not len(tissue.keep):
-        raise NoTissueError(
-            f"{path}: no tissue found ({tissue.method}, no {cell} px cell at least {settings.min_tissue_fraction:g} "
-            "tissue). Check the slide holds stained tissue, or lower --min-tissue-fraction or change --tissue-method."
-        )
+        raise no_tissue_error(path, tissue.method, cell, settings.min_tissue_fraction,
+                              "Check the slide holds stained tissue, or lower --min-tissue-fraction or change "
+                              "--tissue-method.")
     level = slide.best_level_for(info.objective_power / magnification)
     blocks_rc = block_shape(cell, slide.tile_size(level), info.level_downsamples[level], settings.block_cells)
     _, coords, blocks = plan_blocks(tissue.keep, grid, blocks_rc)

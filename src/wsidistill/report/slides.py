@@ -33,7 +33,8 @@ def _grade_fields(prefix: str, grade) -> dict:
 def _reference_fields(labels: np.ndarray, classes: list[str]) -> dict:
     """The reference grade from the patch labels, or ``reference`` "unlabelled" and no grade without any."""
     if not (labels >= 0).any():
-        return {"reference": UNLABELLED, **{f"true_{k}": None for k in ("primary", "secondary", "score", "grade_group")}}
+        return {"reference": UNLABELLED,
+                **{f"true_{key}": None for key in ("primary", "secondary", "score", "grade_group")}}
     return {"reference": "patch labels", **_grade_fields("true", grade_from_patch_labels(labels, classes))}
 
 

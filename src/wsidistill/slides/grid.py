@@ -8,12 +8,19 @@ same level-0 rectangle at every magnification.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
 from ..errors import InputError
+
+#: Microns per pixel of a 10x objective; magnification ~ MPP_AT_10X * 10 / mpp.
+MPP_AT_10X = 1.0
+
+#: Objective powers a derived power snaps to: tiatoolbox's ``mpp2common_objective_power`` list.
+STANDARD_POWERS = (1, 1.25, 2, 2.5, 4, 5, 10, 20, 40, 60, 90, 100)
 
 #: Relative difference between a slide's MPP and its objective's nominal MPP kept as whole nominal pixels.
 FIELD_TOLERANCE = 0.03
@@ -26,6 +33,12 @@ class GridError(InputError, ValueError):
 def magnification_name(magnification: float) -> str:
     """Group name for a magnification: 40 -> '40x', 2.5 -> '2.5x'."""
     return f"{magnification:g}x"
+
+
+def standard_power(mpp: float) -> float:
+    """The standard objective nearest (on a log scale) to ``MPP_AT_10X * 10 / mpp``, as tiatoolbox snaps it."""
+    power = MPP_AT_10X * 10 / mpp
+    return min(STANDARD_POWERS, key=lambda p: abs(math.log(power / p)))
 
 
 def patch_pixels(patch_size: int, magnification: float, teacher_magnification: float) -> int:
@@ -51,7 +64,6 @@ def field_cell(patch_size: int, teacher_magnification: float, mpp: float, object
     FIELD_TOLERANCE of its power's nominal MPP the cell is the whole nominal
     side (patch_size * power / teacher), so patches stay whole file tiles.
     """
-    from .reader import MPP_AT_10X
 
     nominal = patch_size * objective_power / teacher_magnification
     physical = patch_size * MPP_AT_10X * 10 / teacher_magnification / mpp

@@ -37,12 +37,7 @@ import openslide
 import tifffile
 
 from ..errors import InputError
-
-#: Microns per pixel of a 10x objective; magnification ~ MPP_AT_10X * 10 / mpp.
-MPP_AT_10X = 1.0
-
-#: Objective powers a derived power snaps to: tiatoolbox's ``mpp2common_objective_power`` list.
-STANDARD_POWERS = (1, 1.25, 2, 2.5, 4, 5, 10, 20, 40, 60, 90, 100)
+from .grid import MPP_AT_10X, STANDARD_POWERS, standard_power  # noqa: F401 (STANDARD_POWERS: re-exported)
 
 #: Largest ratio between 10 / mpp and the recorded objective power read as agreement (Hamamatsu 40x: 0.2265 um/px).
 CONSISTENT_RATIO = 1.3
@@ -115,12 +110,6 @@ class Resolution(NamedTuple):
     objective_power: float
     objective_power_source: str
     warnings: tuple[str, ...] = ()
-
-
-def standard_power(mpp: float) -> float:
-    """The standard objective nearest (on a log scale) to ``MPP_AT_10X * 10 / mpp``, as tiatoolbox snaps it."""
-    power = MPP_AT_10X * 10 / mpp
-    return min(STANDARD_POWERS, key=lambda p: abs(math.log(power / p)))
 
 
 def resolve_resolution(

@@ -1,7 +1,8 @@
 """The sample sheet: one row per slide, checked before any job runs.
 
 Columns: ``slide_id``, ``path``, ``patient_id``, ``split`` (train/val/test)
-and optionally ``annotations``, ``label_mask``, ``mpp``, ``objective_power``.
+and optionally ``annotations``, ``label_mask``, ``tissue_mask``, ``mpp``,
+``objective_power``.
 Relative paths are resolved against the sheet's own directory, so a cohort
 folder can be moved as a whole.
 
@@ -9,6 +10,11 @@ A ``slide_id`` names output files and reaches shell commands, so it is data
 with a narrow alphabet: letters, digits, ``.``, ``_`` and ``-``, starting with
 a letter or digit (``SLIDE_ID_PATTERN``, also in ``schemas/samples.schema.yaml``).
 Any other id is rejected before any job, with its sheet line named.
+
+:func:`check_roles` then asks whether each slide can serve its split, from the
+sheet alone (no slide is opened: a dry run stays cheap): a training slide needs
+labels, and a slide whose sheet gives its resolution must reach the Teacher's
+magnification (issue 17, kind 7).
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import InputError
+from .grid import standard_power
 
 REQUIRED_COLUMNS = ("slide_id", "path", "patient_id", "split")
-OPTIONAL_COLUMNS = ("annotations", "label_mask", "mpp", "objective_power")
+OPTIONAL_COLUMNS = ("annotations", "label_mask", "tissue_mask", "mpp", "objective_power")
+#: Columns that give a slide its patch labels; a training slide needs one of them.
+LABEL_COLUMNS = ("annotations", "label_mask")
 SPLITS = ("train", "val", "test")
 #: Allowed slide ids: no spaces, quotes, shell or path metacharacters; no leading '.' or '-'.
 SLIDE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -73,7 +82,7 @@ def load_sample_sheet(path: str | Path, *, check_files: bool = True,
     leaking = sorted(leaking[leaking > 1].index)
     if leaking:
         problems.append(f"patients {leaking} have slides in more than one split; split by patient")
-    for column in ("path", "annotations", "label_mask"):
+    for column in ("path", "annotations", "label_mask", "tissue_mask"):
         if column not in sheet:
             continue
         resolved = [str((path.parent / p).resolve()) if p else "" for p in sheet[column]]
@@ -94,3 +103,50 @@ def load_sample_sheet(path: str | Path, *, check_files: bool = True,
     if problems:
         raise SampleSheetError(f"{path}: " + "; ".join(problems))
     return sheet.set_index("slide_id", drop=False)
+
+
+def sheet_power(row: pd.Series) -> tuple[float, str] | None:
+    """A slide's objective power as its sheet row gives it, and the column it came from: ``objective_power``,
+    else the standard objective of ``mpp`` (as extraction derives it); None when the sheet gives neither."""
+    power, mpp = row.get("objective_power"), row.get("mpp")
+    if power is not None and not pd.isna(power) and power != "":
+        return float(power), "`objective_power`"
+    if mpp is not None and not pd.isna(mpp) and mpp != "":
+        return standard_power(float(mpp)), f"`mpp` {float(mpp):g}"
+    return None
+
+
+def check_roles(sheet: pd.DataFrame, path: str | Path, teacher_magnification: float) -> None:
+    """Stop before any job when a slide cannot serve its split, from what the sheet says (issue 17, kind 7).
+
+    * a ``train`` slide with neither ``annotations`` nor ``label_mask``: training learns from labelled
+      patches only (``val`` and ``test`` slides may be unlabelled: they are predicted and left out of the
+      metrics);
+    * a slide whose ``objective_power`` (or ``mpp``, snapped to the standard objective) is below
+      ``teacher_magnification``: slides are never upsampled, and every split feeds the Teacher.
+
+    A slide whose sheet says nothing is checked by its extraction job, which reads the file. Raises
+    :class:`SampleSheetError` naming the sheet, the slides and the choices.
+    """
+    problems = []
+    labelled = pd.Series(False, index=sheet.index)
+    for column in LABEL_COLUMNS:
+        if column in sheet:
+            labelled |= sheet[column].fillna("").astype(str) != ""
+    unlabelled = sheet.slide_id[(sheet.split == "train") & ~labelled].tolist()
+    if unlabelled:
+        problems.append(f"training slides {unlabelled} have no `annotations` or `label_mask`: training learns from "
+                        "labelled patches only. Annotate them, move them to the test split (predicted, left out of "
+                        "the metrics), or drop them from the sheet")
+    low = []
+    for _, row in sheet.iterrows():
+        given = sheet_power(row)
+        if given is not None and teacher_magnification > given[0] * 1.001:
+            low.append(f"{row.slide_id} ({given[0]:g}x from {given[1]})")
+    if low:
+        problems.append(f"slides {', '.join(low)} are below the Teacher's {teacher_magnification:g}x "
+                        "(`teacher.magnification`) and are never upsampled. Give a scan at "
+                        f"{teacher_magnification:g}x or above, correct the column if it is wrong, drop them from the "
+                        "sheet, or lower `teacher.magnification` and `magnifications` for the whole study")
+    if problems:
+        raise SampleSheetError(f"{path}: " + "; ".join(problems))

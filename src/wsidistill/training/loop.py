@@ -33,6 +33,7 @@ from .. import __version__
 from ..config import TEACHER, config_default, section_defaults
 from ..device import Runtime
 from ..distill import Distiller, d4_transform, student_input_from, teacher_targets
+from ..errors import UnlabelledSlideError
 from ..evaluation.inference import batch_probabilities
 from ..evaluation.metrics import balanced_accuracy, quadratic_kappa
 from ..evaluation.splits import absent_class_warning, absent_classes, class_counts
@@ -224,13 +225,18 @@ class Trainer:
         self.val_magnification = self.teacher_magnification if self.upsampled else job.magnification
         self.train_set = StorePatches(job.train_stores, self.view_magnifications)
         self.val_set = StorePatches(job.val_stores, [self.val_magnification])
-        if len(self.train_set) == 0:
-            raise ValueError(f"no labelled training patches in {job.train_stores}")
+        labelled_slides = set(np.unique(self.train_set.slide_index).tolist())
+        unlabelled = [path for index, path in enumerate(job.train_stores) if index not in labelled_slides]
+        if unlabelled:  # stores extracted before the slide moved to the train split (extraction checks the rest)
+            raise UnlabelledSlideError(
+                f"training stores without a labelled patch: {', '.join(map(str, unlabelled))}. Annotate the slides "
+                "and extract them again, move them to the test split, or drop them from the sample sheet")
         if self.distributed.is_main:  # issue 17, kind 8: a class no split's patch shows is warned about
             for split, patches in (("train", self.train_set), ("val", self.val_set)):
                 if not len(patches):
                     warnings.warn(f"no labelled patch in the {split} split ({len(getattr(job, split + '_stores'))} "
-                                  "slides): validation kappa is undefined; the epoch of lowest training loss is kept", stacklevel=2)
+                                  "slides): validation kappa is undefined; the epoch of lowest training loss is kept",
+                                  stacklevel=2)
                     continue
                 for name in absent_classes(job.classes, class_counts(patches.labels, job.classes)):
                     warnings.warn(absent_class_warning(name, split), stacklevel=2)
