@@ -130,3 +130,11 @@ def test_comparison_md_lists_each_split_warning_once_with_its_models():
     markdown = comparison_markdown(comparison_frame(results, n_boot=10), warnings=notes)
     assert markdown.split("### Warnings")[1].strip().splitlines() == [f"- {note}" for note in notes]
     assert class_counts(np.array(truth + [-1]), CLASSES) == {"NC": 2, "G3": 2, "G4": 2, "G5": 0}
+
+
+def test_attention_on_unlabelled_test_slides_only_has_no_patches_and_no_traceback(unlabelled_store, model, tmp_path):
+    from wsidistill.report.attention import attention_study
+
+    frame = attention_study(model, {"student": model}, [unlabelled_store], tmp_path, panel_students=["student"])
+    assert frame.patches.tolist() == [0] and frame.mean_correlation.isna().all()
+    assert all((tmp_path / f"{name}.png").exists() for name in CLASSES)

@@ -28,9 +28,10 @@ from ..slides.grid import magnification_name  # noqa: E402
 
 @torch.no_grad()
 def class_attention(model, meta: ModelMeta, images: np.ndarray, classes: np.ndarray, batch_size: int = 64) -> torch.Tensor:
-    """(N, H, W) AT+ map of each patch for its given class, unnormalised, on the model's grid."""
+    """(N, H, W) AT+ map of each patch for its given class, unnormalised, on the model's grid (N may be 0: test
+    slides without labels give no patch)."""
     maps = []
-    for start in range(0, len(images), batch_size):
+    for start in range(0, max(len(images), 1), batch_size):  # one empty batch for no images: the grid's shape
         output = model(model_view(to_tensor(images[start : start + batch_size]), meta))
         target = torch.as_tensor(classes[start : start + batch_size])
         maps.append(atplus_maps(list(output.features.values())[-1], classifier_weight=model.classifier.weight,
