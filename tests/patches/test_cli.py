@@ -77,7 +77,9 @@ def cohort(openslide_fixtures, tmp_path_factory, repo_root):
     config = yaml.safe_load((repo_root / "config.yaml").read_text())
     config["demo"]["enabled"] = False
     config["samples"] = str(workdir / "slides.tsv")
-    config.setdefault("extraction", {}).update(patch_size=32, min_tissue_fraction=0)  # small.svs: one 16 px cell at 20x
+    # small.svs and unreadable.svs are 20x scans: a 20x Teacher reads them (a 40x one stops their jobs, kind 7)
+    config["magnifications"], config["teacher"]["magnification"] = [20, 10, 5], 20
+    config.setdefault("extraction", {}).update(patch_size=16, min_tissue_fraction=0)  # small.svs: one 16 px cell
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return workdir, files
 
