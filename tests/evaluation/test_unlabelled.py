@@ -93,15 +93,19 @@ def test_an_unlabelled_test_slide_is_predicted_and_left_out_of_the_metrics(demo_
     summary = frame[frame.slide_id == "ALL"].iloc[0]
     kept = frame[frame.slide_id == slide_id].iloc[0]
     assert summary.grade_group_accuracy == float(kept.true_grade_group == kept.predicted_grade_group)
-    assert summary.reference == "1 labelled slides, 1 unlabelled left out"
+    assert summary.reference == "labelled slides: 1, unlabelled left out: 1"
 
 
 def test_only_unlabelled_test_slides_give_predictions_and_no_metrics(unlabelled_store, model, tmp_path, capsys):
     out = tmp_path / "m.json"
-    status = main(["evaluate", "--model", str(model), "--stores", str(unlabelled_store), "--predictions",
-                   str(tmp_path / "p.zarr"), "--metrics", str(out), "--confusion-csv", str(tmp_path / "c.csv"),
-                   "--device", "cpu"])
+    with pytest.warns(UserWarning) as caught:
+        status = main(["evaluate", "--model", str(model), "--stores", str(unlabelled_store), "--predictions",
+                       str(tmp_path / "p.zarr"), "--metrics", str(out), "--confusion-csv", str(tmp_path / "c.csv"),
+                       "--device", "cpu"])
     assert status == 0
+    messages = sorted(str(w.message).split(": ", 1)[1] for w in caught)
+    assert len(messages) == 2 and messages[0].startswith("class 'G5' has no labelled patch in the train split")
+    assert messages[1].endswith("left out of the metrics: no-labels (unlabelled)")
     assert "no labelled test patch on 1 test slides" in capsys.readouterr().out
     metrics = json.loads(out.read_text())
     assert metrics["quadratic_kappa"] is None and metrics["n"] == 0 and metrics["ci95"]["quadratic_kappa"] is None

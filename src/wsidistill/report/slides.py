@@ -66,8 +66,8 @@ def slide_grades(predictions: dict[str, str | Path], stores: list[str | Path]) -
         truth, predicted = labelled.true_grade_group.to_numpy(int), labelled.predicted_grade_group.to_numpy(int)
         left_out = len(group) - len(labelled)
         summaries.append({"model": model, "slide_id": "ALL",
-                          "reference": f"{len(labelled)} labelled slides" + (f", {left_out} {UNLABELLED} left out"
-                                                                            if left_out else ""),
+                          "reference": f"labelled slides: {len(labelled)}"
+                                       + (f", {UNLABELLED} left out: {left_out}" if left_out else ""),
                           "grade_group_accuracy": float((truth == predicted).mean()) if len(truth) else None,
                           "grade_group_kappa": quadratic_kappa(truth, predicted, GRADE_GROUPS) if len(truth) else None})
     return pd.concat([frame, pd.DataFrame(summaries)], ignore_index=True)
