@@ -146,6 +146,8 @@ def test_a_20x_slide_stops_its_extraction_below_the_teachers_40x(tmp_path, capsy
     for choice in ("`objective_power` / `mpp`", "remove it from the sheet", "lower `teacher.magnification`"):
         assert choice in message
     assert not (tmp_path / "s.zarr").exists()
+    assert main(["extract", str(files["slide"]), "--out", str(tmp_path / "s.zarr"), "--patch-size", "64"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"wsidistill extract: error: {message}"]
     # A 20x Teacher reads it: 40x, above the Teacher, is then skipped (on_missing_magnification: skip), not upsampled.
     study_20x = ExtractionSettings(**{**SETTINGS.__dict__, "teacher_magnification": 20, "patch_size": 32})
     with pytest.warns(UserWarning, match="40x requested.*native magnification is 20x"):
