@@ -156,6 +156,13 @@ def test_a_20x_slide_stops_its_extraction_below_the_teachers_40x(tmp_path, capsy
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
     assert "40x" not in root and root["20x/images"].shape[1:] == (32, 32, 3)
     assert root.attrs["cell_level0"] == 32  # a 32 px field at 20x on a 20x scan
+    # Such a store given to a 40x Teacher (written before this check, or by hand): one line, not a KeyError traceback.
+    from wsidistill.errors import InputError
+    from wsidistill.patches.dataset import StorePatches
+
+    with pytest.raises(InputError) as missing:
+        StorePatches([tmp_path / "s.zarr"], [40])
+    assert str(missing.value).startswith(f"{tmp_path / 's.zarr'}: no 40x patches: slide s is 20x (metadata)")
 
 
 def test_a_training_slide_without_labelled_patches_stops_its_extraction(demo_slide, tmp_path, capsys):
