@@ -347,9 +347,13 @@ def run(args: argparse.Namespace) -> None:
 
         metrics = evaluate_model(args.model, args.stores, args.predictions, args.metrics, args.confusion_csv,
                                  args.confusion_png, settings=_inference_settings(args))
-        low, high = metrics["ci95"]["quadratic_kappa"] or (float("nan"), float("nan"))
-        print(f"{args.model}: kappa {metrics['quadratic_kappa']:.3f} (95% CI over slides {low:.3f}-{high:.3f}), "
-              f"balanced accuracy {metrics['balanced_accuracy']:.3f} on {metrics['test_patches']} patches")
+        if metrics["quadratic_kappa"] is None:  # every test slide unlabelled: predicted, nothing to score
+            print(f"{args.model}: no labelled test patch on {metrics['test_slides']} test slides; predictions "
+                  "written, no metrics")
+        else:
+            low, high = metrics["ci95"]["quadratic_kappa"] or (float("nan"), float("nan"))
+            print(f"{args.model}: kappa {metrics['quadratic_kappa']:.3f} (95% CI over slides {low:.3f}-{high:.3f}), "
+                  f"balanced accuracy {metrics['balanced_accuracy']:.3f} on {metrics['test_patches']} patches")
     elif args.verb == "tables":
         from .report.tables import write_comparison
 

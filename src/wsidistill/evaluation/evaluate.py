@@ -2,12 +2,15 @@
 
 Every tissue patch of every test slide is classified, labelled or not, in
 streamed batches, so the heatmaps cover the whole slide; metrics use the
-labelled patches only.  Per-slide predictions are kept so statistics can be
-bootstrapped over slides.
+labelled patches only.  A test slide without any labelled patch (no
+annotations) is predicted like the others and left out of the metrics; the
+metrics JSON lists it under ``unlabelled_slides``.  Per-slide predictions are
+kept so statistics can be bootstrapped over slides.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ from ..patches import store as patch_store
 from ..patches.store import open_store
 from .inference import infer_store
 from .metrics import SlideBootstrap, balanced_accuracy, quadratic_kappa, summarise
+from .splits import absent_classes, class_counts, split_warnings
 
 
 def confidence_intervals(truth: np.ndarray, predicted: np.ndarray, slides: np.ndarray, num_classes: int,
@@ -31,6 +35,12 @@ def confidence_intervals(truth: np.ndarray, predicted: np.ndarray, slides: np.nd
         return {"quadratic_kappa": None, "balanced_accuracy": None}
     return {name: list(SlideBootstrap(truth, slides, metric, num_classes, n_boot=n_boot, seed=0).interval(predicted))
             for name, metric in (("quadratic_kappa", quadratic_kappa), ("balanced_accuracy", balanced_accuracy))}
+
+
+def _no_labels_summary(num_classes: int) -> dict:
+    """:func:`summarise`'s keys when no test patch is labelled: no metric (``None``), an all-zero confusion matrix."""
+    return {"n": 0, "balanced_accuracy": None, "quadratic_kappa": None, "macro_f1": None,
+            "per_class_recall": [None] * num_classes, "confusion_matrix": np.zeros((num_classes,) * 2, int).tolist()}
 
 
 def write_confusion_matrix(matrix, classes: list[str], title: str, out_csv: str | Path | None = None,
@@ -78,7 +88,7 @@ def evaluate_model(
     model, meta = load_model(model_path, runtime)
     magnification = meta.input_magnification
     classes = meta.classes
-    truth, predicted, groups = [], [], []
+    truth, predicted, groups, unlabelled = [], [], [], []
     timing = {"patches": 0, "seconds": 0.0}
     with atomic_path(out_predictions) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
@@ -96,11 +106,20 @@ def evaluate_model(
             timing["patches"] += len(probabilities)
             timing["seconds"] += seconds
             labelled = labels >= 0
+            group.attrs["labelled"] = bool(labelled.any())
+            if not labelled.any():
+                unlabelled.append(slide_id)
             truth.append(labels[labelled])
             predicted.append(probabilities[labelled].argmax(1) if len(probabilities) else np.zeros(0, int))
             groups.append(np.full(int(labelled.sum()), slide_id))
         root.attrs.update({"model": str(model_path), "classes": classes, "magnification": magnification, **timing})
     truth, predicted, groups = (np.concatenate(x) if x else np.zeros(0) for x in (truth, predicted, groups))
+    truth, predicted = truth.astype(int), predicted.astype(int)
+    absent = {"train": absent_classes(classes, meta.train_patches_per_class)} if meta.train_patches_per_class else {}
+    absent["test"] = absent_classes(classes, class_counts(truth, classes)) if truth.size else []
+    notes = split_warnings(absent, unlabelled)
+    for line in notes:
+        warnings.warn(f"{model_path}: {line}", stacklevel=2)
     metrics = {
         "model": str(model_path),
         "method": meta.method,
@@ -108,13 +127,17 @@ def evaluate_model(
         "seed": meta.seed,
         "classes": classes,
         "test_patches": int(len(truth)),
+        "test_slides": len(test_stores),
+        "unlabelled_slides": unlabelled,
+        "absent_classes": absent,
+        "warnings": notes,
         "best_epoch": meta.best_epoch,
         "val_kappa": meta.val_kappa,
         "inference": {**timing, "device": str(runtime.device), "precision": runtime.precision,
                       "patches_per_second": timing["patches"] / timing["seconds"] if timing["seconds"] else None},
-        **summarise(truth.astype(int), predicted.astype(int), len(classes)),
-        "ci95": confidence_intervals(truth.astype(int), predicted.astype(int), groups.astype(str), len(classes)),
-        "per_patch": {"truth": truth.astype(int).tolist(), "predicted": predicted.astype(int).tolist(),
+        **(summarise(truth, predicted, len(classes)) if truth.size else _no_labels_summary(len(classes))),
+        "ci95": confidence_intervals(truth, predicted, groups.astype(str), len(classes)),
+        "per_patch": {"truth": truth.tolist(), "predicted": predicted.tolist(),
                       "slide": groups.astype(str).tolist()},
     }
     write_json(out_metrics, metrics)

@@ -81,7 +81,8 @@ class ModelMeta:
     ``teacher`` (:func:`student_output_stride`; None for the Teacher). ``weights``: the method's loss terms; ``settings``: the
     training settings; ``runtime``: device and precision; ``threads``: the intra-op thread count
     (``torch.get_num_threads()``) it trained with, which the float sums, and so the bits, depend on.
-    ``fingerprint``: digest of every setting and input that shaped the weights. Checkpoints written
+    ``train_patches_per_class``: labelled training patches by class name (a class with 0 was absent from the
+    training split). ``fingerprint``: digest of every setting and input that shaped the weights. Checkpoints written
     before a field existed load with its default.
     """
 
@@ -103,6 +104,7 @@ class ModelMeta:
     best_epoch: int | None = None
     val_kappa: float | None = None
     train_patches: int | None = None
+    train_patches_per_class: dict[str, int] | None = None
     val_patches: int | None = None
     settings: dict | None = None
     runtime: dict | None = None

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import zarr  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from ..evaluation.splits import UNLABELLED  # noqa: E402
 from ..io import save_figure  # noqa: E402
 from ..patches import store as patch_store  # noqa: E402
 from .palette import class_colors, class_rgb  # noqa: E402
@@ -71,6 +72,11 @@ def _argmax(probabilities: np.ndarray) -> np.ndarray:
     return probabilities.argmax(1) if len(probabilities) else np.zeros(0, int)
 
 
+def _annotation_title(s: dict, title: str) -> str:
+    """The annotation panel's title, saying so when the slide has no labelled patch (an unlabelled test slide)."""
+    return title if s["labels"] is not None and (s["labels"] >= 0).any() else f"{title}: {UNLABELLED}"
+
+
 def _figure_height(thumbnail, width, rows=1):
     return rows * width * thumbnail.shape[0] / thumbnail.shape[1] + 1.0
 
@@ -101,7 +107,7 @@ def slide_heatmap(store_path: str | Path, predictions_path: str | Path, out_png:
     """One model on one slide: annotation, predicted class map and one probability map per class."""
     _, s = _slide_layers(store_path)
     probabilities = _probabilities(predictions_path, s["slide_id"])
-    _heatmap_figure(s, probabilities, [("annotation (patch labels)", s["labels"]),
+    _heatmap_figure(s, probabilities, [(_annotation_title(s, "annotation (patch labels)"), s["labels"]),
                                        (f"prediction: {title}", _argmax(probabilities))], out_png)
 
 
@@ -128,7 +134,7 @@ def comparison_panel(store_path: str | Path, predictions: dict[str, str | Path],
     """Side by side: the annotation, then each model's predicted class map, in the same colours."""
     _, s = _slide_layers(store_path)
     overlay_args = (s["coords"], s["cell"], s["grid"], s["classes"])
-    panels = [("annotation", s["labels"])] + [
+    panels = [(_annotation_title(s, "annotation"), s["labels"])] + [
         (title, _argmax(_probabilities(path, s["slide_id"]))) for title, path in predictions.items()
     ]
     figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), _figure_height(s["thumbnail"], 3.2)))

@@ -2,7 +2,10 @@
 
 The predicted grade comes from the model's class map over every tissue patch;
 the reference grade is derived the same way from the annotation's patch
-labels, so the two differ only by the model's errors.
+labels, so the two differ only by the model's errors.  A test slide without any
+labelled patch (no annotations) has no reference grade: its row is kept, with
+the predicted grade, ``reference`` "unlabelled" and empty true fields, and it is
+left out of each model's summary row.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import zarr
 
 from ..evaluation.grading import grade_from_patch_labels
 from ..evaluation.metrics import quadratic_kappa
+from ..evaluation.splits import UNLABELLED
 from ..io import write_text
 from ..patches.store import LABELS, PROBABILITIES, open_store, read_attributes
 
@@ -26,8 +30,21 @@ def _grade_fields(prefix: str, grade) -> dict:
             f"{prefix}_score": grade.score, f"{prefix}_grade_group": grade.grade_group}
 
 
+def _reference_fields(labels: np.ndarray, classes: list[str]) -> dict:
+    """The reference grade from the patch labels, or ``reference`` "unlabelled" and no grade without any."""
+    if not (labels >= 0).any():
+        return {"reference": UNLABELLED, **{f"true_{k}": None for k in ("primary", "secondary", "score", "grade_group")}}
+    return {"reference": "patch labels", **_grade_fields("true", grade_from_patch_labels(labels, classes))}
+
+
 def slide_grades(predictions: dict[str, str | Path], stores: list[str | Path]) -> pd.DataFrame:
-    """One row per (model, slide), then one summary row per model."""
+    """One row per (model, slide), then one summary row per model over the labelled slides.
+
+    Columns: ``model``, ``slide_id``, ``reference`` ("patch labels", or "unlabelled" for a slide without
+    labels), ``true_*`` and ``predicted_*`` (primary and secondary pattern, Gleason score, grade group); the
+    summary rows (``slide_id`` "ALL") add ``grade_group_accuracy`` and ``grade_group_kappa`` over the
+    labelled slides (empty when there are none) and their ``reference`` counts the slides left out.
+    """
     references = {}
     for store_path in stores:
         store = open_store(store_path)
@@ -39,16 +56,19 @@ def slide_grades(predictions: dict[str, str | Path], stores: list[str | Path]) -
         for slide_id, (classes, labels) in references.items():
             probabilities = root[slide_id][PROBABILITIES][:]
             predicted = probabilities.argmax(1) if len(probabilities) else np.zeros(0, int)
-            rows.append({"model": model, "slide_id": slide_id,
-                         **_grade_fields("true", grade_from_patch_labels(labels, classes)),
+            rows.append({"model": model, "slide_id": slide_id, **_reference_fields(labels, classes),
                          **_grade_fields("predicted", grade_from_patch_labels(predicted, classes))})
     frame = pd.DataFrame(rows)
     summaries = []
     for model, group in frame.groupby("model", sort=False):
-        truth, predicted = group.true_grade_group.to_numpy(int), group.predicted_grade_group.to_numpy(int)
+        labelled = group[group.reference != UNLABELLED]
+        truth, predicted = labelled.true_grade_group.to_numpy(int), labelled.predicted_grade_group.to_numpy(int)
+        left_out = len(group) - len(labelled)
         summaries.append({"model": model, "slide_id": "ALL",
-                          "grade_group_accuracy": float((truth == predicted).mean()),
-                          "grade_group_kappa": quadratic_kappa(truth, predicted, GRADE_GROUPS)})
+                          "reference": f"{len(labelled)} labelled slides" + (f", {left_out} {UNLABELLED} left out"
+                                                                            if left_out else ""),
+                          "grade_group_accuracy": float((truth == predicted).mean()) if len(truth) else None,
+                          "grade_group_kappa": quadratic_kappa(truth, predicted, GRADE_GROUPS) if len(truth) else None})
     return pd.concat([frame, pd.DataFrame(summaries)], ignore_index=True)
 
 

@@ -3,7 +3,10 @@
 The Teacher row sits at its own magnification.  Each Student cell is marked
 when a paired bootstrap over test slides (seeds pooled, same resampled
 slides for both models) finds it significantly different from the CE-only
-Student at the same magnification.
+Student at the same magnification.  A cell whose every run had no labelled test
+patch has no value ("n/a").  The evaluations' warnings (a class absent from the
+training or test split, test slides left out for want of labels; issue 17) are
+listed under the tables, each with the models it concerns.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def comparison_frame(results: list[dict], baseline: str | None = BASELINE, n_boo
         runs = sorted(runs, key=lambda r: r["seed"])
         row = {"method": method, "magnification": magnification, "seeds": len(runs)}
         for name, (key, metric) in METRICS.items():
-            row[f"{name}_mean"], row[f"{name}_std"] = mean_std([r[key] for r in runs])
+            values = [r[key] for r in runs if r.get(key) is not None]  # None: no labelled test patch
+            row[f"{name}_mean"], row[f"{name}_std"] = mean_std(values) if values else (np.nan, np.nan)
         row.update(_pooled_interval(runs, n_boot))
         reference = groups.get((baseline, magnification)) if baseline else None
         if reference and method not in (baseline, TEACHER):
@@ -79,7 +83,7 @@ def _against_baseline(runs: list[dict], reference: list[dict], n_boot: int) -> d
 def comparison_cells(frame: pd.DataFrame, name: str) -> tuple[list[str], list[list[str]]]:
     """Header and rows of one pivot (methods x magnifications) for metric ``name``, best Student in bold."""
     magnifications = sorted(frame.magnification.unique(), reverse=True)
-    students = frame[frame.method != TEACHER]
+    students = frame[frame.method != TEACHER].dropna(subset=[f"{name}_mean"])
     best = students.loc[students.groupby("magnification")[f"{name}_mean"].idxmax()] if len(students) else students
     best_keys = set(zip(best.method, best.magnification))
     rows = []
@@ -91,6 +95,9 @@ def comparison_cells(frame: pd.DataFrame, name: str) -> tuple[list[str], list[li
                 cells.append("")
                 continue
             row = match.iloc[0]
+            if pd.isna(row[f"{name}_mean"]):
+                cells.append("n/a")
+                continue
             text = format_mean_std(row[f"{name}_mean"], row[f"{name}_std"])
             if (method, magnification) in best_keys and method != TEACHER:
                 text = f"**{text}**"
@@ -113,17 +120,33 @@ def _legend(frame: pd.DataFrame, baseline: str) -> str:
             "predictions pooled, with its 95% bootstrap interval over test slides (`kappa_pooled_ci_low/high`).")
 
 
-def comparison_markdown(frame: pd.DataFrame, baseline: str = BASELINE) -> str:
-    """Two pivot tables (kappa, balanced accuracy) with the best Student per column in bold."""
+def evaluation_warnings(results: list[dict]) -> list[str]:
+    """Each distinct warning of the evaluations (metrics JSON ``warnings``), once, with the models it concerns
+    ("every model" when all)."""
+    models: dict[str, list[str]] = {}
+    for result in results:
+        for line in result.get("warnings", []):
+            models.setdefault(line, []).append(f"{result['method']} {float(result['magnification']):g}x "
+                                               f"seed {result['seed']}")
+    return [f"{line} ({'every model' if len(names) == len(results) else ', '.join(names)})"
+            for line, names in models.items()]
+
+
+def comparison_markdown(frame: pd.DataFrame, baseline: str = BASELINE, warnings: list[str] = ()) -> str:
+    """Two pivot tables (kappa, balanced accuracy) with the best Student per column in bold, then ``warnings``
+    (:func:`evaluation_warnings`) as a list."""
     lines = []
     for name, title in TITLES.items():
         header, rows = comparison_cells(frame, name)
         table = pd.DataFrame(rows, columns=header).to_markdown(index=False, stralign="left", disable_numparse=True)
         lines += [f"### {title} (mean ± std over seeds)", "", table, ""]
-    return "\n".join([*lines, _legend(frame, baseline), ""])
+    lines += [_legend(frame, baseline), ""]
+    if warnings:
+        lines += ["### Warnings", "", *(f"- {line}" for line in warnings), ""]
+    return "\n".join(lines)
 
 
-def comparison_html(frame: pd.DataFrame, baseline: str = BASELINE) -> str:
+def comparison_html(frame: pd.DataFrame, baseline: str = BASELINE, warnings: list[str] = ()) -> str:
     """The same tables as a standalone page: Snakemake's report displays HTML, not CSV or Markdown."""
     def cell(text: str, tag: str = "td") -> str:
         text = html.escape(text)
@@ -142,7 +165,10 @@ def comparison_html(frame: pd.DataFrame, baseline: str = BASELINE) -> str:
                      + "".join(cell(h, "th") for h in header) + "</tr>")
         parts += ["<tr>" + "".join(cell(c) for c in row) + "</tr>" for row in rows]
         parts.append("</table>")
-    parts.append(f"<p>{html.escape(_legend(frame, baseline))}</p></body></html>")
+    parts.append(f"<p>{html.escape(_legend(frame, baseline))}</p>")
+    if warnings:
+        parts.append("<h3>Warnings</h3><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in warnings) + "</ul>")
+    parts.append("</body></html>")
     return "\n".join(parts)
 
 
@@ -173,9 +199,13 @@ def kappa_plot(frame: pd.DataFrame, path: str | Path) -> None:
 
 def write_comparison(metric_paths: list[str | Path], out_csv, out_md, out_html, out_png,
                      baseline: str = BASELINE) -> pd.DataFrame:
-    frame = comparison_frame(load_metrics(metric_paths), baseline=baseline)
+    results = load_metrics(metric_paths)
+    frame = comparison_frame(results, baseline=baseline)
+    notes = evaluation_warnings(results)
+    for line in notes:
+        print(f"warning: {line}", flush=True)
     write_text(out_csv, frame.to_csv(index=False))
-    write_text(out_md, "# Comparison\n\n" + comparison_markdown(frame, baseline))
-    write_text(out_html, comparison_html(frame, baseline))
+    write_text(out_md, "# Comparison\n\n" + comparison_markdown(frame, baseline, notes))
+    write_text(out_html, comparison_html(frame, baseline, notes))
     kappa_plot(frame, out_png)
     return frame

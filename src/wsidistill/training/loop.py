@@ -18,6 +18,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from ..device import Runtime
 from ..distill import Distiller, d4_transform, student_input_from, teacher_targets
 from ..evaluation.inference import batch_probabilities
 from ..evaluation.metrics import balanced_accuracy, quadratic_kappa
+from ..evaluation.splits import absent_class_warning, absent_classes, class_counts
 from ..io import atomic_path, save_figure
 from ..models import build_model
 from ..models.checkpoint import TEACHER_OUTPUT_STRIDE, ModelMeta, load_model, save_model, student_output_stride
@@ -224,6 +226,14 @@ class Trainer:
         self.val_set = StorePatches(job.val_stores, [self.val_magnification])
         if len(self.train_set) == 0:
             raise ValueError(f"no labelled training patches in {job.train_stores}")
+        if self.distributed.is_main:  # issue 17, kind 8: a class no split's patch shows is warned about
+            for split, patches in (("train", self.train_set), ("val", self.val_set)):
+                if not len(patches):
+                    warnings.warn(f"no labelled patch in the {split} split ({len(getattr(job, split + '_stores'))} "
+                                  "slides): validation kappa is undefined; the epoch of lowest training loss is kept", stacklevel=2)
+                    continue
+                for name in absent_classes(job.classes, class_counts(patches.labels, job.classes)):
+                    warnings.warn(absent_class_warning(name, split), stacklevel=2)
         self._choose_reading()
 
         teacher_stride = self.teacher.output_stride if self.teacher is not None else TEACHER_OUTPUT_STRIDE
@@ -482,6 +492,7 @@ class Trainer:
             best_epoch=best["epoch"],
             val_kappa=best["kappa"],
             train_patches=len(self.train_set),
+            train_patches_per_class=class_counts(self.train_set.labels, job.classes),
             val_patches=len(self.val_set),
             settings=asdict(self.settings),
             runtime={"device": str(self.runtime.device), "precision": self.runtime.precision},
