@@ -191,3 +191,20 @@ def write_mixed_cohort(out_dir: Path, *, seed: int = 0, width: int = 1024, heigh
         writer.writerow(["slide_id", "path", "annotations", "label_mask", "patient_id", "split"])
         writer.writerows(rows)
     return sheet
+
+
+def write_overlay(sheet: Path) -> Path:
+    """``config.yaml`` beside the cohort's sheet: a config overlay that runs the workflow on it
+    (demo off, ``samples`` the sheet's absolute path, ``annotation_classes`` the schema's standard names plus
+    ``OWN_ANNOTATION_CLASSES``). Returns its path; use ``snakemake --configfile config.yaml OVERLAY``."""
+    import yaml
+
+    from ..config import config_default
+
+    sheet = Path(sheet).resolve()
+    overlay = {"demo": {"enabled": False}, "samples": str(sheet),
+               "annotation_classes": {**config_default("annotation_classes"), **OWN_ANNOTATION_CLASSES}}
+    path = sheet.parent / "config.yaml"
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(overlay, sort_keys=False))
+    return path
