@@ -73,12 +73,22 @@ def run_snakemake(snakemake_command):
     return run
 
 
+#: Where tiny_run writes its cohort, relative to the workflow directory (config `samples` is cohort/slides.tsv).
+COHORT_DIR = "cohort"
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, repo_root, run_snakemake) -> tuple[Path, dict]:
-    """The real workflow, end to end, on a tiny demo cohort with every distillation method."""
+    """The real workflow, end to end, with every distillation method, on a tiny mixed real-world cohort
+    (issue 17: wsidistill.demo.mixed, one 768 x 512 slide per format and annotation kind, 32 px patches)."""
+    from wsidistill.demo.mixed import OWN_ANNOTATION_CLASSES, write_mixed_cohort
+
     workdir = tmp_path_factory.mktemp("workflow")
+    sheet = write_mixed_cohort(workdir / COHORT_DIR, seed=0, width=768, height=512)
     config = yaml.safe_load((repo_root / "config.yaml").read_text())
-    config["demo"].update(slides=6, seed=3, width=768, height=512)
+    config["demo"]["enabled"] = False
+    config["samples"] = str(sheet.relative_to(workdir))
+    config["annotation_classes"].update(OWN_ANNOTATION_CLASSES)
     config["magnifications"] = [40, 10]
     config.setdefault("extraction", {})["patch_size"] = 32
     config["training"].update(epochs=1, batch_size=32)

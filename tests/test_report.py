@@ -221,8 +221,8 @@ def browser(chromium, tmp_path):
     devtools.close()
 
 
-def _test_slide(workdir: Path) -> str:
-    sheet = pd.read_csv(workdir / "resources/demo/slides.tsv", sep="\t")
+def _test_slide(workdir: Path, config: dict) -> str:
+    sheet = pd.read_csv(workdir / config["samples"], sep="\t")
     return sorted(sheet.slide_id[sheet.split == "test"])[0]
 
 
@@ -267,7 +267,7 @@ def test_comparison_table_renders_in_the_report(browser, report, tiny_run, tmp_p
 
 def test_heatmap_image_renders_in_the_report(browser, report, tiny_run, tmp_path):
     workdir, config = tiny_run
-    slide = _test_slide(workdir)
+    slide = _test_slide(workdir, config)
     name = f"results/heatmaps/{slide}/atplus_10x_seed{config['seeds'][0]}.png"
     source = Image.open(workdir / name).convert("RGB")
     browser.open(report.as_uri())

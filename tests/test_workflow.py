@@ -1,4 +1,5 @@
-"""End to end: the real Snakemake DAG on a tiny demo cohort, every distillation method."""
+"""End to end: the real Snakemake DAG on a tiny mixed real-world cohort (tests/test_cohort.py), every distillation
+method."""
 
 import copy
 import json
@@ -18,6 +19,8 @@ import yaml
 import zarr
 from PIL import Image
 
+from wsidistill.demo.mixed import KINDS
+
 
 def test_comparison_table_has_every_method_and_the_teacher(tiny_run):
     workdir, config = tiny_run
@@ -34,8 +37,8 @@ def test_comparison_table_has_every_method_and_the_teacher(tiny_run):
 
 
 def test_metrics_are_computed_on_the_test_slides_labelled_patches(tiny_run):
-    workdir, _ = tiny_run
-    sheet = pd.read_csv(workdir / "resources/demo/slides.tsv", sep="\t")
+    workdir, config = tiny_run
+    sheet = pd.read_csv(workdir / config["samples"], sep="\t")
     test_ids = set(sheet.slide_id[sheet.split == "test"])
     labelled = sum(int((zarr.open_group(str(workdir / f"results/patches/{s}.zarr"))["labels"][:] >= 0).sum())
                    for s in test_ids)
@@ -53,7 +56,7 @@ def test_metrics_are_computed_on_the_test_slides_labelled_patches(tiny_run):
 
 def test_patch_stores_are_aligned_across_magnifications(tiny_run):
     workdir, _ = tiny_run
-    store = zarr.open_group(str(next((workdir / "results/patches").glob("*.zarr"))))
+    store = zarr.open_group(str(workdir / "results/patches/svs.zarr"))
     n = store["coords"].shape[0]
     assert store["40x/images"].shape == (n, 32, 32, 3)
     assert store["10x/images"].shape == (n, 8, 8, 3)
@@ -71,7 +74,7 @@ def test_students_see_native_low_resolution(tiny_run):
 
 def test_a_heatmap_per_test_slide_and_model(tiny_run):
     workdir, config = tiny_run
-    sheet = pd.read_csv(workdir / "resources/demo/slides.tsv", sep="\t")
+    sheet = pd.read_csv(workdir / config["samples"], sep="\t")
     models = ["teacher_40x"] + [f"{m}_10x" for m in config["methods"]]
     for slide in sheet.slide_id[sheet.split == "test"]:
         for model in models:
@@ -97,6 +100,23 @@ def test_report_tables_cost_grades_and_attention(tiny_run):
     assert agreement.mean_correlation.between(-1, 1).all()
     for cls in ("NC", "G3", "G4", "G5"):
         assert (workdir / f"results/attention/{cls}.png").stat().st_size > 5_000
+
+
+def test_the_demo_rules_write_the_synthetic_cohort_and_its_sheet(tmp_path, repo_root, run_snakemake):
+    """tiny_run reads a sample sheet; this runs the demo's own rules (demo_slide, demo_sheet) on 6 small slides."""
+    from wsidistill.slides.reader import Slide
+
+    config = yaml.safe_load((repo_root / "config.yaml").read_text())
+    config["demo"].update(slides=6, seed=0, width=256, height=256)  # the schema's least cohort
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(tmp_path, "resources/demo/slides.tsv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    sheet = pd.read_csv(tmp_path / "resources/demo/slides.tsv", sep="\t")
+    assert len(sheet) == 6 and set(sheet.split) == {"train", "val", "test"}
+    for row in sheet.itertuples():
+        with Slide(tmp_path / "resources/demo" / row.path) as slide:
+            assert slide.info.dimensions == (256, 256) and slide.info.objective_power == 40
+        assert json.loads((tmp_path / "resources/demo" / row.annotations).read_text())["features"]
 
 
 def test_rerun_has_nothing_to_do(tiny_run, run_snakemake):
@@ -277,7 +297,7 @@ def test_each_setting_that_shapes_a_store_reruns_exactly_its_jobs(sheet_cohort, 
     ("change", "expected"),
     [
         (lambda c: c.setdefault("extraction", {}).update(patch_size=64),
-         {"extract": 6, "train_teacher": 1, "teacher_cache": 1, "distill": 10, "evaluate": 11}),
+         {"extract": len(KINDS), "train_teacher": 1, "teacher_cache": 1, "distill": 10, "evaluate": 11}),
         (lambda c: c["training"].update(lr=0.01),
          {"extract": 0, "train_teacher": 1, "teacher_cache": 1, "distill": 10, "evaluate": 11}),
         (lambda c: c["distill_options"].update(kd_temperature=2.0),

@@ -70,6 +70,14 @@ def _add_demo(sub):
     slide.add_argument("--height", type=int)
     slide.add_argument("--threads", type=int, default=1)
 
+    mixed = sub.add_parser("demo-mixed", help="write the mixed real-world cohort (SVS, generic TIFF, OME-TIFF, DICOM, "
+                           "PANDA mask, own class names, marker stroke, unannotated test slide), its sample sheet "
+                           "and a config overlay (run: snakemake --configfile config.yaml OUT/config.yaml)")
+    mixed.add_argument("--out", required=True, type=Path)
+    mixed.add_argument("--seed", type=int, default=0)
+    mixed.add_argument("--width", type=int)
+    mixed.add_argument("--height", type=int)
+
     sheet = sub.add_parser("demo-sheet", help="write the demo cohort's sample sheet")
     sheet.add_argument("--out", required=True, type=Path, help="the cohort directory")
     sheet.add_argument("--sheet", required=True, type=Path)
@@ -279,6 +287,10 @@ def run(args: argparse.Namespace) -> None:
         if args.slide_id not in plan:
             raise ValueError(f"{args.slide_id} is not in a {args.slides}-slide demo cohort (ids: {sorted(plan)})")
         write_slide(plan[args.slide_id], args.out, **_size(args))
+    elif args.verb == "demo-mixed":
+        from .demo.mixed import write_mixed_cohort, write_overlay
+
+        print(write_overlay(write_mixed_cohort(args.out, seed=args.seed, **_size(args))))
     elif args.verb == "demo-sheet":
         from .demo import plan_cohort, write_sample_sheet
 

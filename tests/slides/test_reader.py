@@ -5,7 +5,7 @@ import tifffile
 import zarr
 
 from wsidistill.demo import plan_cohort, write_slide
-from wsidistill.demo.formats import write_pyramid
+from wsidistill.demo.formats import pyramid_levels, write_dicom_series, write_ome_tiff, write_pyramid
 from wsidistill.slides import reader
 from wsidistill.slides.reader import Slide, SlideReadError, resolve_resolution
 
@@ -212,15 +212,9 @@ def test_composite_on_white_is_straight_alpha():
 # --- formats read as stored (issue 17, kind 6) ---------------------------------------------------------------------
 
 def test_an_ome_tiff_pyramid_in_subifds_is_used(slides, tmp_path):
-    level0 = tifffile.imread(slides["svs40"], level=0)
-    levels = [level0, level0[::4, ::4], level0[::16, ::16]]
+    levels = pyramid_levels(tifffile.imread(slides["svs40"], level=0))
     path = tmp_path / "slide.ome.tif"
-    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
-        options = dict(tile=(128, 128), photometric="rgb", compression="zlib")
-        tif.write(levels[0], subifds=2, metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25},
-                  **options)
-        for level in levels[1:]:
-            tif.write(level, subfiletype=1, **options)
+    write_ome_tiff(path, levels, 0.25)
     with openslide.OpenSlide(str(path)) as osr:
         assert osr.level_count == 1  # what OpenSlide sees
     with Slide(path) as slide:
@@ -239,60 +233,8 @@ def test_a_folder_without_a_dicom_series_names_itself_and_the_fix(tmp_path):
         Slide(tmp_path / "series")
 
 
-def write_dicom_level(path, image, mpp, uids, instance):
-    """One level of a DICOM WSI series (VL Whole Slide Microscopy, TILED_FULL, baseline JPEG frames of 256 px)."""
-    import imagecodecs
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence
-    from pydicom.uid import JPEGBaseline8Bit, generate_uid
-
-    height, width = image.shape[:2]
-    frames = []
-    for y in range(0, height, 256):
-        for x in range(0, width, 256):
-            tile = np.full((256, 256, 3), 255, np.uint8)
-            part = image[y : y + 256, x : x + 256]
-            tile[: part.shape[0], : part.shape[1]] = part
-            frames.append(imagecodecs.jpeg8_encode(tile, level=95))
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uids
-    ds.Modality, ds.InstanceNumber = "SM", instance
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
-    ds.DimensionOrganizationType = "TILED_FULL"
-    ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows, ds.TotalPixelMatrixFocalPlanes = width, height, 1
-    ds.Columns = ds.Rows = 256
-    ds.NumberOfFrames = len(frames)
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.ImagedVolumeWidth, ds.ImagedVolumeHeight = width * mpp / 1000, height * mpp / 1000
-    measures = Dataset()
-    measures.PixelSpacing, measures.SliceThickness = [mpp / 1000, mpp / 1000], 0.001
-    groups = Dataset()
-    groups.PixelMeasuresSequence = Sequence([measures])
-    ds.SharedFunctionalGroupsSequence = Sequence([groups])
-    optical = Dataset()
-    optical.OpticalPathIdentifier = "1"
-    ds.OpticalPathSequence = Sequence([optical])
-    ds.PixelData = pydicom.encaps.encapsulate(frames)
-    ds.save_as(path, enforce_file_format=True)
-
-
 def test_a_dicom_series_given_as_its_folder_opens_as_its_first_file_would(slides, tmp_path):
-    from pydicom.uid import generate_uid
-
-    level0 = tifffile.imread(slides["svs40"], level=0)
-    series = tmp_path / "series"
-    series.mkdir()
-    uids = (generate_uid(), generate_uid(), generate_uid())
-    write_dicom_level(series / "level0.dcm", level0, 0.25, uids, 1)
-    write_dicom_level(series / "level1.dcm", level0[::4, ::4], 1.0, uids, 2)
+    series = write_dicom_series(tmp_path / "series", pyramid_levels(tifffile.imread(slides["svs40"], level=0), 2), 0.25)
     (series / "DICOMDIR.txt").write_text("not DICOM")  # other files beside the series are passed over
     with Slide(series) as from_folder, Slide(series / "level0.dcm") as from_file:
         assert from_folder.info.vendor == "dicom" and from_folder.info.level_dimensions == ((1024, 768), (256, 192))

@@ -6,10 +6,10 @@ import pytest
 import tifffile
 
 from wsidistill.demo import plan_cohort, write_slide
+from wsidistill.demo.formats import MARKER_COLOURS, draw_marker_stroke
 from wsidistill.slides.tissue import detect_tissue
 
-#: Marker colours as a scanner sees them on glass (RGB).
-MARKERS = {"blue": (35, 60, 165), "green": (40, 140, 80), "black": (25, 25, 30), "dark blue": (20, 30, 110)}
+MARKERS = MARKER_COLOURS
 
 #: Least IoU between the mask of the slide with a stroke and the mask without it.
 MIN_IOU = 0.95
@@ -20,12 +20,7 @@ def slide(tmp_path_factory):
     return write_slide(plan_cohort(6, 0)[0], tmp_path_factory.mktemp("tissue"), width=1024, height=768)["slide"]
 
 
-def stroke(image: np.ndarray, colour, width: int) -> np.ndarray:
-    """A marker stroke from the glass at the top-right corner down into the tissue."""
-    out = image.copy()
-    h, w = image.shape[:2]
-    cv2.line(out, (w - width, 0), (w // 2, h // 2), colour, thickness=width, lineType=cv2.LINE_AA)
-    return out
+stroke = draw_marker_stroke
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,4 +1,5 @@
-"""Slide containers: Aperio SVS, generic pyramidal TIFF, PANDA-style label masks, QuPath GeoJSON.
+"""Slide containers: Aperio SVS, generic pyramidal TIFF, OME-TIFF, DICOM WSI, PANDA-style label masks,
+QuPath GeoJSON, and a marker stroke drawn over a slide.
 
 Files are written to a temporary name in the target directory and moved into place with os.replace,
 so a crashed or parallel run never leaves a half-written slide under the final name.
@@ -190,3 +191,100 @@ def write_geojson(path: Path, regions, scale: float, slide_id: str) -> None:
         )
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}, indent=1))
+
+
+def pyramid_levels(level0: np.ndarray, count: int = 3) -> list[np.ndarray]:
+    """(H, W, 3) uint8 level 0 and its area-reduced levels at downsamples 1, 4, 16, ... (`count` levels)."""
+    levels = [level0]
+    for _ in range(count - 1):
+        h, w = levels[-1].shape[:2]
+        levels.append(cv2.resize(levels[-1], (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA))
+    return levels
+
+
+def write_ome_tiff(path: Path, levels: list[np.ndarray], mpp: float) -> None:
+    """OME-TIFF as bioformats2raw/raw2ometiff and QuPath write it: `levels` (RGB uint8, level 0 first) losslessly,
+    level 0 a page and the reduced levels in its SubIFDs, level 0's mpp in the OME-XML (`PhysicalSizeX`, um);
+    deflate tiles of 128 px. OpenSlide sees one level of such a file (issue 17, kind 6)."""
+    options = dict(tile=(128, 128), photometric="rgb", compression="zlib")
+    with atomic_path(Path(path)) as tmp:
+        with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
+            tif.write(levels[0], subifds=len(levels) - 1, **options,
+                      metadata={"axes": "YXS", "PhysicalSizeX": mpp, "PhysicalSizeY": mpp})
+            for level in levels[1:]:
+                tif.write(level, subfiletype=1, **options)
+
+
+def write_dicom_level(path: Path, image: np.ndarray, mpp: float, uids: tuple[str, str, str], instance: int) -> None:
+    """One level of a DICOM WSI series (VL Whole Slide Microscopy, TILED_FULL, baseline JPEG frames of 256 px,
+    white beyond the image). `uids`: the study, series and frame-of-reference UIDs the series shares."""
+    import imagecodecs
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    height, width = image.shape[:2]
+    frames = []
+    for y in range(0, height, TILE):
+        for x in range(0, width, TILE):
+            tile = np.full((TILE, TILE, 3), 255, np.uint8)
+            part = image[y : y + TILE, x : x + TILE]
+            tile[: part.shape[0], : part.shape[1]] = part
+            frames.append(imagecodecs.jpeg8_encode(tile, level=95))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uids
+    ds.Modality, ds.InstanceNumber = "SM", instance
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    ds.DimensionOrganizationType = "TILED_FULL"
+    ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows, ds.TotalPixelMatrixFocalPlanes = width, height, 1
+    ds.Columns = ds.Rows = TILE
+    ds.NumberOfFrames = len(frames)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.ImagedVolumeWidth, ds.ImagedVolumeHeight = width * mpp / 1000, height * mpp / 1000
+    measures = Dataset()
+    measures.PixelSpacing, measures.SliceThickness = [mpp / 1000, mpp / 1000], 0.001
+    groups = Dataset()
+    groups.PixelMeasuresSequence = Sequence([measures])
+    ds.SharedFunctionalGroupsSequence = Sequence([groups])
+    optical = Dataset()
+    optical.OpticalPathIdentifier = "1"
+    ds.OpticalPathSequence = Sequence([optical])
+    ds.PixelData = pydicom.encaps.encapsulate(frames)
+    with atomic_path(Path(path)) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+
+
+def write_dicom_series(folder: Path, levels: list[np.ndarray], mpp: float) -> Path:
+    """A DICOM WSI series as wsidicomizer writes it: one file per pyramid level (`levels`, RGB uint8, level 0
+    first, each level's mpp from its width) in `folder`, sharing study, series and frame-of-reference UIDs.
+    Returns the folder (what a sample sheet names)."""
+    from pydicom.uid import generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    uids = (generate_uid(), generate_uid(), generate_uid())
+    for index, image in enumerate(levels):
+        downsample = levels[0].shape[1] / image.shape[1]
+        write_dicom_level(folder / f"level{index}.dcm", image, mpp * downsample, uids, index + 1)
+    return folder
+
+
+#: Marker colours as a scanner sees them on glass (RGB).
+MARKER_COLOURS = {"blue": (35, 60, 165), "green": (40, 140, 80), "black": (25, 25, 30), "dark blue": (20, 30, 110)}
+
+
+def draw_marker_stroke(image: np.ndarray, colour, width: int) -> np.ndarray:
+    """A copy of `image` (H, W[, C]) with a marker stroke `width` px wide from the glass at the top-right corner
+    down to the centre, into the tissue (anti-aliased edge, as a scan of ink shows it)."""
+    out = image.copy()
+    h, w = image.shape[:2]
+    cv2.line(out, (w - width, 0), (w // 2, h // 2), colour, thickness=width, lineType=cv2.LINE_AA)
+    return out
