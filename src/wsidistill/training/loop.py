@@ -36,7 +36,7 @@ from ..evaluation.inference import batch_probabilities
 from ..evaluation.metrics import balanced_accuracy, quadratic_kappa
 from ..io import atomic_path, save_figure
 from ..models import build_model
-from ..models.checkpoint import TEACHER_OUTPUT_STRIDE, ModelMeta, load_model, save_model, student_output_stride
+from ..models.checkpoint import TEACHER_OUTPUT_STRIDE, ModelMeta, load_model, save_model, student_reads
 from ..patches.dataset import StorePatches, batch_loader, to_tensor
 from ..slides.grid import magnification_name
 from .augment import hed_jitter
@@ -228,11 +228,9 @@ class Trainer:
 
         teacher_stride = self.teacher.output_stride if self.teacher is not None else TEACHER_OUTPUT_STRIDE
         side = int(self.train_set.shapes[magnification_name(job.magnification)][0])  # the Student's patch side
-        self.stride = None if self.upsampled else student_output_stride(
-            job.arch, job.magnification, self.teacher_magnification, side=side, grid=job.student_grid,
-            teacher_stride=teacher_stride)
-        if self.upsampled and job.arch == "smallcnn":
-            self.stride = teacher_stride
+        self.stride, self.reads = student_reads(job.arch, job.magnification, self.teacher_magnification, side=side,
+                                                grid=job.student_grid, upsampled=self.upsampled,
+                                                teacher_stride=teacher_stride)
         self.model = runtime.place(build_model(job.arch, len(job.classes), output_stride=self.stride,
                                                pretrained=job.pretrained))
         if self.distributed.enabled:
@@ -246,7 +244,8 @@ class Trainer:
         self.cache = None
         if self.use_cache:
             self.cache = TeacherCache.open(job.teacher_cache, stores=job.train_stores, teacher_path=job.teacher_path,
-                                           terms=self.distiller.terms, teacher_options=self.distiller.teacher_options)
+                                           terms=self.distiller.terms, teacher_options=self.distiller.teacher_options,
+                                           student_sides=self.reads)
             if len(self.cache) != len(self.train_set):
                 raise StaleCacheError(f"{job.teacher_cache} holds {len(self.cache)} patches, "
                                       f"the training set {len(self.train_set)}")
