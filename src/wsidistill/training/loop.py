@@ -428,6 +428,10 @@ class Trainer:
         self.sampler = EpochBatches()
         self.train_loader = batch_loader(self.train_set, self.sampler, workers=self.workers,
                                          pin_memory=self.runtime.is_cuda, persistent=True)
+        if self.workers:  # start the persistent workers now, while the models are built, not at the first step
+            state = torch.get_rng_state()  # the loader draws its workers' seed from it: leave the weights' init as is
+            iter(self.train_loader)
+            torch.set_rng_state(state)
         if self.distributed.is_main:
             how = "in memory" if self.in_memory else f"streamed from the stores by {self.workers} loader workers"
             print(f"patches {how}: {pixels / 2**20:.0f} MiB of pixels, training.memory_budget_mb "
@@ -439,8 +443,13 @@ class Trainer:
         batches = [np.arange(start, min(start + size, len(dataset))) for start in range(0, len(dataset), size)]
         if share:
             batches = batches[self.distributed.rank :: self.distributed.world_size]
-        for batch in batch_loader(dataset.only([name]), batches, workers=min(self.workers, len(batches)),
-                                  pin_memory=self.runtime.is_cuda):
+        if dataset is self.train_set and self.workers and self.view_magnifications == [magnification]:
+            # the training loader's persistent workers read them: no worker start-up each epoch
+            self.sampler.batches, loader = batches, self.train_loader
+        else:
+            loader = batch_loader(dataset.only([name]), batches, workers=min(self.workers, len(batches)),
+                                  pin_memory=self.runtime.is_cuda)
+        for batch in loader:
             yield to_tensor(batch["images"][name], self.runtime.device)
 
     def validate(self) -> tuple[float, float]:
