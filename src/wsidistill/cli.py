@@ -155,7 +155,15 @@ def _add_train(sub):
     c.add_argument("--terms", nargs="+", required=True, help="union of the loss terms of every method")
     c.add_argument("--distill-options", type=_json, default=config_default("distill_options"),
                    help="JSON; only `at_p` reaches the Teacher")
-    c.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    c.add_argument("--dtype", choices=["float32", "float16"], default="float16",
+                   help="float16 (default) rounds the targets to a relative 4.9e-4 (docs/performance.md)")
+    c.add_argument("--student-magnifications", type=float, nargs="*", default=[],
+                   help="magnifications of the Students that will read the cache: its maps and features are "
+                        "stored pooled to their grids (none: on the Teacher's grid, 4x the bytes at 20x)")
+    student = section_schema("student")
+    c.add_argument("--student-arch", choices=student["arch"]["enum"], default=student["arch"]["default"])
+    _add_config_key(c, "student_input", student["input"])
+    _add_config_key(c, "student_grid", student["grid"])
     c.add_argument("--batch-size", type=int, default=64)
     _add_config_key(c, "loader_workers", section_schema("training")["loader_workers"])
     _add_runtime_arguments(c)
@@ -354,6 +362,8 @@ def run(args: argparse.Namespace) -> None:
         summary = build_teacher_cache(
             args.teacher, args.train_stores, args.out, args.terms, dtype=args.dtype,
             teacher_options={k: v for k, v in args.distill_options.items() if k == "at_p"},
+            students=[{"arch": args.student_arch, "magnification": m, "grid": args.student_grid,
+                       "upsampled": args.student_input == "upsampled"} for m in args.student_magnifications],
             settings=_inference_settings(args), loader_workers=args.loader_workers,
         )
         print(json.dumps(summary))

@@ -28,6 +28,20 @@ def test_stored_rows_are_load_patches_rows_in_order(demo_stores):
     assert streamed.nbytes == sum(images.nbytes for images in memory.images.values())
 
 
+def test_decoded_chunks_are_kept_within_their_budget_and_read_the_same(demo_stores, monkeypatch):
+    from wsidistill.patches import dataset
+
+    stores = demo_stores["train"]
+    memory, streamed = load_patches(stores, [10]), StorePatches(stores, [10])
+    block = streamed._files(0, "10x", streamed._array(0, "10x")).block((0,))
+    monkeypatch.setattr(dataset, "BLOCK_CACHE_BYTES", 2 * block.nbytes)  # two chunks: every batch evicts
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        rows = np.sort(rng.choice(len(memory), 17, replace=False))
+        np.testing.assert_array_equal(streamed.read(rows)["10x"], memory.images["10x"][rows])
+        assert 1 <= len(streamed._blocks) <= 2
+
+
 def _train_both(demo_stores, tmp_path, capsys, **job):
     models = {}
     for path, budget in (("memory", 1e6), ("stream", 0)):

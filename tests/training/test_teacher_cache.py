@@ -12,7 +12,7 @@ import zarr
 from wsidistill.device import InferenceSettings
 from wsidistill.distill import Distiller, d4_transform, teacher_targets
 from wsidistill.models import build_model
-from wsidistill.models.checkpoint import load_model
+from wsidistill.models.checkpoint import load_model, student_reads
 from wsidistill.patches import store as patch_store
 from wsidistill.patches.dataset import load_patches, to_tensor
 from wsidistill.patches.zarr_io import ChunkFiles
@@ -39,19 +39,22 @@ UNION = sorted({term for method in METHODS for term in method})
 QUIET = InferenceSettings(device="cpu", precision="fp32", progress=False)
 
 
-def write_store(path, slide_id, n, seed):
-    """A patch store in the extraction layout: 40x (32 px) and 20x (16 px, 2x2 means) views, some unlabelled."""
+def write_store(path, slide_id, n, seed, side=TEACHER_SIDE, factor=2):
+    """A patch store in the extraction layout: 40x (``side`` px) and 40/``factor`` x (area means) views, some
+    unlabelled."""
     rng = np.random.default_rng(seed)
-    high = rng.integers(0, 256, (n, TEACHER_SIDE, TEACHER_SIDE, 3), dtype=np.uint8)
-    low = high.reshape(n, TEACHER_SIDE // 2, 2, TEACHER_SIDE // 2, 2, 3).mean(axis=(2, 4)).round().astype(np.uint8)
+    high = rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+    low = high.reshape(n, side // factor, factor, side // factor, factor, 3).mean(axis=(2, 4)).round().astype(np.uint8)
     labels = rng.integers(0, len(CLASSES), n).astype(np.int8)
     labels[::5] = -1
+    low_name = f"{40 // factor}x"
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    root.create_array("coords", data=np.stack([np.arange(n) * 32, np.zeros(n, np.int64)], axis=1))
+    root.create_array("coords", data=np.stack([np.arange(n) * side, np.zeros(n, np.int64)], axis=1))
     root.create_array("labels", data=labels)
-    for name, images in (("40x", high), ("20x", low)):
+    for name, images in (("40x", high), (low_name, low)):
         root.create_group(name).create_array("images", data=images, chunks=(4, *images.shape[1:]))
-    root.attrs.update({"slide_id": slide_id, "skipped_magnifications": [], "patch_sizes": {"40x": 32, "20x": 16}})
+    root.attrs.update({"slide_id": slide_id, "skipped_magnifications": [],
+                       "patch_sizes": {"40x": side, low_name: side // factor}})
     return path
 
 
@@ -69,7 +72,8 @@ def setup(tmp_path_factory):
     meta = {"arch": "smallcnn", "num_classes": len(CLASSES), "output_stride": 8, "magnification": 40}
     torch.save({"state_dict": teacher.state_dict(), "meta": meta}, teacher_path)
     cache_path = root / "teacher_cache.zarr"
-    summary = build_teacher_cache(teacher_path, stores, cache_path, UNION, settings=replace(QUIET, batch_size=6))
+    summary = build_teacher_cache(teacher_path, stores, cache_path, UNION, dtype="float32",
+                                  settings=replace(QUIET, batch_size=6))
     return {"root": root, "stores": stores, "teacher_path": teacher_path, "cache": cache_path, "summary": summary}
 
 
@@ -275,3 +279,43 @@ def test_a_cache_missing_a_chunk_file_is_refused_naming_it(setup, tmp_path, caps
     error = capsys.readouterr().err
     assert error.startswith(f"wsidistill distill: error: {message}") and error.count("\n") == 1
     assert not (tmp_path / "m").exists()
+
+
+def test_a_cache_pooled_to_the_students_grids_gives_the_on_the_fly_losses(setup, tmp_path):
+    """The default cache: targets pooled to the Students' grids, float16. A 64 px Teacher patch has an 8x8 grid;
+    a native 10x Student (16 px, stride 4) reads 4x4, and its saliency on its 16 px input. Pooling twice
+    over whole blocks is pooling once; float16 rounds each target to 2^-11 relative."""
+    stores = [write_store(tmp_path / "a.zarr", "a", 9, 0, side=64, factor=4)]
+    cache_path = tmp_path / "pooled.zarr"
+    summary = build_teacher_cache(setup["teacher_path"], stores, cache_path, UNION, settings=QUIET,
+                                  students=[{"arch": "smallcnn", "magnification": 10}])
+    assert summary["dtype"] == "float16" and summary["sides"] == {
+        "features": [4, 4], "at": [4, 4], "gradcam": [4, 4], "atplus": [4, 4], "fma": [4, 4], "mip": [4, 4],
+        "saliency": [16, 16]}
+    full = 8 * (4 + (256 + 1 + 4 + 4 + 1 + 1) * 8 * 8 + 4 * 64 * 64) * 4  # float32 on the Teacher's grids
+    assert summary["bytes_per_patch"] == 8 * (4 + (256 + 1 + 4 + 4 + 1 + 1) * 4 * 4 + 4 * 16 * 16) * 2 < full / 8
+    teacher, _ = load_model(setup["teacher_path"])
+    stride, sides = student_reads("smallcnn", 10, 40, side=16)
+    assert sides == {"grid": (4, 4), "input": (16, 16)}
+    patches = load_patches(stores, [40, 10])
+    rows, elements = np.arange(7), torch.tensor([0, 1, 2, 3, 4, 5, 7])
+    labels = torch.from_numpy(patches.labels[rows])
+    student_view, teacher_view = augment_pair(
+        [to_tensor(patches.images["10x"][rows]), to_tensor(patches.images["40x"][rows])], elements=elements)
+    for weights in METHODS:
+        cache = TeacherCache.open(cache_path, stores=stores, teacher_path=setup["teacher_path"], terms=weights,
+                                  student_sides=sides)
+        torch.manual_seed(1)
+        distiller = Distiller(build_model("smallcnn", len(CLASSES), output_stride=stride).eval(), weights,
+                              teacher=teacher, num_classes=len(CLASSES))
+        loss_cached, terms_cached = distiller(student_view, labels, cache.read(elements, rows))
+        loss_fly, terms_fly = distiller(student_view, labels, teacher_targets(teacher, teacher_view, weights))
+        # the stated tolerance (docs/performance.md): 2e-3 relative. Measured here: fm 7e-7, atplus 5e-4, kd 8e-4,
+        # fma and mip 1.5e-3 (maps of little contrast on a random Teacher: min-max amplifies the rounding)
+        assert loss_cached.item() == pytest.approx(loss_fly.item(), rel=2e-3)
+        assert terms_cached == pytest.approx(terms_fly, rel=2e-3, abs=1e-6)
+    # a Student of the `teacher` grid design (8x8 at 10x) cannot read targets pooled to 4x4: refused
+    _, finer = student_reads("smallcnn", 10, 40, side=16, grid="teacher")
+    with pytest.raises(StaleCacheError, match=r"holds 'features' pooled to 4x4, which does not pool exactly to this "
+                                              r"Student's 8x8 grid"):
+        TeacherCache.open(cache_path, stores=stores, terms=["fm"], student_sides=finer)

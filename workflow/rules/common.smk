@@ -262,7 +262,7 @@ def training_mem_mb(wildcards, input):
     training = config["training"]
     pixels = min(PIXELS_PER_STORE_MB * (tree_mb(input.train) + tree_mb(input.get("val", []))),
                  training["memory_budget_mb"])
-    cache = min(tree_mb(input.get("cache", [])) * 3, 4096)  # the cache's arrays are stored ~2.6x compressed
+    cache = min(tree_mb(input.get("cache", [])) * 2, 4096)  # float16 targets are stored ~1.4x compressed
     return int(BASE_MB + WORKER_MB * training["loader_workers"] + pixels + cache)
 
 

@@ -70,6 +70,37 @@ def student_output_stride(
     return min(teacher_stride, 2 ** (floor_stride.bit_length() - 1))
 
 
+def student_reads(
+    arch: str,
+    magnification: float,
+    teacher_magnification: float,
+    *,
+    side: int,
+    grid: str = "native",
+    upsampled: bool = False,
+    teacher_stride: int = TEACHER_OUTPUT_STRIDE,
+) -> tuple[int | None, dict[str, tuple[int, int]]]:
+    """A Student's output stride and the grids its distillation terms read, ``(stride, sides)``.
+
+    ``side``: the Student's patch side in px at its own ``magnification``; ``upsampled``: it reads the
+    Teacher's patch pooled to its magnification and upsampled back (``student.input: upsampled``: the
+    Teacher's stride and input side). ``stride``: for :func:`~wsidistill.models.build_model` (rule of
+    :func:`student_output_stride`). ``sides``: ``"grid"``, its last block's ``(H, W)`` (where features and
+    attention maps are matched), and ``"input"``, its input's ``(H, W)`` (where ``saliency`` is matched),
+    found by running the network on a shape-only ("meta") tensor, so every backbone's rounding is its own.
+    """
+    if upsampled:
+        stride = teacher_stride if arch not in FIXED_STRIDES else None
+        side = int(round(side * teacher_magnification / magnification))
+    else:
+        stride = student_output_stride(arch, magnification, teacher_magnification, side=side, grid=grid,
+                                       teacher_stride=teacher_stride)
+    with torch.device("meta"):
+        network = build_model(arch, 2, output_stride=stride).eval()
+        last = list(network(torch.zeros(1, 3, side, side)).features.values())[-1]
+    return stride, {"grid": tuple(last.shape[-2:]), "input": (side, side)}
+
+
 @dataclass(frozen=True)
 class ModelMeta:
     """What a trained model's checkpoint says about it (``model.pt``'s ``meta``, stored as a plain dict).

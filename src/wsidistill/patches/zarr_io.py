@@ -25,7 +25,7 @@ stores' completeness record (:mod:`.store`).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -300,14 +300,18 @@ class ChunkFiles:
 
     def chunk(self, element: int, index: int) -> np.ndarray:
         """Chunk ``index`` along the rows of element ``element`` (axis 0): ``chunk_shape[1:]``."""
-        key = self.encoding.encode_chunk_key((element, index) + (0,) * (len(self.chunk_shape) - 2))
+        return self.block((element, index))[0]
+
+    def block(self, index: Sequence[int]) -> np.ndarray:
+        """The chunk at grid position ``index`` on the leading axes (0 on the others): ``chunk_shape``."""
+        key = self.encoding.encode_chunk_key(tuple(index) + (0,) * (len(self.chunk_shape) - len(index)))
         try:
             data = (self.path / key).read_bytes()
         except FileNotFoundError:  # never written: every value is the fill value
-            return np.full(self.chunk_shape[1:], self.fill_value, self.dtype)
+            return np.full(self.chunk_shape, self.fill_value, self.dtype)
         if self.decompressor is not None:
             data = self.decompressor.decode(data)
-        return np.frombuffer(data, self.dtype).reshape(self.chunk_shape[1:])
+        return np.frombuffer(data, self.dtype).reshape(self.chunk_shape)
 
     def read(self, element: int, row: int) -> np.ndarray:
         rows = self.chunk_shape[1]

@@ -39,7 +39,7 @@ from ..evaluation.metrics import balanced_accuracy, quadratic_kappa
 from ..evaluation.splits import absent_class_warning, absent_classes, class_counts
 from ..io import atomic_path, save_figure
 from ..models import build_model
-from ..models.checkpoint import TEACHER_OUTPUT_STRIDE, ModelMeta, load_model, save_model, student_output_stride
+from ..models.checkpoint import TEACHER_OUTPUT_STRIDE, ModelMeta, load_model, save_model, student_reads
 from ..patches.dataset import StorePatches, batch_loader, to_tensor
 from ..slides.grid import magnification_name
 from .augment import hed_jitter
@@ -244,11 +244,9 @@ class Trainer:
 
         teacher_stride = self.teacher.output_stride if self.teacher is not None else TEACHER_OUTPUT_STRIDE
         side = int(self.train_set.shapes[magnification_name(job.magnification)][0])  # the Student's patch side
-        self.stride = None if self.upsampled else student_output_stride(
-            job.arch, job.magnification, self.teacher_magnification, side=side, grid=job.student_grid,
-            teacher_stride=teacher_stride)
-        if self.upsampled and job.arch == "smallcnn":
-            self.stride = teacher_stride
+        self.stride, self.reads = student_reads(job.arch, job.magnification, self.teacher_magnification, side=side,
+                                                grid=job.student_grid, upsampled=self.upsampled,
+                                                teacher_stride=teacher_stride)
         self.model = runtime.place(build_model(job.arch, len(job.classes), output_stride=self.stride,
                                                pretrained=job.pretrained))
         if self.distributed.enabled:
@@ -262,7 +260,8 @@ class Trainer:
         self.cache = None
         if self.use_cache:
             self.cache = TeacherCache.open(job.teacher_cache, stores=job.train_stores, teacher_path=job.teacher_path,
-                                           terms=self.distiller.terms, teacher_options=self.distiller.teacher_options)
+                                           terms=self.distiller.terms, teacher_options=self.distiller.teacher_options,
+                                           student_sides=self.reads)
             if len(self.cache) != len(self.train_set):
                 raise StaleCacheError(f"{job.teacher_cache} holds {len(self.cache)} patches, "
                                       f"the training set {len(self.train_set)}")
@@ -445,6 +444,10 @@ class Trainer:
         self.sampler = EpochBatches()
         self.train_loader = batch_loader(self.train_set, self.sampler, workers=self.workers,
                                          pin_memory=self.runtime.is_cuda, persistent=True)
+        if self.workers:  # start the persistent workers now, while the models are built, not at the first step
+            state = torch.get_rng_state()  # the loader draws its workers' seed from it: leave the weights' init as is
+            iter(self.train_loader)
+            torch.set_rng_state(state)
         if self.distributed.is_main:
             how = "in memory" if self.in_memory else f"streamed from the stores by {self.workers} loader workers"
             print(f"patches {how}: {pixels / 2**20:.0f} MiB of pixels, training.memory_budget_mb "
@@ -456,8 +459,13 @@ class Trainer:
         batches = [np.arange(start, min(start + size, len(dataset))) for start in range(0, len(dataset), size)]
         if share:
             batches = batches[self.distributed.rank :: self.distributed.world_size]
-        for batch in batch_loader(dataset.only([name]), batches, workers=min(self.workers, len(batches)),
-                                  pin_memory=self.runtime.is_cuda):
+        if dataset is self.train_set and self.workers and self.view_magnifications == [magnification]:
+            # the training loader's persistent workers read them: no worker start-up each epoch
+            self.sampler.batches, loader = batches, self.train_loader
+        else:
+            loader = batch_loader(dataset.only([name]), batches, workers=min(self.workers, len(batches)),
+                                  pin_memory=self.runtime.is_cuda)
+        for batch in loader:
             yield to_tensor(batch["images"][name], self.runtime.device)
 
     def validate(self) -> tuple[float, float]:

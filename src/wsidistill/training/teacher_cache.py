@@ -1,4 +1,5 @@
-"""Teacher-target cache: the frozen Teacher's targets for every training patch under every D4 element.
+"""Teacher-target cache: the frozen Teacher's targets for every training patch under every D4 element,
+pooled to the grids its Students read.
 
 The Teacher is frozen, so what the distillation terms need from it (:func:`teacher_targets`: logits,
 last-block features, attention maps) is a fixed function of the patch. The cache runs the Teacher
@@ -8,16 +9,32 @@ targets an on-the-fly Teacher forward pass would give (no equivariance of the Te
 transforming element 0's maps would be an approximation, the cache is not). One cache per Teacher serves every
 Student method and magnification distilled from it.
 
+What is stored is what the Students read. Every loss pools the Teacher's target to the Student's grid
+(area average, :func:`~wsidistill.distill.attention.align_map`) and only then normalises it
+(:mod:`wsidistill.distill.losses`), so a spatial target is stored already pooled to the coarsest grid that
+every Student's grid divides (:func:`stored_size`: the finest Student's, for power-of-two grids; the
+Teacher's own grid when none fits): each Student's loss then pools it the rest of the way, and an area
+average of area averages over whole blocks is the area average (exact up to float32 rounding, ~1e-7).
+At 256 px at 40x, Students at 20/10/5x read 16/8/4-cell grids: the 32 x 32 Teacher features are stored on
+16 x 16, a quarter of the cells.  ``float16`` (the default) halves the rest; it rounds every target to a
+relative 2^-11 (4.9e-4) and the losses computed from it agree with the on-the-fly Teacher's within a
+relative 1e-3 (measured: tests/training/test_teacher_cache.py; docs/performance.md gives bytes per
+patch before and after).  A Student whose grid does not divide the stored one is refused
+(:meth:`TeacherCache.check`).
+
 Layout of ``{cache}.zarr`` (Zarr v3)::
 
     {key} (8, N, ...)   one array per target key in use (``logits`` (C,), ``features`` (K, H, W),
-                        ``atplus`` (C, H, W), ...; see :func:`teacher_targets`); axis 0 is the D4
+                        ``atplus`` (C, H, W), ...; see :func:`teacher_targets`), spatial ones on the
+                        grid ``attrs["sides"][key]`` (pooled, see above); axis 0 is the D4
                         element, axis 1 the row of the training PatchSet (``load_patches`` of the
                         same stores, labelled patches, in store order); chunks ``(1, r, ...)`` with
                         ``r`` rows of about ``CHUNK_BYTES`` (one row for 128 px smallcnn features),
                         Blosc-LZ4 compressed; float32 (exact) or float16
-    attrs               format, version, keys, terms, teacher_options, dtype, teacher (path, sha256,
-                        arch, magnification), stores (path, slide_id, rows per store), fingerprint,
+    attrs               format, version, keys, terms, teacher_options, dtype, sides and teacher_sides
+                        (stored and Teacher grid per spatial key), students (each one's grids),
+                        teacher (path, sha256, arch, magnification), stores (path, slide_id, rows
+                        per store), fingerprint,
                         chunk_files (files per array, written last; a cache missing one is refused, as
                         are patch stores: :mod:`wsidistill.patches.store`)
 
@@ -28,9 +45,12 @@ Teacher checkpoint's SHA-256 it lets :meth:`TeacherCache.open` refuse a stale ca
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import math
+import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +60,7 @@ from torch import Tensor
 
 from ..config import section_defaults
 from ..device import InferenceSettings
+from ..distill.attention import align_map
 from ..distill.d4 import d4_transform
 from ..distill.targets import teacher_targets
 from ..distill.terms import TEACHER_DEFAULTS, TERMS, check_terms, target_keys
@@ -50,7 +71,8 @@ from ..patches.zarr_io import ChunkFiles, RowChunkWriter, chunk_files
 #: The config's ``training`` defaults (``loader_workers``), declared once in the config schema.
 TRAINING_DEFAULTS = section_defaults("training")
 CACHE_FORMAT = "wsidistill-teacher-cache"
-CACHE_VERSION = 1
+#: Version 2: spatial targets pooled to the Students' grids, float16 by default.
+CACHE_VERSION = 2
 D4_ELEMENTS = 8
 #: Target bytes per chunk: one row of smallcnn features (256 x 16 x 16 float32) per chunk, so a batch
 #: reads only its own rows; small arrays get many rows per chunk.
@@ -65,6 +87,8 @@ _READ_CONFIG = {"codec_pipeline.batch_size": 64}
 #: ~0.1 ms a 256 KiB row (zstd: 0.28, ~0.25 ms), so a batch's reads stay small beside its step.
 COMPRESSOR = {"name": "blosc", "configuration": {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}}
 DTYPES = ("float32", "float16")
+#: Targets matched on the Student's input grid; the other spatial ones are matched on its last block's grid.
+INPUT_GRID_KEYS = ("saliency",)
 REBUILD = "delete it and rebuild it (`wsidistill teacher-cache`, or Snakemake rule teacher_cache)"
 
 
@@ -118,6 +142,23 @@ def fingerprint(entries: list[dict]) -> str:
     return hashlib.sha256("\n".join(f"{e['slide_id']}:{e['rows']}:{e['digest']}" for e in entries).encode()).hexdigest()
 
 
+def stored_size(key: str, teacher_size: Sequence[int], students: Sequence[Mapping]) -> tuple[int, int]:
+    """The ``(H, W)`` grid spatial target ``key`` is stored on, given its ``teacher_size`` on the Teacher's grid.
+
+    ``students``: each Student's grids, ``{"grid": (H, W), "input": (H, W)}`` (last block and input,
+    :func:`~wsidistill.models.checkpoint.student_reads`); ``saliency`` is read on the input grid, the others
+    on the last block's. The coarsest grid every Student's grid divides (per axis, their least common
+    multiple) when it divides the Teacher's, so that pooling to it and then to any Student's grid is
+    exact area pooling; else (no Students, or a Student grid that does not divide) the Teacher's own.
+    """
+    teacher_size = tuple(int(n) for n in teacher_size)
+    if not students:
+        return teacher_size
+    kind = "input" if key in INPUT_GRID_KEYS else "grid"
+    size = tuple(math.lcm(*(int(student[kind][axis]) for student in students)) for axis in range(2))
+    return size if all(t % n == 0 for t, n in zip(teacher_size, size)) else teacher_size
+
+
 def _chunk_rows(row_bytes: int, n_rows: int) -> int:
     """Rows per chunk: a power of two near ``CHUNK_BYTES`` of data, at least one row."""
     rows = max(1, CHUNK_BYTES // max(1, row_bytes))
@@ -131,15 +172,21 @@ def build_teacher_cache(
     terms: Iterable[str],
     *,
     teacher_options: dict | None = None,
-    dtype: str = "float32",
+    students: Sequence[Mapping] = (),
+    dtype: str = "float16",
     settings: InferenceSettings = InferenceSettings(device="cpu", precision="fp32"),
     loader_workers: int = TRAINING_DEFAULTS["loader_workers"],
 ) -> dict:
     """Run the Teacher on the 8 D4 transforms of every training patch of ``stores``; write ``out``.
 
     ``terms``: the union of the terms of every method that will read the cache (``ce`` needs
-    nothing). ``teacher_options`` as ``Distiller.teacher_options`` (``at_p``). ``dtype`` float32
-    keeps the targets exact; float16 halves the size and rounds them (relative error ~5e-4).
+    nothing). ``teacher_options`` as ``Distiller.teacher_options`` (``at_p``). ``students``: the Students
+    that will read it, each as the keyword arguments of :func:`~wsidistill.models.checkpoint.student_reads`
+    but ``side`` (``arch``, ``magnification``, optional ``grid`` and ``upsampled``); spatial targets are
+    stored pooled to their grids (:func:`stored_size`); none: on the Teacher's grid. ``dtype`` float16
+    (default) rounds the targets to a relative 4.9e-4 and halves the size; float32 keeps them as the
+    Teacher gives them. A target outside float16's range stops the build (ValueError naming the key).
+    The uncompressed size is checked against the free disk space after the first batch (OSError ENOSPC).
     ``settings``: batch size, device (default CPU, fp32), threads, progress bars. Patches are streamed
     from the stores in batches (``loader_workers`` processes read and decode them, as the config's
     ``training.loader_workers``) and each batch's eight D4 transforms are written before the next is
@@ -149,7 +196,7 @@ def build_teacher_cache(
     from tqdm import tqdm
 
     from ..io import atomic_path
-    from ..models.checkpoint import load_model
+    from ..models.checkpoint import load_model, student_reads
     from ..patches.dataset import StorePatches, batch_loader, to_tensor
     from ..slides.grid import magnification_name
 
@@ -172,11 +219,17 @@ def build_teacher_cache(
     n_rows = len(patches)
     if n_rows == 0:
         raise ValueError(f"no labelled training patches in {list(map(str, stores))}")
+    teacher_side = int(patches.shapes[name][0])
+    students = [student_reads(side=int(round(teacher_side * s["magnification"] / meta.magnification)),
+                              teacher_magnification=meta.magnification, teacher_stride=teacher.output_stride,
+                              **s)[1] for s in students]
+    sizes: dict[str, tuple[int, int]] = {}  # per spatial key: (Teacher's grid, stored grid)
 
     with atomic_path(out) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         arrays: dict[str, zarr.Array] = {}
         writers: dict[tuple[str, int], RowChunkWriter] = {}  # one per (key, D4 element): each holds < one chunk
+        disk_checked = False
         batches = [np.arange(start, min(start + batch_size, n_rows)) for start in range(0, n_rows, batch_size)]
         loader = batch_loader(patches, batches, workers=min(loader_workers, len(batches)), pin_memory=runtime.is_cuda)
         for batch in tqdm(loader, total=len(batches), desc="teacher cache", disable=not progress, leave=False):
@@ -185,7 +238,15 @@ def build_teacher_cache(
                 with runtime.autocast():
                     targets = teacher_targets(teacher, d4_transform(images, k), terms, **teacher_options)
                 for key in keys:
-                    value = targets[key].float().cpu().numpy().astype(dtype, copy=False)
+                    value = targets[key].float()
+                    if value.dim() == 4:
+                        teacher_size = tuple(value.shape[-2:])
+                        sizes.setdefault(key, (teacher_size, stored_size(key, teacher_size, students)))
+                        value = align_map(value, sizes[key][1])
+                    value = value.cpu().numpy().astype(dtype, copy=False)
+                    if not np.isfinite(value).all():
+                        raise ValueError(f"Teacher target {key!r} is not finite as {dtype} (float16 holds up to "
+                                         f"65504): build the cache with --dtype float32")
                     if key not in arrays:
                         row_bytes = int(np.prod(value.shape[1:])) * np.dtype(dtype).itemsize
                         rows = _chunk_rows(row_bytes, n_rows)
@@ -193,6 +254,9 @@ def build_teacher_cache(
                                                         chunks=(1, rows, *value.shape[1:]), dtype=dtype,
                                                         compressors=COMPRESSOR)
                     writers.setdefault((key, k), RowChunkWriter(arrays[key], tmp, k)).append(value)
+            if not disk_checked:  # after the first batch, when the arrays' shapes are known
+                _check_disk(out, tmp, sum(a.nbytes for a in arrays.values()))
+                disk_checked = True
         for writer in writers.values():
             writer.close()
         root.attrs.update(
@@ -203,6 +267,9 @@ def build_teacher_cache(
                 "terms": list(terms),
                 "teacher_options": teacher_options,
                 "dtype": dtype,
+                "sides": {key: list(size) for key, (_, size) in sizes.items()},
+                "teacher_sides": {key: list(size) for key, (size, _) in sizes.items()},
+                "students": [{kind: list(size) for kind, size in student.items()} for student in students],
                 "d4": "element k: torch.rot90 by k % 4 quarter turns on (H, W), then flip W if k >= 4",
                 "teacher": {"path": str(teacher_path), "sha256": file_sha256(teacher_path), "arch": meta.arch,
                             "magnification": meta.magnification},
@@ -213,9 +280,20 @@ def build_teacher_cache(
             }
         )
     nbytes = {key: int(np.prod(a.shape)) * np.dtype(dtype).itemsize for key, a in arrays.items()}
+    disk_bytes = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
     return {"cache": str(out), "rows": n_rows, "keys": keys, "dtype": dtype, "nbytes": nbytes,
-            "disk_bytes": sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()),
-            "seconds": time.perf_counter() - started}
+            "sides": {key: list(size) for key, (_, size) in sizes.items()},
+            "bytes_per_patch": sum(nbytes.values()) / n_rows, "disk_bytes": disk_bytes,
+            "disk_bytes_per_patch": disk_bytes / n_rows, "seconds": time.perf_counter() - started}
+
+
+def _check_disk(out: str | Path, tmp: Path, nbytes: int) -> None:
+    """OSError ENOSPC naming ``out`` when the cache's uncompressed ``nbytes`` exceed the free space (an upper
+    bound: it is stored compressed), before hours of Teacher passes fill the disk."""
+    free = shutil.disk_usage(tmp if tmp.exists() else Path(tmp).parent).free
+    if nbytes > free:
+        raise OSError(errno.ENOSPC, f"the Teacher-target cache needs up to {nbytes / 2**20:.0f} MiB, "
+                      f"{free / 2**20:.0f} MiB are free", str(out))
 
 
 class TeacherCache:
@@ -275,13 +353,14 @@ class TeacherCache:
         teacher_path: str | Path | None = None,
         terms: Iterable[str] = (),
         teacher_options: dict | None = None,
+        student_sides: Mapping[str, Sequence[int]] | None = None,
         memory_bytes: int = DEFAULT_MEMORY_BYTES,
     ) -> TeacherCache:
-        """Open ``path`` for a run on ``stores`` with ``terms``, serving only the keys those terms read;
-        StaleCacheError if it does not match the run."""
+        """Open ``path`` for a run on ``stores`` with ``terms`` (and a Student reading ``student_sides``, see
+        :meth:`check`), serving only the keys those terms read; StaleCacheError if it does not match the run."""
         terms = tuple(terms)
         cls(path, memory_bytes=0).check(stores=stores, teacher_path=teacher_path, terms=terms,
-                                        teacher_options=teacher_options)
+                                        teacher_options=teacher_options, student_sides=student_sides)
         return cls(path, keys=target_keys(terms), memory_bytes=memory_bytes)
 
     def check(
@@ -291,8 +370,11 @@ class TeacherCache:
         teacher_path: str | Path | None = None,
         terms: Iterable[str] = (),
         teacher_options: dict | None = None,
+        student_sides: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
-        """StaleCacheError naming what differs: the stores, the Teacher, the terms or their options."""
+        """StaleCacheError naming what differs: the stores, the Teacher, the terms or their options, or a
+        Student grid (``student_sides``: ``{"grid": (H, W), "input": (H, W)}``, as
+        :func:`~wsidistill.models.checkpoint.student_reads` gives) that a pooled target's grid does not divide."""
         rebuild = REBUILD
         cached = self.attrs["stores"]
         current = describe_stores(stores, self._teacher_magnification_name())
@@ -319,6 +401,18 @@ class TeacherCache:
                 f"Teacher-target cache {self.path} lacks {missing} (it holds {self.keys}, built for terms "
                 f"{self.attrs['terms']}); {rebuild} with the union of every method's terms"
             )
+        if student_sides is not None:
+            teacher_sides = self.attrs.get("teacher_sides", {})
+            for key, stored in self.attrs.get("sides", {}).items():
+                if key not in target_keys(terms) or stored == teacher_sides.get(key):
+                    continue  # unpooled: the loss pools (or upsamples) it exactly as on the fly
+                kind = "input" if key in INPUT_GRID_KEYS else "grid"
+                student = [int(n) for n in student_sides[kind]]
+                if any(n % m for n, m in zip(stored, student)):
+                    raise StaleCacheError(
+                        f"Teacher-target cache {self.path} holds {key!r} pooled to {stored[0]}x{stored[1]}, "
+                        f"which does not pool exactly to this Student's {student[0]}x{student[1]} {kind}; "
+                        f"{REBUILD} for every Student magnification and design (--student-magnifications)")
         options = teacher_options_with_defaults(teacher_options)
         reads_options = any(key in TERMS and TERMS[key].map_options for key in self.keys)  # e.g. `at` reads at_p
         if reads_options and options != teacher_options_with_defaults(self.attrs["teacher_options"]):
