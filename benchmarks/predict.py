@@ -15,7 +15,8 @@ magnification, infer, write every output (``wsidistill predict``: Zarr, heatmap,
   same Teacher wrapped as a tiatoolbox ``ModelABC``, its own tissue mask, ``--field`` px patches at
   40x (units "power"), written as its Zarr output.
 
-Printed: patches, seconds per slide, patches/s and each run's ratio of seconds to the Teacher's, then
+Printed (medians of ``--repeats`` interleaved runs): patches, seconds per slide, patches/s, CPU seconds
+(user + system, all threads: steadier than wall time on a shared machine) and each run's ratios to the Teacher, then
 the Teacher's peak RSS (VmHWM of the process) at each of ``--rss-sizes``.  On a shared machine the
 figures are noisy; ratios from one run are what to compare.
 """
