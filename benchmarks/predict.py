@@ -15,7 +15,8 @@ magnification, infer, write every output (``wsidistill predict``: Zarr, heatmap,
   same Teacher wrapped as a tiatoolbox ``ModelABC``, its own tissue mask, ``--field`` px patches at
   40x (units "power"), written as its Zarr output.
 
-Printed: patches, seconds per slide, patches/s and each run's ratio of seconds to the Teacher's, then
+Printed (medians of ``--repeats`` interleaved runs): patches, seconds per slide, patches/s, CPU seconds
+(user + system, all threads: steadier than wall time on a shared machine) and each run's ratios to the Teacher, then
 the Teacher's peak RSS (VmHWM of the process) at each of ``--rss-sizes``.  On a shared machine the
 figures are noisy; ratios from one run are what to compare.
 """
@@ -25,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,12 +62,13 @@ def checkpoint(magnification: float, field: int) -> Path:
     from wsidistill.models import build_model
     from wsidistill.models.checkpoint import student_output_stride
 
-    path = cache_dir() / "models" / f"smallcnn_{magnification:g}x_{field}.pt"
-    if path.exists():
-        return path
     teacher = magnification == TEACHER_MAGNIFICATION
     side = int(field * magnification / TEACHER_MAGNIFICATION)
     stride = None if teacher else student_output_stride("smallcnn", magnification, TEACHER_MAGNIFICATION, side=side)
+    # the stride names the file: a change of the Student rule writes a new model, never reuses a stale one
+    path = cache_dir() / "models" / f"smallcnn_{magnification:g}x_{field}px_{'teacher' if teacher else f'stride{stride}'}.pt"
+    if path.exists():
+        return path
     torch.manual_seed(0)
     model = build_model("smallcnn", len(CLASSES), output_stride=stride)
     meta = {"arch": "smallcnn", "num_classes": len(CLASSES), "classes": CLASSES, "magnification": magnification,
@@ -129,6 +133,12 @@ def run_tiatoolbox(slide: Path, args) -> int:
         return int(root["probabilities"].shape[0] if "probabilities" in root else root["predictions"].shape[0])
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process, all its threads (dask's readers included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def worker(args) -> None:
     """One run, in this process; prints its figures as JSON.  Imports are not timed: they are per process, not per slide."""
     import torch  # noqa: F401
@@ -138,15 +148,16 @@ def worker(args) -> None:
 
     if args.worker == "tiatoolbox_40x":
         import tiatoolbox.models.engine.patch_predictor  # noqa: F401
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     if args.worker == "tiatoolbox_40x":
         patches = run_tiatoolbox(args.slide, args)
     else:
         patches = run_project(args.slide, float(args.worker.split("_")[1].rstrip("x")), args)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, _cpu_seconds() - cpu_started
     peak_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                     if line.startswith("VmHWM"))
-    print(json.dumps({"run": args.worker, "patches": patches, "seconds": seconds, "peak_rss_mb": peak_kib / 1024,
+    print(json.dumps({"run": args.worker, "patches": patches, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                      "peak_rss_mb": peak_kib / 1024,
                       "load": os.getloadavg()[0]}))
 
 
@@ -160,6 +171,15 @@ def measure(run: str, slide: Path, args) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _median(runs: list[dict]) -> dict:
+    """One run's figures as the medians of its repeats (failed repeats left out; all failed: the first error)."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    return {**ok[0], **{key: statistics.median(r[key] for r in ok)
+                        for key in ("seconds", "cpu_seconds", "peak_rss_mb", "load")}, "repeats": len(ok)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="25600x19200", help="slide of the speed runs, WIDTHxHEIGHT at 40x")
@@ -170,6 +190,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each; the table gives medians")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--worker", choices=RUNS, help=argparse.SUPPRESS)
     parser.add_argument("--slide", type=Path, help=argparse.SUPPRESS)
@@ -180,19 +201,23 @@ def main() -> None:
     slide = benchmark_slide(args.size)
     for magnification in (40, 20, 10, 5):
         checkpoint(magnification, args.field)
-    runs = [measure(run, slide, args) for run in args.runs]
+    # repeats interleaved (every run once, then again), so a burst of load elsewhere hits them alike
+    repeats = [[measure(run, slide, args) for run in args.runs] for _ in range(args.repeats)]
+    runs = [_median(list(same)) for same in zip(*repeats)]
     teacher = next((r for r in runs if r["run"] == "teacher_40x" and "error" not in r), None)
     width, height = (int(v) for v in args.size.split("x"))
     print(f"\n{args.size} px ({width * height / 1e9:.2f} gigapixel), {args.field} px field at 40x, "
-          f"{args.threads} threads, {args.device}")
-    print(f"{'run':<16}{'patches':>9}{'s/slide':>10}{'patches/s':>11}{'speed-up vs Teacher':>22}{'peak RSS MB':>13}")
+          f"{args.threads} threads, {args.device}, median of {args.repeats}")
+    print(f"{'run':<16}{'patches':>9}{'s/slide':>10}{'patches/s':>11}{'vs Teacher':>12}"
+          f"{'CPU s':>9}{'CPU vs Teacher':>16}{'peak RSS MB':>13}")
     for r in runs:
         if "error" in r:
             print(f"{r['run']:<16} failed: {r['error']}")
             continue
         ratio = f"{teacher['seconds'] / r['seconds']:.2f}x" if teacher else "-"
-        print(f"{r['run']:<16}{r['patches']:>9}{r['seconds']:>10.2f}{r['patches'] / r['seconds']:>11.1f}"
-              f"{ratio:>22}{r['peak_rss_mb']:>13.0f}")
+        cpu_ratio = f"{teacher['cpu_seconds'] / r['cpu_seconds']:.2f}x" if teacher else "-"
+        print(f"{r['run']:<16}{r['patches']:>9}{r['seconds']:>10.2f}{r['patches'] / r['seconds']:>11.1f}{ratio:>12}"
+              f"{r['cpu_seconds']:>9.2f}{cpu_ratio:>16}{r['peak_rss_mb']:>13.0f}")
     rss = [{**measure("teacher_40x", benchmark_slide(size), args), "size": size} for size in args.rss_sizes]
     print("\nTeacher peak RSS by slide size:")
     for r in rss:
@@ -203,7 +228,7 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.2f} (shared machine: figures are noisy)")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
-                                         "rss": rss}, indent=2))
+                                         "repeats": repeats, "rss": rss}, indent=2))
 
 
 if __name__ == "__main__":

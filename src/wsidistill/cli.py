@@ -100,8 +100,7 @@ def _add_extract(sub):
     p.add_argument("--qc", type=Path, help="quality-control PNG: thumbnail, tissue mask and kept patches")
     p.add_argument("--magnifications", type=float, nargs="+", default=config_default("magnifications"))
     p.add_argument("--teacher-magnification", type=float, help="defaults to the highest magnification")
-    p.add_argument("--mpp", type=float, help="override the slide's microns per pixel")
-    p.add_argument("--objective-power", type=float, help="override the slide's objective power")
+    _add_slide_overrides(p)
     p.add_argument("--classes", nargs="+", default=DEFAULT_CLASSES)
     p.add_argument("--class-map", type=_json, default=DEFAULT_CLASS_MAP,
                    help="JSON: annotation name -> class, or null to ignore that name")
@@ -110,6 +109,12 @@ def _add_extract(sub):
     p.add_argument("--require-labels", action="store_true",
                    help="fail when no patch gets a label (a training slide), instead of writing an unlabelled store")
     p.add_argument("--threads", type=int, default=1)
+
+
+def _add_slide_overrides(p):
+    """A sample sheet's per-slide ``mpp`` / ``objective_power`` columns, as extraction and predict take them."""
+    p.add_argument("--mpp", type=float, help="override the slide's microns per pixel")
+    p.add_argument("--objective-power", type=float, help="override the slide's objective power")
 
 
 def _add_importers(sub):
@@ -246,6 +251,7 @@ def _add_predict(sub):
     p.add_argument("--tissue-method", default=extraction["tissue_method"])
     p.add_argument("--min-tissue-fraction", type=float, default=extraction["min_tissue_fraction"])
     p.add_argument("--block-cells", type=int, default=extraction["block_cells"])
+    _add_slide_overrides(p)
     predict = section_schema("predict")
     for key in ("min_tumour_fraction", "batch_size"):
         _add_config_key(p, key, predict[key])
@@ -414,7 +420,8 @@ def run(args: argparse.Namespace) -> None:
         records = predict_slides(args.slides, args.model, args.out, slide_ids=args.slide_ids, settings=settings,
                                  device=args.device, precision=args.precision,
                                  summary=False if args.no_summary else args.summary,
-                                 min_tumour_fraction=args.min_tumour_fraction)
+                                 min_tumour_fraction=args.min_tumour_fraction, mpp=args.mpp,
+                                 objective_power=args.objective_power)
         for record in records:
             print(json.dumps({k: record[k] for k in ("slide_id", "tissue_patches", "gleason_score", "grade_group")}))
     elif args.verb == "predict-summary":

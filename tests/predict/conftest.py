@@ -13,9 +13,10 @@ def save_checkpoint(path: Path, magnification: float, *, arch: str = "smallcnn",
                     patch_size: int = PATCH_SIZE, fit_on: Path | None = None, steps: int = 40) -> Path:
     """A model saved as training saves it (state_dict + meta), native input, with the Student stride rule.
 
-    Randomly initialised, or with ``fit_on`` a patch store: ``steps`` Adam steps of cross-entropy on
-    its labelled patches at ``magnification``, enough for confident, class-varying predictions (a
-    random network's near-uniform probabilities flip class on rounding noise).
+    Randomly initialised, or with ``fit_on`` a patch store: ``steps`` full-batch Adam steps of
+    cross-entropy on its labelled patches at ``magnification``, then batch norm's statistics recomputed
+    on them (a few steps' running averages would collapse eval-mode predictions to one class): confident,
+    class-varying predictions (a random network's near-uniform probabilities flip class on rounding noise).
     """
     from wsidistill.models import build_model
     from wsidistill.models.checkpoint import student_output_stride
@@ -38,6 +39,12 @@ def save_checkpoint(path: Path, magnification: float, *, arch: str = "smallcnn",
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        for module in model.modules():  # batch statistics of the whole store, not a few steps' running average
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.momentum = None
+        with torch.no_grad():
+            model(images)
         model.eval()
     meta = {
         "arch": arch, "pretrained": None, "num_classes": len(CLASSES), "classes": list(CLASSES),

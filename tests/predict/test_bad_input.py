@@ -50,6 +50,18 @@ def test_a_20x_slide_is_fine_for_a_student_at_20x_or_below(tmp_path, slides, mak
     assert main(["predict", str(slides["scan20"]), "--model", str(model), "--out", str(tmp_path / "out")]) == 0
 
 
+def test_an_objective_power_override_lets_the_teacher_read_a_20x_scan(tmp_path, slides, make_checkpoint):
+    """--objective-power (the predict sheet's column) replaces the slide's own metadata, as for extraction."""
+    import zarr
+
+    model = make_checkpoint(tmp_path / "teacher.pt", 40)
+    out = tmp_path / "out"
+    assert main(["predict", str(slides["scan20"]), "--model", str(model), "--out", str(out),
+                 "--objective-power", "40"]) == 0
+    attrs = zarr.open_group(str(out / f"{slides['scan20'].stem}.zarr"), mode="r").attrs
+    assert attrs["objective_power"] == 40 and attrs["objective_power_source"] == "sample sheet"
+
+
 @pytest.mark.parametrize("content", [b"not a checkpoint\n", b""])
 def test_a_file_that_is_not_a_checkpoint(tmp_path, slides, capsys, content):
     model = tmp_path / "model.pt"
@@ -76,11 +88,15 @@ def test_workflow_plans_predict_only_when_enabled(tmp_path, repo_root, run_snake
     config = yaml.safe_load((repo_root / "config.yaml").read_text())
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     assert "predict" not in run_snakemake(tmp_path, "-n").stdout.split("Job stats")[-1].split()  # off by default
-    (tmp_path / "new.tsv").write_text(f"slide_id\tpath\nnew1\t{slides['good']}\nnew2\t{slides['scan20']}\n")
+    (tmp_path / "new.tsv").write_text(f"slide_id\tpath\tobjective_power\nnew1\t{slides['good']}\t\n"
+                                      f"new2\t{slides['scan20']}\t40\n")
     config["predict"] = dict(enabled=True, samples=str(tmp_path / "new.tsv"), model="ce_5x", seed=0)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    result = run_snakemake(tmp_path, "-n")
+    result = run_snakemake(tmp_path, "-n", "-p")
     assert result.returncode == 0, result.stderr[-3000:]
+    commands = {slide: line for line in (result.stdout + result.stderr).splitlines() if "wsidistill predict " in line
+                for slide in ("new1", "new2") if f"--slide-id {slide} " in line}
+    assert "--objective-power" not in commands["new1"] and "--objective-power 40" in commands["new2"]  # the sheet's
     for path in ("results/predict/ce_5x_seed0/new1.geojson", "results/predict/ce_5x_seed0/new2.json",
                  "results/predict/ce_5x_seed0/summary.csv", "results/models/ce_5x/seed0/model.pt"):
         assert path in result.stdout

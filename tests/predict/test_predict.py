@@ -25,10 +25,15 @@ def _matched(evaluated: zarr.Group, predicted: zarr.Group) -> tuple[np.ndarray, 
     return evaluated["probabilities"][:][mine], predicted["probabilities"][:][theirs]
 
 
-@pytest.mark.parametrize("magnification", [40, 10, 5])
+#: Full-batch training steps per magnification: each model fits the tiny store (>= 95% of its labels, every class).
+FIT_STEPS = {40: 10, 20: 30, 5: 100}
+
+
+@pytest.mark.parametrize("magnification", [40, 20, 5])
 def test_predict_on_the_slide_agrees_with_evaluate_on_its_store(tmp_path, test_slide, make_checkpoint,
                                                                  magnification):
-    model = make_checkpoint(tmp_path / "model.pt", magnification)
+    model = make_checkpoint(tmp_path / "model.pt", magnification, fit_on=test_slide["store"],
+                            steps=FIT_STEPS[magnification])
     evaluate_model(model, [str(test_slide["store"])], tmp_path / "evaluated.zarr", tmp_path / "metrics.json",
                    settings=InferenceSettings(progress=False))
     predict_slides([test_slide["slide"]], model, tmp_path / "out", progress=False)
@@ -37,15 +42,16 @@ def test_predict_on_the_slide_agrees_with_evaluate_on_its_store(tmp_path, test_s
     assert predicted["coords"].shape[0] == evaluated["coords"].shape[0] > 30  # the same tissue patches
     theirs, mine = _matched(evaluated, predicted)
     assert len(mine) == evaluated["coords"].shape[0]
+    assert len(np.unique(mine.argmax(1))) >= 3  # a trained model: several classes, not one everywhere
     assert (mine.argmax(1) == theirs.argmax(1)).mean() >= 0.99
-    if magnification == 40:  # the same native pixels: the same numbers
-        np.testing.assert_allclose(mine, theirs, atol=1e-6)
-    # 10x and 5x: predict reads the slide's own 10x level, extraction averages 40x down; close, not equal
-    np.testing.assert_allclose(mine, theirs, atol=0.02)
+    if magnification >= 20:  # both read the 40x level and area-downsample it: the same pixels, the same numbers
+        np.testing.assert_allclose(mine, theirs, atol=1e-5)
+    # 5x: predict reads the slide's own 10x level (JPEG Q90, 2.2 grey levels from extraction's 5x pixels, which
+    # are averaged from the 40x level every magnification of the store shares): the class agrees, not every digit
     attrs = predicted.attrs
     assert attrs["magnification"] == magnification and attrs["classes"] == list(CLASSES)
     assert attrs["mpp"] == pytest.approx(attrs["slide_mpp"] * 40 / magnification)
-    assert attrs["read_level"] == (0 if magnification > 10 else 1)  # 40x then 10x level: never upsampled
+    assert attrs["read_level"] == (0 if magnification > 10 else 1)  # 40x, 10x level: never upsampled
     typed = PredictionAttributes.from_dict(dict(attrs))  # every attribute is a declared one, in write order
     assert typed.extra == {} and list(typed.to_dict().items()) == list(dict(attrs).items())
     assert typed.geometry() == read_attributes(predicted).geometry()  # read as a patch store is, by heatmaps

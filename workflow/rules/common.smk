@@ -152,6 +152,17 @@ EXTRACT_FLAGS = [
 ]
 
 
+def sheet_flags(row, columns=("annotations", "label_mask", "mpp", "objective_power")):
+    """A sheet row's non-empty ``columns`` as CLI flags (``--objective-power 40``): one code path for the
+    training sheet (rule extract) and the predict sheet (rule predict)."""
+    flags = []
+    for column in columns:
+        value = row.get(column)
+        if value is not None and not pd.isna(value) and value != "":
+            flags += [f"--{column.replace('_', '-')}", str(value)]
+    return flags
+
+
 def slide_flags(wildcards):
     """One slide's sample-sheet entries: its annotations or label mask, tissue mask and mpp/objective_power
     overrides.
@@ -159,13 +170,9 @@ def slide_flags(wildcards):
     A function of the wildcards only (no `input`), so Snakemake records its value and reruns the slide's
     extraction when the sheet changes them.
     """
-    row = SAMPLES.loc[wildcards.slide]
-    flags = []
-    for column in ("annotations", "label_mask", "tissue_mask", "mpp", "objective_power"):
-        value = row.get(column)
-        if value is not None and not pd.isna(value) and value != "":
-            flags += [f"--{column.replace('_', '-')}", str(value)]
-    return flags
+    return sheet_flags(
+        SAMPLES.loc[wildcards.slide], ("annotations", "label_mask", "tissue_mask", "mpp", "objective_power")
+    )
 
 
 def sicapv2_inputs(wildcards):
@@ -315,22 +322,28 @@ def _predict_model():
 
 
 def _load_predict_sheet():
-    """slide_id -> slide path, from the sheet `predict.samples` (columns slide_id and path; paths relative to
-    the sheet or absolute), validated as the training sheet is (ids, duplicates, files)."""
+    """The sheet `predict.samples` (columns slide_id and path, optionally mpp and objective_power; paths
+    relative to the sheet or absolute), validated as the training sheet is (ids, duplicates, files, numbers)."""
     if not PREDICT["samples"]:
         stop("config error: predict.samples is not set; give a sheet (TSV) with columns slide_id and path")
     try:
-        sheet = load_sample_sheet(PREDICT["samples"], required=("slide_id", "path"))
+        return load_sample_sheet(PREDICT["samples"], required=("slide_id", "path"))
     except SampleSheetError as err:
         stop(f"predict sheet error: {err}")
-    return dict(zip(sheet.slide_id, sheet.path))
 
 
 if PREDICT["enabled"]:
     PREDICT_NAME, PREDICT_MODEL = _predict_model()
-    PREDICT_SLIDES = _load_predict_sheet()
+    PREDICT_SHEET = _load_predict_sheet()
 else:
-    PREDICT_NAME, PREDICT_MODEL, PREDICT_SLIDES = "none", [], {}
+    PREDICT_NAME, PREDICT_MODEL, PREDICT_SHEET = "none", [], pd.DataFrame(columns=["slide_id", "path"])
+#: slide_id -> slide path of the slides to predict
+PREDICT_SLIDES = dict(zip(PREDICT_SHEET.slide_id, PREDICT_SHEET.path))
+
+
+def predict_slide_flags(wildcards):
+    """One predicted slide's mpp/objective_power overrides from the predict sheet (as slide_flags for extraction)."""
+    return sheet_flags(PREDICT_SHEET.loc[wildcards.predicted], ("mpp", "objective_power"))
 
 
 def predict_outputs():

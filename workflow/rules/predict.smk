@@ -28,6 +28,7 @@ rule predict:
             + cli_flags({key: PREDICT[key] for key in ("min_tumour_fraction", "batch_size")})
             + ["--device", config["device"], "--precision", config["precision"]]
         ),
+        slide=predict_slide_flags,
     threads: 2
     resources:
         gpu=1,
@@ -36,7 +37,7 @@ rule predict:
         runtime=PREDICT_RUNTIME,
     shell:
         "wsidistill predict {input.slide:q} --model {input.model:q} --out {params.out:q} "
-        "--slide-id {wildcards.predicted:q} --no-summary {params.flags:q} --threads {threads} > {log:q} 2>&1"
+        "--slide-id {wildcards.predicted:q} --no-summary {params.flags:q} {params.slide:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule predict_summary:

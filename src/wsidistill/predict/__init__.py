@@ -43,12 +43,14 @@ def slide_ids_for(slides: Sequence[str | Path], slide_ids: Sequence[str] | None 
 def predict_slides(slides: Sequence[str | Path], model_path: str | Path, out_dir: str | Path, *,
                    slide_ids: Sequence[str] | None = None, settings: PredictSettings = PredictSettings(),
                    device: str = config_default("device"), precision: str = config_default("precision"),
-                   summary: str | Path | None = None,
+                   summary: str | Path | None = None, mpp: float | None = None,
+                   objective_power: float | None = None,
                    min_tumour_fraction: float = section_defaults("predict")["min_tumour_fraction"],
                    progress: bool = True) -> list[dict]:
     """Predict every slide; returns one record per slide (status "ok" or "failed").
 
-    ``summary``: the CSV over slides (default ``out_dir/summary.csv``; False writes none).  Raises
+    ``mpp`` / ``objective_power`` override every slide's own metadata (a sheet's columns of those names, one
+    slide per call in the workflow).  ``summary``: the CSV over slides (default ``out_dir/summary.csv``; False writes none).  Raises
     :class:`CheckpointError` when ``model_path`` is not a model checkpoint (no slide can go on) and
     :class:`PredictFailed` after the last slide when any slide failed.
     """
@@ -59,7 +61,8 @@ def predict_slides(slides: Sequence[str | Path], model_path: str | Path, out_dir
     records, failures = [], []
     for path, slide_id in tqdm(list(zip(slides, ids)), desc="predict", unit="slide", disable=not progress):
         try:
-            prediction = predict_slide(path, model, runtime, settings, slide_id=slide_id, progress=progress)
+            prediction = predict_slide(path, model, runtime, settings, slide_id=slide_id, mpp=mpp,
+                                       objective_power=objective_power, progress=progress)
             records.append(write_slide_outputs(prediction, model, out_dir, min_tumour_fraction=min_tumour_fraction))
         except InputError as err:
             message = str(err).splitlines()[0]

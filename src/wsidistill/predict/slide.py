@@ -93,8 +93,12 @@ def _prefetched(iterator, depth: int = 1):
 
 @torch.no_grad()
 def predict_slide(path: str | Path, model: PredictModel, runtime: Runtime, settings: PredictSettings, *,
-                  slide_id: str, progress: bool = True) -> SlidePrediction:
+                  slide_id: str, mpp: float | None = None, objective_power: float | None = None,
+                  progress: bool = True) -> SlidePrediction:
     """Classify every tissue patch of the slide at ``path`` with ``model``.
+
+    ``mpp`` / ``objective_power`` override the slide's own metadata, as a sample sheet's columns of the
+    same names do for extraction (:class:`wsidistill.slides.reader.Slide`).
 
     Raises :class:`~wsidistill.slides.reader.SlideReadError` for an unreadable slide,
     :class:`~wsidistill.patches.extract.MagnificationUnavailable` when the slide's native
@@ -102,7 +106,7 @@ def predict_slide(path: str | Path, model: PredictModel, runtime: Runtime, setti
     grid cell has ``min_tissue_fraction`` tissue; every message names the file.
     """
     started = time.perf_counter()
-    slide_key = (str(Path(path).resolve()), None, None)
+    slide_key = (str(Path(path).resolve()), mpp, objective_power)
     slide = open_slide(*slide_key)
     info = slide.info
     magnification = model.input_magnification
