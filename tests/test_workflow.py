@@ -95,6 +95,9 @@ def test_report_tables_cost_grades_and_attention(tiny_run):
     agreement = pd.read_csv(workdir / "results/attention/agreement.csv")
     assert set(agreement.method) == set(config["methods"])
     assert agreement.mean_correlation.between(-1, 1).all()
+    spike = pd.read_csv(workdir / "results/tables/attention_spike.csv")
+    assert spike.model.tolist()[0] == "teacher" and set(spike.method[1:]) == set(config["methods"])
+    assert spike.spike_share.between(0, 1).all() and (workdir / "results/tables/attention_spike.md").exists()
     for cls in ("NC", "G3", "G4", "G5"):
         assert (workdir / f"results/attention/{cls}.png").stat().st_size > 5_000
 

@@ -212,6 +212,7 @@ def _add_attention(sub):
     a.add_argument("--out-dir", required=True, type=Path)
     a.add_argument("--panel-students", nargs="+", default=[], help="Student names shown in the panels")
     a.add_argument("--samples-per-class", type=int, default=3)
+    a.add_argument("--spike-md", type=Path, help="Markdown table of the fixed-spike share per model (CSV beside it)")
     a.add_argument("--threads", type=int, default=1)
 
 
@@ -376,7 +377,8 @@ def run(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
         attention_study(args.teacher, _pairs(args.students), args.stores, args.out_dir,
-                        panel_students=args.panel_students, samples_per_class=args.samples_per_class)
+                        panel_students=args.panel_students, samples_per_class=args.samples_per_class,
+                        spike_md=args.spike_md)
     elif args.verb == "predict":
         from .predict import PredictSettings, predict_slides
 

@@ -110,6 +110,9 @@ rule attention:
     output:
         csv=report("results/attention/agreement.csv", caption="../report/agreement.rst", category="Attention"),
         md="results/attention/agreement.md",
+        spike_csv=report("results/tables/attention_spike.csv", caption="../report/attention_spike.rst",
+                         category="Attention"),
+        spike_md="results/tables/attention_spike.md",
         panels=report(
             expand("results/attention/{cls}.png", cls=config["classes"]),
             caption="../report/attention.rst",
@@ -132,4 +135,5 @@ rule attention:
         runtime=30,
     shell:
         "wsidistill attention --teacher {input.teacher:q} --students {params.students:q} --stores {input.stores:q} "
-        "--out-dir {params.out_dir:q} --panel-students {params.panel:q} --threads {threads} > {log:q} 2>&1"
+        "--out-dir {params.out_dir:q} --panel-students {params.panel:q} --spike-md {output.spike_md:q} "
+        "--threads {threads} > {log:q} 2>&1"
