@@ -200,7 +200,11 @@ def _add_figures(sub):
     g = sub.add_parser("slide-grades", help="Gleason score and grade group per test slide and model")
     g.add_argument("--predictions", nargs="+", required=True, help="MODEL=PREDICTIONS.zarr")
     g.add_argument("--stores", nargs="+", required=True)
+    g.add_argument("--val-predictions", nargs="+", help="MODEL=PREDICTIONS.zarr on the validation stores: the "
+                   "minimum secondary/tertiary pattern area is chosen on these (default: 0, ISUP as written)")
+    g.add_argument("--val-stores", nargs="+", default=[])
     g.add_argument("--out", required=True, type=Path)
+    g.add_argument("--md", type=Path, help="Markdown summary per model")
     g.add_argument("--threads", type=int, default=1)
 
 
@@ -397,7 +401,8 @@ def run(args: argparse.Namespace) -> None:
     elif args.verb == "slide-grades":
         from .report.slides import write_slide_grades
 
-        write_slide_grades(_pairs(args.predictions), args.stores, args.out)
+        write_slide_grades(_pairs(args.predictions), args.stores, args.out,
+                           _pairs(args.val_predictions) if args.val_predictions else None, args.val_stores, args.md)
 
 
 def _size(args) -> dict:
