@@ -114,7 +114,7 @@ rule slide_grades:
         val_predictions=expand(rules.validate.output.predictions, model=MODELS, seed=SEEDS[0]),
         val_stores=stores("val"),
     output:
-        report("results/tables/slides.csv", caption="../report/slides.rst", category="Slide grades"),
+        csv=report("results/tables/slides.csv", caption="../report/slides.rst", category="Slide grades"),
         md="results/tables/slides.md",
     conda:
         "../../environment.yml"
@@ -131,7 +131,7 @@ rule slide_grades:
         runtime=10,
     shell:
         "wsidistill slide-grades --predictions {params.pairs:q} --stores {input.stores:q} "
-        "--val-predictions {params.val_pairs:q} --val-stores {input.val_stores:q} --out {output[0]:q} "
+        "--val-predictions {params.val_pairs:q} --val-stores {input.val_stores:q} --out {output.csv:q} "
         "--md {output.md:q} --threads {threads} > {log:q} 2>&1"
 
 
