@@ -20,6 +20,7 @@ import zarr
 from PIL import Image
 
 from wsidistill.demo.mixed import KINDS
+from wsidistill.evaluation.grading import MIN_PATTERN_FRACTIONS
 
 
 def test_comparison_table_has_every_method_and_the_teacher(tiny_run):
@@ -95,9 +96,15 @@ def test_report_tables_cost_grades_and_attention(tiny_run):
     summary = grades[grades.slide_id == "ALL"]
     assert len(summary) == 1 + len(config["methods"])
     assert summary.grade_group_accuracy.between(0, 1).all()
+    assert summary.min_pattern_fraction.isin(MIN_PATTERN_FRACTIONS).all()  # chosen on the validation slide
+    assert (summary.min_pattern_fraction_source == "validation").all()
+    assert (workdir / "results/tables/slides.md").exists()
     agreement = pd.read_csv(workdir / "results/attention/agreement.csv")
     assert set(agreement.method) == set(config["methods"])
     assert agreement.mean_correlation.between(-1, 1).all()
+    spike = pd.read_csv(workdir / "results/tables/attention_spike.csv")
+    assert spike.model.tolist()[0] == "teacher" and set(spike.method[1:]) == set(config["methods"])
+    assert spike.spike_share.between(0, 1).all() and (workdir / "results/tables/attention_spike.md").exists()
     for cls in ("NC", "G3", "G4", "G5"):
         assert (workdir / f"results/attention/{cls}.png").stat().st_size > 5_000
 
@@ -199,7 +206,7 @@ def _job_counts(output: str) -> dict[str, int]:
     [
         # CE only: the overlay's `atplus: null` removes config.yaml's AT+ method, so no Teacher cache either.
         ("config/resolution.yaml", {"train_teacher": 3, "distill": 3 * 3}),
-        ("config/benchmark.yaml", {"train_teacher": 3, "teacher_cache": 3, "distill": 10 * 3 * 3}),
+        ("config/benchmark.yaml", {"train_teacher": 3, "teacher_cache": 3, "distill": 12 * 3 * 3}),
     ],
 )
 def test_overlay_configs_plan_the_runs_they_describe(tmp_path, repo_root, run_snakemake, overlay, expected):

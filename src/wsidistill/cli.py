@@ -223,7 +223,11 @@ def _add_figures(sub):
     g = sub.add_parser("slide-grades", help="Gleason score and grade group per test slide and model")
     g.add_argument("--predictions", nargs="+", required=True, help="MODEL=PREDICTIONS.zarr")
     g.add_argument("--stores", nargs="+", required=True)
+    g.add_argument("--val-predictions", nargs="+", help="MODEL=PREDICTIONS.zarr on the validation stores: the "
+                   "minimum secondary/tertiary pattern area is chosen on these (default: 0, ISUP as written)")
+    g.add_argument("--val-stores", nargs="+", default=[])
     g.add_argument("--out", required=True, type=Path)
+    g.add_argument("--md", type=Path, help="Markdown summary per model")
     g.add_argument("--threads", type=int, default=1)
 
 
@@ -235,6 +239,7 @@ def _add_attention(sub):
     a.add_argument("--out-dir", required=True, type=Path)
     a.add_argument("--panel-students", nargs="+", default=[], help="Student names shown in the panels")
     a.add_argument("--samples-per-class", type=int, default=3)
+    a.add_argument("--spike-md", type=Path, help="Markdown table of the fixed-spike share per model (CSV beside it)")
     a.add_argument("--threads", type=int, default=1)
 
 
@@ -411,7 +416,8 @@ def run(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
         attention_study(args.teacher, _pairs(args.students), args.stores, args.out_dir,
-                        panel_students=args.panel_students, samples_per_class=args.samples_per_class)
+                        panel_students=args.panel_students, samples_per_class=args.samples_per_class,
+                        spike_md=args.spike_md)
     elif args.verb == "predict":
         from .predict import PredictSettings, predict_slides
 
@@ -431,7 +437,8 @@ def run(args: argparse.Namespace) -> None:
     elif args.verb == "slide-grades":
         from .report.slides import write_slide_grades
 
-        write_slide_grades(_pairs(args.predictions), args.stores, args.out)
+        write_slide_grades(_pairs(args.predictions), args.stores, args.out,
+                           _pairs(args.val_predictions) if args.val_predictions else None, args.val_stores, args.md)
 
 
 def _size(args) -> dict:

@@ -3,6 +3,7 @@ import pytest
 
 from wsidistill.evaluation.grading import (
     SlideGrade,
+    choose_min_pattern_fraction,
     gleason_score,
     grade_from_patch_labels,
     grade_group,
@@ -136,3 +137,26 @@ def test_grade_from_patch_labels_rejects_bad_labels():
         grade_from_patch_labels([0, 1, 4])
     with pytest.raises(ValueError, match="no tissue"):
         grade_from_patch_labels([-1, -1])
+
+
+def labels(nc=0, g3=0, g4=0, g5=0):
+    """A slide's patch classes: so many NC, G3, G4 and G5 patches."""
+    return np.repeat([0, 1, 2, 3], [nc, g3, g4, g5])
+
+
+def test_min_pattern_fraction_drops_stray_higher_grade_patches():
+    stray = labels(nc=50, g3=97, g4=3)  # 3% pattern 4: counts under the ISUP rules as written
+    assert grade_from_patch_labels(stray).grade_group == 2
+    assert grade_from_patch_labels(stray, min_pattern_fraction=0.05).grade_group == 1
+    assert grade_from_patch_labels(labels(g3=90, g4=10), min_pattern_fraction=0.05).grade_group == 2  # 10% stays
+    assert grade_from_patch_labels(labels(g4=97, g3=3), min_pattern_fraction=0.01).grade_group == 4  # lower: 5% still
+
+
+def test_choice_maximises_validation_agreement_ties_to_smallest():
+    # Slide 1 (annotated 3+3) carries 4% stray pattern 4; slide 2 (annotated 3+4) has 12% pattern 4.
+    predicted, truth = [labels(g3=96, g4=4), labels(g3=88, g4=12)], [1, 2]
+    chosen, agreement = choose_min_pattern_fraction(predicted, truth, grid=(0.0, 0.02, 0.05, 0.1, 0.2))
+    assert agreement == {0.0: 0.5, 0.02: 0.5, 0.05: 1.0, 0.1: 1.0, 0.2: 0.5}
+    assert chosen == 0.05  # 0.05 and 0.1 tie: the smaller
+    assert choose_min_pattern_fraction([labels(g3=10)], [1])[0] == 0.0  # every value agrees: the rules as written
+    assert choose_min_pattern_fraction([], [])[0] == 0.0

@@ -56,7 +56,7 @@ def test_dry_run_plans_the_papers_jobs(sicap, sicap_slides, paper_run):
         for mag in ("5x", "2.5x", "1.25x"):
             assert f"results/models/atplus_{mag}/seed{seed}/model.pt" in output
     assert "--arch vgg16" in output and "--student-input upsampled" in output
-    assert '"lr": 0.0001' in output and '"kd_form": "cross_entropy"' in output
+    assert '"lr": 0.0001' in output and '"kd_ref": 1' in output
     assert not (workdir / "results").exists()
 
 

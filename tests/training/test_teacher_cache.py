@@ -34,6 +34,7 @@ METHODS = [
     {"at": 100, "gradcam": 10},
     {"fma": 10, "mip": 10},
     {"ce": 1, "saliency": 10},
+    {"ce": 1, "kd_ref": 1, "fm": 0.1, "atplus_pearson": 10},  # variants read the logits and the "atplus" map
 ]
 UNION = sorted({term for method in METHODS for term in method})
 QUIET = InferenceSettings(device="cpu", precision="fp32", progress=False)

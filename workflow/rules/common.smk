@@ -230,7 +230,7 @@ def uses_teacher_cache(method):
 
 
 def final_outputs():
-    outputs = [rules.tables.output.md, rules.cost.output.md, rules.slide_grades.output[0], rules.attention.output.md]
+    outputs = [rules.tables.output.md, rules.cost.output.md, rules.slide_grades.output.csv, rules.attention.output.md]
     outputs += expand(rules.heatmaps.output.panel, slide=test_slides())
     outputs += expand(rules.evaluate.output.confusion_png, model=MODELS, seed=SEEDS)
     outputs += expand(rules.train_teacher.output.history_plot, mag=f"{TEACHER_MAG:g}", seed=SEEDS)

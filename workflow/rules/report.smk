@@ -79,12 +79,43 @@ rule heatmaps:
         "--out {output.maps:q} --panel-out {output.panel:q} --threads {threads} > {log:q} 2>&1"
 
 
+rule validate:
+    # each model's predictions on the validation slides, from which slide_grades chooses its grading threshold
+    input:
+        model=model_path("{model}", "{seed}"),
+        stores=stores("val"),
+    output:
+        predictions=directory("results/validation/{model}/seed{seed}.zarr"),
+        metrics="results/validation/{model}/seed{seed}.json",
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/validate/{model}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/validate/{model}/seed{seed}.tsv"
+    params:
+        device=config["device"],
+        precision=config["precision"],
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=EVALUATE_MEM_MB,
+        runtime=EVALUATE_RUNTIME,
+    shell:
+        "wsidistill evaluate --model {input.model:q} --stores {input.stores:q} --predictions {output.predictions:q} "
+        "--metrics {output.metrics:q} --device {params.device:q} --precision {params.precision:q} "
+        "--threads {threads} > {log:q} 2>&1"
+
+
 rule slide_grades:
     input:
         predictions=expand(rules.evaluate.output.predictions, model=MODELS, seed=SEEDS[0]),
         stores=stores("test"),
+        val_predictions=expand(rules.validate.output.predictions, model=MODELS, seed=SEEDS[0]),
+        val_stores=stores("val"),
     output:
-        report("results/tables/slides.csv", caption="../report/slides.rst", category="Slide grades"),
+        csv=report("results/tables/slides.csv", caption="../report/slides.rst", category="Slide grades"),
+        md="results/tables/slides.md",
     conda:
         "../../environment.yml"
     log:
@@ -93,13 +124,15 @@ rule slide_grades:
         "results/benchmarks/slide_grades.tsv"
     params:
         pairs=lambda wildcards, input: [f"{m}={p}" for m, p in zip(MODELS, input.predictions)],
+        val_pairs=lambda wildcards, input: [f"{m}={p}" for m, p in zip(MODELS, input.val_predictions)],
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
     shell:
-        "wsidistill slide-grades --predictions {params.pairs:q} --stores {input.stores:q} --out {output:q} "
-        "--threads {threads} > {log:q} 2>&1"
+        "wsidistill slide-grades --predictions {params.pairs:q} --stores {input.stores:q} "
+        "--val-predictions {params.val_pairs:q} --val-stores {input.val_stores:q} --out {output.csv:q} "
+        "--md {output.md:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule attention:
@@ -110,6 +143,9 @@ rule attention:
     output:
         csv=report("results/attention/agreement.csv", caption="../report/agreement.rst", category="Attention"),
         md="results/attention/agreement.md",
+        spike_csv=report("results/tables/attention_spike.csv", caption="../report/attention_spike.rst",
+                         category="Attention"),
+        spike_md="results/tables/attention_spike.md",
         panels=report(
             expand("results/attention/{cls}.png", cls=config["classes"]),
             caption="../report/attention.rst",
@@ -132,4 +168,5 @@ rule attention:
         runtime=30,
     shell:
         "wsidistill attention --teacher {input.teacher:q} --students {params.students:q} --stores {input.stores:q} "
-        "--out-dir {params.out_dir:q} --panel-students {params.panel:q} --threads {threads} > {log:q} 2>&1"
+        "--out-dir {params.out_dir:q} --panel-students {params.panel:q} --spike-md {output.spike_md:q} "
+        "--threads {threads} > {log:q} 2>&1"

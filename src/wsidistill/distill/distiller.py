@@ -22,8 +22,9 @@ class Distiller(nn.Module):
     ``kd_t2_scaling``, ``kd_form`` ("kl" | "cross_entropy"); ``attention_norm`` ("sample": min-max
     per sample over classes and space, as the reference; "class": per sample and class) for
     ``atplus``/``gradcam``; ``eps``; ``at_p``; ``fma_match``, ``mip_match``, ``saliency_match``
-    ("l2" | "bce" | "dice"). The reference configuration is ``kd_temperature=1``,
-    ``kd_t2_scaling=False``, ``kd_form="cross_entropy"``.
+    ("l2" | "bce" | "dice"). The reference code's KD is the ``kd_ref`` term (``kd`` with
+    ``kd_temperature=1``, ``kd_t2_scaling=False``, ``kd_form="cross_entropy"``); ``atplus_l2``,
+    ``atplus_sum`` and ``atplus_pearson`` are AT+ with a scale-free normalisation.
     """
 
     def __init__(

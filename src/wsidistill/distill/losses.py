@@ -23,6 +23,9 @@ from torch import Tensor, nn
 from .attention import align_map, minmax_normalise
 
 Match = Literal["l2", "bce", "dice"]
+#: How AT+ normalises each map before matching (:func:`normalise_map`).
+Normalise = Literal["minmax", "l2", "sum", "pearson"]
+NORMALISATIONS: tuple[str, ...] = ("minmax", "l2", "sum", "pearson")
 
 
 def safe_sqrt(x: Tensor) -> Tensor:
@@ -92,6 +95,19 @@ def kd(
     return loss.mean() * (temperature**2 if t2_scaling else 1.0)
 
 
+def kd_ref(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """The AT+ reference code's knowledge distillation: ``mean_b sum_c -softmax(z_t)_c log softmax(z_s)_c``.
+
+    ``(B, C)`` logits in, a scalar out. Temperature 1, the Teacher's soft targets against the
+    Student's log-probabilities, no ``T^2`` factor: :func:`kd` with ``temperature=1``,
+    ``t2_scaling=False``, ``form="cross_entropy"``. Not zero when the Student matches (it includes
+    the Teacher's entropy); its gradient is that of the KL. Source: github.com/cvblab/kd_resolution,
+    main.py (``alpha_kd`` branch) of del Amor et al., EUSIPCO 2023. Beside it, ``kd`` defaults to
+    Hinton et al. (2015): ``T = 4``, KL, ``x T^2``.
+    """
+    return kd(student_logits, teacher_logits, temperature=1.0, t2_scaling=False, form="cross_entropy")
+
+
 def fm(student_features: Tensor, teacher_features: Tensor, *, regressor: nn.Module | None = None) -> Tensor:
     """Feature matching: RMSE between last-block features, ``sqrt(mean((r(F_s) - F_t)^2))``.
 
@@ -114,14 +130,62 @@ def _normalised_map_rmse(student_map: Tensor, teacher_map: Tensor, start_dim: in
     )
 
 
-def atplus(student_map: Tensor, teacher_map: Tensor, *, start_dim: int = 1, eps: float = 1e-8) -> Tensor:
-    """AT+: ``mean_b sqrt(mean_{c,i,j} (N(M_s) - N(M_t))^2)`` on AT+ maps ``(B, C, H, W)``.
+def normalise_map(x: Tensor, normalise: Normalise = "minmax", *, eps: float = 1e-8, start_dim: int = 1) -> Tensor:
+    """Normalise maps ``x`` over dims ``start_dim..`` (``n`` elements per group); same shape out.
 
-    ``N`` is min-max normalisation per sample over classes and space (``start_dim=1``, the
-    reference code) or per sample and class (``start_dim=2``).
-    del Amor et al., "Attention to detail: inter-resolution knowledge distillation", EUSIPCO 2023.
+    ``"minmax"``: ``(x - min) / (max - min + eps)`` (del Amor et al., EUSIPCO 2023).
+    ``"l2"``: ``x / (sqrt(mean x^2) + eps)``, unit root mean square: the L2 normalisation of
+    attention transfer (Zagoruyko & Komodakis, ICLR 2017) times ``sqrt(n)``, so values are of order
+    1 like min-max ones and an AT+ weight carries over. ``"sum"``: ``x / (mean x + eps)``, unit
+    mean: the sum normalisation times ``n`` (AT+ maps are non-negative). ``"pearson"``: the z-score
+    ``(x - mean x) / (sqrt(mean (x - mean x)^2) + eps)``; the mean of a product of two z-scores is
+    their Pearson correlation. l2, sum and pearson are scale-free (``N(a x) = N(x)`` for ``a > 0``)
+    and map every constant map to one map (ones; zeros for pearson). Roots by :func:`safe_sqrt`.
     """
-    return _normalised_map_rmse(student_map, teacher_map, start_dim, eps)
+    if normalise == "minmax":
+        return minmax_normalise(x, eps, start_dim)
+    shape = x.shape[:start_dim] + (1,) * (x.dim() - start_dim)
+    flat = x.flatten(start_dim)
+    if normalise == "l2":
+        return x / (safe_sqrt(flat.pow(2).mean(dim=-1)) + eps).view(shape)
+    if normalise == "sum":
+        return x / (flat.mean(dim=-1) + eps).view(shape)
+    if normalise == "pearson":
+        centred = x - flat.mean(dim=-1).view(shape)
+        return centred / (safe_sqrt(centred.flatten(start_dim).pow(2).mean(dim=-1)) + eps).view(shape)
+    raise ValueError(f"AT+ normalisation must be one of {list(NORMALISATIONS)}, got {normalise!r}")
+
+
+def atplus(
+    student_map: Tensor,
+    teacher_map: Tensor,
+    *,
+    start_dim: int = 1,
+    eps: float = 1e-8,
+    normalise: Normalise = "minmax",
+) -> Tensor:
+    """AT+ on AT+ maps ``(B, C, H, W)`` (the Teacher's pooled to the Student's grid, then normalised).
+
+    ``normalise="minmax"`` (the paper): ``mean_b sqrt(mean_{c,i,j} (N(M_s) - N(M_t))^2)``, ``N``
+    min-max per sample over classes and space (``start_dim=1``, the reference code) or per sample
+    and class (``start_dim=2``). del Amor et al., "Attention to detail: inter-resolution knowledge
+    distillation", EUSIPCO 2023.
+
+    Min-max forces one cell of every normalised Student map to 1: a Student that cannot tell where
+    the Teacher looks does best with a fixed spike where Teacher maps are often high, not with the
+    mean map. The scale-free forms (:func:`normalise_map`) remove that incentive; an extension of the
+    paper, not in it. ``"l2"`` and ``"sum"``: the same per-sample RMSE on unit-RMS or unit-mean maps.
+    ``"pearson"``: ``1 - mean r``, ``r`` the Pearson correlation of Student and Teacher map per
+    sample (per sample and class with ``start_dim=2``). For each, the input-independent map with the
+    lowest expected squared loss is the mean normalised Teacher map (for l2 and pearson up to
+    scale), and every constant map scores the same.
+    """
+    teacher_map = align_map(teacher_map.detach(), student_map.shape[-2:])
+    student = normalise_map(student_map, normalise, eps=eps, start_dim=start_dim)
+    teacher = normalise_map(teacher_map, normalise, eps=eps, start_dim=start_dim)
+    if normalise == "pearson":
+        return 1 - (student * teacher).flatten(start_dim).mean(dim=-1).mean()
+    return rmse_per_sample(student, teacher)
 
 
 def gradcam(student_map: Tensor, teacher_map: Tensor, *, start_dim: int = 1, eps: float = 1e-8) -> Tensor:

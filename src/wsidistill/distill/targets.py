@@ -14,9 +14,10 @@ def teacher_targets(teacher: nn.Module, teacher_input: Tensor, terms: Iterable[s
     """Detached Teacher targets for ``terms``, each a per-sample tensor with the batch dim first.
 
     Always ``"logits"`` ``(B, C)`` and ``"features"`` (last block, ``(B, K, H, W)``); plus, per map
-    term in use, the unnormalised map on the Teacher's own grid under the term's name (``"atplus"``,
+    the terms read, the unnormalised map on the Teacher's own grid under its term's name (``"atplus"``,
     ``"gradcam"``: ``(B, C, H, W)``; ``"at"``, ``"fma"``, ``"mip"``: ``(B, 1, H, W)``;
-    ``"saliency"``: ``(B, C, H_in, W_in)``). The loss resamples to the Student's grid. This dict
+    ``"saliency"``: ``(B, C, H_in, W_in)``); ``atplus_l2``, ``atplus_sum`` and ``atplus_pearson``
+    read ``"atplus"``. The loss resamples to the Student's grid. This dict
     is what a Teacher-target cache stores per patch. Options: ``at_p`` (default 2).
     The Teacher must be in eval mode (its batch-norm statistics stay fixed).
     """
@@ -26,7 +27,8 @@ def teacher_targets(teacher: nn.Module, teacher_input: Tensor, terms: Iterable[s
         raise ValueError(f"unknown teacher_targets option(s) {unknown}; valid: {list(TEACHER_OPTIONS)}")
     if teacher.training:
         raise ValueError("the Teacher must be in eval mode: call teacher.eval()")
-    map_terms = [t for t in MAP_TERMS if t in terms]
+    needed = {TERMS[t].target for t in terms}
+    map_terms = [t for t in MAP_TERMS if t in needed]  # a map's own term names it: atplus_l2 reads "atplus"
     input_grad = any(TERMS[t].input_grad for t in map_terms)
     images = teacher_input.detach().requires_grad_(input_grad)
     with torch.set_grad_enabled(input_grad):

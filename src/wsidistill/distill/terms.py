@@ -5,8 +5,9 @@ entry it reads, the options it reads with their defaults and, for a map term, th
 matches (a function of :mod:`wsidistill.distill.attention`) and the options that map reads. Everything
 else (:data:`DEFAULT_OPTIONS`, :data:`TEACHER_OPTIONS`, the Distiller's dispatch, the Teacher-target
 keys a cache holds) is looked up here. Terms follow del Amor et al., "Attention to detail:
-inter-resolution knowledge distillation", EUSIPCO 2023 (``ce``, ``fm``, ``atplus``) and the baselines
-their code compares against.
+inter-resolution knowledge distillation", EUSIPCO 2023 (``ce``, ``fm``, ``atplus``, ``kd_ref``: the KD of
+their code) and the baselines their code compares against; ``atplus_l2``, ``atplus_sum`` and
+``atplus_pearson`` are AT+ with a scale-free normalisation, an extension (``losses.atplus``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,23 @@ def _start_dim(options: Mapping[str, Any]) -> int:
 _CLASS_MAP_OPTIONS = {"attention_norm": "sample", "eps": 1e-8}
 
 
+def _atplus_map(output, weight, images, create_graph) -> Tensor:
+    """All-class AT+ maps of the last block (:func:`~wsidistill.distill.attention.atplus_maps`)."""
+    return atplus_maps(_last(output), classifier_weight=weight)
+
+
+def _atplus(normalise: str) -> Term:
+    """The AT+ term with normalisation ``normalise`` (``losses.atplus``); every variant reads the
+    Teacher's ``atplus`` map, so one Teacher-target cache serves them all."""
+    return Term(
+        loss=lambda i: losses.atplus(i.student_map, i.target, start_dim=_start_dim(i.options), eps=i.options["eps"],
+                                     normalise=normalise),
+        target="atplus",
+        options=_CLASS_MAP_OPTIONS,
+        map=_atplus_map,
+    )
+
+
 def _matched(name: str, map_: Callable[..., Tensor], *, input_grad: bool = False) -> Term:
     """A map term whose loss (``losses.<name>``) compares maps by ``{name}_match`` ("l2" | "bce" | "dice")."""
     loss = getattr(losses, name)
@@ -100,6 +118,8 @@ TERMS: Mapping[str, Term] = MappingProxyType({
         target="logits",
         options={"kd_temperature": 4.0, "kd_t2_scaling": True, "kd_form": "kl"},
     ),
+    # The reference code's KD (T = 1, cross-entropy, no T^2), beside Hinton's above.
+    "kd_ref": Term(loss=lambda i: losses.kd_ref(i.output.logits, i.target), target="logits"),
     "fm": Term(
         loss=lambda i: losses.fm(_last(i.output), i.target, regressor=i.modules.fm_regressor),
         target="features",
@@ -116,12 +136,11 @@ TERMS: Mapping[str, Term] = MappingProxyType({
         options=_CLASS_MAP_OPTIONS,
         map=lambda output, weight, images, create_graph: gradcam_maps(_last(output), classifier_weight=weight),
     ),
-    "atplus": Term(
-        loss=lambda i: losses.atplus(i.student_map, i.target, start_dim=_start_dim(i.options), eps=i.options["eps"]),
-        target="atplus",
-        options=_CLASS_MAP_OPTIONS,
-        map=lambda output, weight, images, create_graph: atplus_maps(_last(output), classifier_weight=weight),
-    ),
+    "atplus": _atplus("minmax"),
+    # AT+ with a scale-free normalisation (losses.normalise_map): no fixed-spike incentive; beyond the paper.
+    "atplus_l2": _atplus("l2"),
+    "atplus_sum": _atplus("sum"),
+    "atplus_pearson": _atplus("pearson"),
     "sr": Term(
         loss=lambda i: losses.sr(_last(i.output).mean(dim=(-2, -1)), i.target, i.modules.teacher_weight,
                                  i.modules.teacher_bias, regressor=i.modules.sr_regressor),
@@ -169,8 +188,9 @@ def check_terms(terms: Iterable[str]) -> tuple[str, ...]:
 
 
 def target_keys(terms: Iterable[str]) -> list[str]:
-    """Teacher-target entries the terms read (``fm`` -> ``features``, ``kd``/``sr`` -> ``logits``, map
-    terms -> their map), in registry order (``logits``, ``features``, then maps); ``ce`` reads none."""
+    """Teacher-target entries the terms read (``fm`` -> ``features``, ``kd``/``kd_ref``/``sr`` -> ``logits``,
+    map terms -> their map, ``atplus_*`` -> ``atplus``), in registry order (``logits``, ``features``,
+    then maps); ``ce`` reads none."""
     needed = {TERMS[t].target for t in check_terms(terms)}
     order = ["logits", "features", *MAP_TERMS]
     return [key for key in order if key in needed]

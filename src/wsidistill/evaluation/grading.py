@@ -22,6 +22,12 @@ Conventions where the rules are silent:
 * A benign slide (no tumour, or tumour below ``min_tumour_fraction`` of the
   tissue) has no patterns and no score (``None``) and grade group 0, the encoding
   used by the PANDA challenge for negative biopsies.
+* ``min_pattern_fraction`` (default 0: the rules as written) is the share of the
+  tumour a pattern other than the primary must cover to count as secondary or
+  tertiary, whatever its grade (a lower grade still needs 5%). A model's stray
+  higher-grade patches would otherwise lift every score; the value is chosen per
+  model on the validation slides, from :data:`MIN_PATTERN_FRACTIONS`, by
+  :func:`choose_min_pattern_fraction`, never on the test slides.
 
 Class order is ordinal and fixed: ``class_names[0]`` is non-cancerous tissue and
 ``class_names[1:]`` are Gleason patterns 3, 4 and 5. The names themselves come
@@ -39,6 +45,8 @@ DEFAULT_CLASS_NAMES = ("NC", "G3", "G4", "G5")
 PATTERNS = (3, 4, 5)
 LOWER_GRADE_MIN_FRACTION = 0.05
 """A lower-grade pattern below this fraction of the tumour area is ignored (ISUP 2014)."""
+MIN_PATTERN_FRACTIONS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
+"""The fixed grid :func:`choose_min_pattern_fraction` picks the secondary/tertiary minimum area from."""
 
 
 @dataclass(frozen=True)
@@ -107,14 +115,17 @@ def grade_slide(
     class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
     *,
     min_tumour_fraction: float = 0.0,
+    min_pattern_fraction: float = 0.0,
 ) -> SlideGrade:
     """Grade a biopsy from the area (or patch count) of each class on the slide.
 
     ``class_areas`` maps class name to area, or is a vector aligned with
     ``class_names``. ``min_tumour_fraction`` is the tumour share of the tissue
     below which the slide is called benign: a few false-positive patches should
-    not turn a benign biopsy into cancer. The default 0.0 applies the ISUP rules
-    as written (any tumour counts); set it per experiment from validation data.
+    not turn a benign biopsy into cancer. ``min_pattern_fraction`` is the tumour
+    share below which a non-primary pattern is ignored (see the module notes).
+    The defaults 0.0 apply the ISUP rules as written (any tumour counts); set
+    them per experiment from validation data.
     """
     areas = _areas_vector(class_areas, class_names)
     tumour_areas = dict(zip(PATTERNS, areas[1:]))
@@ -129,6 +140,7 @@ def grade_slide(
         for p in PATTERNS
         if p != primary
         and tumour_areas[p] > 0
+        and tumour_areas[p] / tumour >= min_pattern_fraction
         and (p > primary or tumour_areas[p] / tumour >= LOWER_GRADE_MIN_FRACTION)
     ]
     secondary = max(counted, default=primary)
@@ -146,6 +158,7 @@ def grade_from_patch_labels(
     class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
     *,
     min_tumour_fraction: float = 0.0,
+    min_pattern_fraction: float = 0.0,
 ) -> SlideGrade:
     """Grade a biopsy from predicted patch classes, using the patch count as area.
 
@@ -159,4 +172,46 @@ def grade_from_patch_labels(
     if tissue.size and (tissue.min() < 0 or tissue.max() >= len(class_names)):
         raise ValueError(f"labels must be -1 or in 0..{len(class_names) - 1}")
     counts = np.bincount(tissue, minlength=len(class_names))
-    return grade_slide(counts, class_names, min_tumour_fraction=min_tumour_fraction)
+    return grade_slide(counts, class_names, min_tumour_fraction=min_tumour_fraction,
+                       min_pattern_fraction=min_pattern_fraction)
+
+
+def grade_group_agreement(
+    predicted: Sequence,
+    truth: Sequence[int],
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+    *,
+    min_pattern_fraction: float = 0.0,
+) -> float:
+    """Share of slides whose grade group from ``predicted`` patch classes (one label vector per
+    slide, -1 not counted) equals ``truth`` (the annotation's grade group per slide); NaN without slides."""
+    if len(predicted) != len(truth):
+        raise ValueError(f"{len(predicted)} predicted slides but {len(truth)} reference grade groups")
+    if not len(truth):
+        return float("nan")
+    groups = [grade_from_patch_labels(labels, class_names, min_pattern_fraction=min_pattern_fraction).grade_group
+              for labels in predicted]
+    return float(np.mean(np.asarray(groups) == np.asarray(truth)))
+
+
+def choose_min_pattern_fraction(
+    predicted: Sequence,
+    truth: Sequence[int],
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+    grid: Sequence[float] = MIN_PATTERN_FRACTIONS,
+) -> tuple[float, dict[float, float]]:
+    """The ``min_pattern_fraction`` of ``grid`` with the highest grade-group agreement on these slides.
+
+    Pass the VALIDATION slides only: ``predicted`` a model's patch classes per slide, ``truth`` the
+    annotation's grade group per slide. Ties go to the smallest value (closest to the ISUP rules
+    as written); without slides the choice is ``grid``'s smallest. Returns the value and the
+    agreement at each grid value.
+    """
+    if not len(grid):
+        raise ValueError("the min_pattern_fraction grid is empty")
+    grid = sorted(float(v) for v in grid)
+    agreement = {v: grade_group_agreement(predicted, truth, class_names, min_pattern_fraction=v) for v in grid}
+    if not len(truth):
+        return grid[0], agreement
+    best = max(agreement.values())
+    return next(v for v in grid if agreement[v] == best), agreement
