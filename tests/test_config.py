@@ -121,3 +121,32 @@ def test_cli_flags_are_read_back_by_the_cli_as_the_section():
         "--patch-size", "64", "--no-reuse-source-tiles", "--y", "1", "2", "--z", '{"a": 1}']
     args = build_parser().parse_args(["extract", "slide.svs", "--out", "s.zarr", *cli_flags(section)])
     assert {key: getattr(args, key) for key in section} == section
+
+
+def _overlay(base: dict, *overlays: dict) -> dict:
+    """Snakemake's merge of --configfile overlays: nested mappings key by key, anything else replaced."""
+    out = copy.deepcopy(base)
+    for overlay in overlays:
+        for key, value in overlay.items():
+            out[key] = _overlay(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+@pytest.mark.parametrize("parts", [["benchmark"], ["study_ce_only"], ["study_ce_only", "study_holdout"]])
+def test_study_cohorts_differ_only_in_their_cues(repo_root, parts):
+    """Issue #19: the absent and degraded cohorts run the same protocol on 10 test patients, split by patient."""
+    from wsidistill.demo import plan_cohort
+
+    read = lambda name: yaml.safe_load((repo_root / "config" / f"{name}.yaml").read_text())  # noqa: E731
+    base = yaml.safe_load((repo_root / "config.yaml").read_text())
+    merged = {cues: validate_config(_overlay(base, *map(read, [parts[0], f"study_{cues}", *parts[1:]])))
+              for cues in ("absent", "degraded")}
+    for config in merged.values():
+        check_config(config)
+    absent, degraded = merged["absent"], merged["degraded"]
+    assert (absent["demo"]["cues"], degraded["demo"]["cues"]) == ("absent", "degraded")
+    assert _overlay(absent, {"demo": {"cues": "degraded"}, "samples": degraded["samples"]}) == degraded
+    demo = degraded["demo"]
+    plan = plan_cohort(demo["slides"], demo["seed"], val_patients=demo["val_patients"], test_patients=demo["test_patients"])
+    test = [s for s in plan if s.split == "test"]
+    assert len(test) >= 10 and len({s.patient_id for s in test}) == 10

@@ -31,11 +31,12 @@ def _json(text: str):
 
 def _add_config_key(parser, key: str, spec: dict) -> None:
     """Option ``--key`` for a config key of schema ``spec``: the schema's type, choices, default and description."""
-    kwargs = {"default": spec.get("default"), "help": spec.get("description")}
-    if spec["type"] == "boolean":
+    kwargs = {"default": spec.get("default"), "help": (spec.get("description") or "").replace("%", "%%") or None}
+    kind = spec["type"] if isinstance(spec["type"], str) else next(t for t in spec["type"] if t != "null")  # nullable: left out
+    if kind == "boolean":
         parser.add_argument(flag_name(key), action=argparse.BooleanOptionalAction, **kwargs)
     else:
-        parser.add_argument(flag_name(key), type=_SCHEMA_TYPES[spec["type"]], choices=spec.get("enum"), **kwargs)
+        parser.add_argument(flag_name(key), type=_SCHEMA_TYPES[kind], choices=spec.get("enum"), **kwargs)
 
 
 def _add_runtime_arguments(parser):
@@ -60,6 +61,7 @@ def _add_demo(sub):
     cohort.add_argument("--width", type=int)
     cohort.add_argument("--height", type=int)
     cohort.add_argument("--threads", type=int, default=1)
+    _add_cohort_keys(cohort, ("cues", "val_patients", "test_patients"))
 
     slide = sub.add_parser("demo-slide", help="write one slide of the demo cohort")
     slide.add_argument("--out", required=True, type=Path)
@@ -69,6 +71,7 @@ def _add_demo(sub):
     slide.add_argument("--width", type=int)
     slide.add_argument("--height", type=int)
     slide.add_argument("--threads", type=int, default=1)
+    _add_cohort_keys(slide, ("cues", "val_patients", "test_patients"))
 
     mixed = sub.add_parser("demo-mixed", help="write the mixed real-world cohort (SVS, generic TIFF, OME-TIFF, DICOM, "
                            "PANDA mask, own class names, marker stroke, unannotated test slide), its sample sheet "
@@ -84,6 +87,14 @@ def _add_demo(sub):
     sheet.add_argument("--slides", type=int, required=True)
     sheet.add_argument("--seed", type=int, required=True)
     sheet.add_argument("--threads", type=int, default=1)
+    _add_cohort_keys(sheet, ("val_patients", "test_patients"))
+
+
+def _add_cohort_keys(parser, keys) -> None:
+    """Options for the `demo` config keys that shape the cohort (cue mode, split sizes), from the schema."""
+    schema = section_schema("demo")
+    for key in keys:
+        _add_config_key(parser, key, schema[key])
 
 
 def _add_extract(sub):
@@ -297,15 +308,17 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     if args.verb == "demo-cohort":
         from .demo import write_cohort
+        from .demo.params import cue_params
 
-        print(write_cohort(args.out, args.slides, args.seed, **_size(args)))
+        print(write_cohort(args.out, args.slides, args.seed, **_splits(args), params=cue_params(args.cues), **_size(args)))
     elif args.verb == "demo-slide":
         from .demo import plan_cohort, write_slide
+        from .demo.params import cue_params
 
-        plan = {s.slide_id: s for s in plan_cohort(args.slides, args.seed)}
+        plan = {s.slide_id: s for s in plan_cohort(args.slides, args.seed, **_splits(args))}
         if args.slide_id not in plan:
             raise ValueError(f"{args.slide_id} is not in a {args.slides}-slide demo cohort (ids: {sorted(plan)})")
-        write_slide(plan[args.slide_id], args.out, **_size(args))
+        write_slide(plan[args.slide_id], args.out, params=cue_params(args.cues), **_size(args))
     elif args.verb == "demo-mixed":
         from .demo.mixed import write_mixed_cohort, write_overlay
 
@@ -313,7 +326,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.verb == "demo-sheet":
         from .demo import plan_cohort, write_sample_sheet
 
-        write_sample_sheet(plan_cohort(args.slides, args.seed), args.out, args.sheet)
+        write_sample_sheet(plan_cohort(args.slides, args.seed, **_splits(args)), args.out, args.sheet)
     elif args.verb == "extract":
         from .patches.extract import EXTRACTION_DEFAULTS, ExtractionSettings, extract_slide
 
@@ -443,6 +456,10 @@ def run(args: argparse.Namespace) -> None:
 
 def _size(args) -> dict:
     return {k: v for k, v in (("width", args.width), ("height", args.height)) if v is not None}
+
+
+def _splits(args) -> dict:
+    return {"val_patients": args.val_patients, "test_patients": args.test_patients}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,3 +44,14 @@ def test_slides_have_two_to_four_grades_and_all_grades_are_frequent():
 def test_too_small_cohort_is_rejected():
     with pytest.raises(ValueError):
         plan_cohort(2, 0)
+
+
+def test_val_and_test_patients_can_be_fixed():
+    """The benchmark cohort: 10 test patients, 3 validation patients, the rest train; slides still by patient."""
+    slides = plan_cohort(24, seed=19, val_patients=3, test_patients=10)
+    patients = {s.patient_id: s.split for s in slides}
+    assert [sum(v == k for v in patients.values()) for k in ("val", "test")] == [3, 10]
+    assert sum(s.split == "test" for s in slides) >= 10
+    assert plan_cohort(12, 0, val_patients=None, test_patients=None) == plan_cohort(12, 0)
+    with pytest.raises(ValueError, match="demo.test_patients"):
+        plan_cohort(6, seed=1, test_patients=5)

@@ -69,7 +69,11 @@ def _load_samples():
     if SOURCE == "demo":
         from wsidistill.demo import plan_cohort
 
-        plan = plan_cohort(DEMO["slides"], DEMO["seed"])
+        try:
+            plan = plan_cohort(DEMO["slides"], DEMO["seed"], val_patients=DEMO["val_patients"],
+                               test_patients=DEMO["test_patients"])
+        except ValueError as err:
+            stop(f"config error: {err}")
         return pd.DataFrame(
             {
                 "slide_id": [s.slide_id for s in plan],

@@ -14,7 +14,7 @@ if SOURCE == "demo":
             out=DEMO_DIR,
             slides=DEMO["slides"],
             seed=DEMO["seed"],
-            size=cli_flags({k: DEMO.get(k) for k in ("width", "height")}),
+            size=cli_flags({k: DEMO.get(k) for k in ("width", "height", "cues", "val_patients", "test_patients")}),
         threads: 1
         resources:
             mem_mb=1500,
@@ -38,10 +38,11 @@ if SOURCE == "demo":
             out=DEMO_DIR,
             slides=DEMO["slides"],
             seed=DEMO["seed"],
+            splits=cli_flags({k: DEMO.get(k) for k in ("val_patients", "test_patients")}),
         threads: 1
         resources:
             mem_mb=500,
             runtime=5,
         shell:
             "wsidistill demo-sheet --out {params.out:q} --sheet {output:q} --slides {params.slides:q} "
-            "--seed {params.seed:q} --threads {threads} > {log:q} 2>&1"
+            "--seed {params.seed:q} {params.splits:q} --threads {threads} > {log:q} 2>&1"

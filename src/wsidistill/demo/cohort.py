@@ -104,14 +104,24 @@ def _write_one(args):
     return write_slide(slide, out_dir, **kwargs)
 
 
-def write_cohort(out_dir: Path, n_slides: int, seed: int, *, workers: int | None = None, **slide_kwargs) -> Path:
-    """Write every slide of plan_cohort(n_slides, seed) plus out_dir/slides.tsv; returns the sheet path.
+def write_cohort(
+    out_dir: Path,
+    n_slides: int,
+    seed: int,
+    *,
+    workers: int | None = None,
+    val_patients: int | None = None,
+    test_patients: int | None = None,
+    **slide_kwargs,
+) -> Path:
+    """Write every slide of plan_cohort(n_slides, seed, val_patients=..., test_patients=...) plus
+    out_dir/slides.tsv; returns the sheet path. `slide_kwargs` go to write_slide (size, variant, params).
 
     Slides are independent, so they are rendered in `workers` processes (default: all cores),
     started with 'spawn': forking a parent whose OpenCV/OpenMP thread pools are running can deadlock.
     """
     out_dir = Path(out_dir)
-    slides = plan_cohort(n_slides, seed)
+    slides = plan_cohort(n_slides, seed, val_patients=val_patients, test_patients=test_patients)
     workers = min(workers or os.cpu_count() or 1, len(slides))
     jobs = [(s, out_dir, slide_kwargs) for s in slides]
     if workers > 1:

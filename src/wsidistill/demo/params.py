@@ -8,7 +8,7 @@ cells shrunk by 1/8 would fall below the 40x pixel and lose the cytology the Tea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 GRADES = ("Benign", "Gleason 3", "Gleason 4", "Gleason 5")
 # QuPath-style display colours of the annotation classes.
@@ -29,6 +29,10 @@ class Cytology:
     nucleolus_sigma: float  # nucleolus size (Gaussian sigma, px): 1-2 px across, invisible after 8x downsampling
     crowding: float  # nucleus spacing / radius: lower = more crowded epithelium
     basal_layer: bool  # flattened basal cells under the secretory cells (present in benign glands only)
+    # nuclear haematoxylin per epithelial area relative to `epithelial_nuclear_od`: crowding and hyperchromasia
+    # that darken carcinoma epithelium at low power. 1 for every grade in the `absent` cohort (grade invisible
+    # in the epithelium's mean colour), rising with grade in the `degraded` one
+    nuclear_od: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -101,3 +105,32 @@ class GeneratorParams:
 
 
 DEFAULT_PARAMS = GeneratorParams()
+
+
+#: Cue modes of the demo cohort (config key `demo.cues`; docs/demo_cohort.md, "Cue modes").
+#: `absent`: the documented default above; nuclear grade cues vanish at 5x and 40% of zones show a
+#: neighbouring grade's architecture, so the grade is partly absent at 5x by construction (a negative control).
+#: `degraded`: architecture cues (lumens, gland spacing, lumen shape) are large enough to stay at least
+#: ~1.5 px at 5x, and crowding/hyperchromasia darken carcinoma epithelium with grade, also in the 40% of
+#: zones drawn with a neighbouring grade's architecture, so the grade is degraded at 5x but still there.
+#: Calibrated on a pilot cohort (seed 7, validation kappas; docs/demo_cohort.md, "Pilot"): with
+#: architecture_overlap 0.3 the CE-only 40x-5x gap was only ~0.09-0.10, so the overlap stays 0.4.
+DEGRADED_PARAMS = replace(
+    DEFAULT_PARAMS,
+    benign_infolding=(0.4, 0.7),  # deeper papillary folds: a star-shaped lumen still at 5x
+    g3_radius=(14.0, 26.0),  # G3 lumens at least 7.5 px in radius: >= 1.9 px across at 5x
+    g3_gap=(8.0, 16.0),  # discrete glands with >= 1 px of stroma between them at 5x
+    cribriform_radius=(32.0, 56.0),
+    cribriform_lumen=(6.0, 10.0),  # punched-out lumens 1.5-2.5 px across at 5x
+    fused_radius=(12.0, 17.0),  # fused-gland lumens >= 1.8 px across at 5x
+    cord_width=(9.0, 12.0),
+    cytology=tuple(replace(c, nuclear_od=od) for c, od in zip(DEFAULT_PARAMS.cytology, (1.0, 1.1, 1.2, 1.3))),
+)
+CUE_MODES = {"absent": DEFAULT_PARAMS, "degraded": DEGRADED_PARAMS}
+
+
+def cue_params(cues: str) -> GeneratorParams:
+    """Generator parameters of cue mode `cues` (a key of CUE_MODES); ValueError for any other name."""
+    if cues not in CUE_MODES:
+        raise ValueError(f"unknown demo cue mode {cues!r}; expected one of {sorted(CUE_MODES)} (config key demo.cues)")
+    return CUE_MODES[cues]

@@ -27,12 +27,14 @@ def _slide_seed(cohort_seed: int, index: int, attempt: int) -> int:
     return int(np.random.SeedSequence([cohort_seed, index, attempt]).generate_state(1)[0])
 
 
-def plan_cohort(n_slides: int, seed: int) -> list[DemoSlide]:
+def plan_cohort(n_slides: int, seed: int, *, val_patients: int | None = None, test_patients: int | None = None) -> list[DemoSlide]:
     """Patients, splits and slide seeds; pure and deterministic.
 
     Patients get one or two slides; about 60/20/20 % of patients go to train/val/test, each split at
-    least one. Slide seeds are chosen (deterministically) so that every split contains all four grades,
-    otherwise a small test split could miss a class and its kappa would be meaningless.
+    least one, unless `val_patients` / `test_patients` fix how many patients go to val / test (the rest
+    train; at least one patient must be left for training). Slide seeds are chosen (deterministically) so
+    that every split contains all four grades, otherwise a small test split could miss a class and its
+    kappa would be meaningless. ValueError for a cohort too small for the requested splits.
     """
     if n_slides < 3:
         raise ValueError("a cohort needs at least 3 slides: one patient per split")
@@ -45,6 +47,10 @@ def plan_cohort(n_slides: int, seed: int) -> list[DemoSlide]:
         sizes.append(1)
     n_pat = len(sizes)
     n_val = n_test = max(1, round(0.2 * n_pat))
+    n_val, n_test = (n if fixed is None else fixed for n, fixed in ((n_val, val_patients), (n_test, test_patients)))
+    if min(n_val, n_test) < 1 or n_val + n_test >= n_pat:
+        raise ValueError(f"{n_slides} slides make {n_pat} patients: too few for {n_val} val and {n_test} test "
+                         "patients plus at least one training patient (demo.slides, demo.val_patients, demo.test_patients)")
     split_of = np.array(["train"] * (n_pat - n_val - n_test) + ["val"] * n_val + ["test"] * n_test)[rng.permutation(n_pat)]
 
     members = [(p, str(split_of[p])) for p, size in enumerate(sizes) for _ in range(size)]

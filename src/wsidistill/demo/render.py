@@ -149,11 +149,11 @@ def _epithelial_nuclei(scene: Scene, p: GeneratorParams, grade_map, d_epi, d_out
         a = np.where(basal, 1.5 * r, a)
         b = np.where(basal, 0.45 * r, b)
         angle = np.where(basal, np.arctan2(by, bx) + np.pi / 2, angle)
-        # same nuclear haematoxylin per epithelial area for every grade (see GeneratorParams)
+        # same nuclear haematoxylin per epithelial area for every grade unless cyto.nuclear_od says otherwise
         coverage = np.pi / (np.sqrt(3) / 2 * cyto.crowding**2)
         if cyto.basal_layer:  # the apical half of the sites was left out, so these nuclei are darker
             coverage /= 2
-        mean_od = p.epithelial_nuclear_od / coverage * (0.9 + 0.2 * u[4])
+        mean_od = p.epithelial_nuclear_od * cyto.nuclear_od / coverage * (0.9 + 0.2 * u[4])
         core = np.where(basal, 1.25 * mean_od, mean_od * (1 - cyto.vesicularity))
         rim = np.where(basal, 1.25 * mean_od, (mean_od - core * _RIM**2) / (1 - _RIM**2))
         has_nucleolus = (u[5] < cyto.nucleolus_prob) & ~basal
