@@ -158,4 +158,4 @@ def test_the_unannotated_test_slide_is_predicted_and_drawn_but_left_out_of_the_m
     assert len(rows) == 1 + len(config["methods"]) and (rows.reference == "unlabelled").all()
     assert rows.true_grade_group.isna().all() and rows.predicted_grade_group.notna().all()
     summary = grades[grades.slide_id == "ALL"]
-    assert (summary.reference == "2 labelled slides, 1 unlabelled left out").all()
+    assert (summary.reference == "labelled slides: 2, unlabelled left out: 1").all()
