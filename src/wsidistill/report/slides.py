@@ -78,7 +78,7 @@ def model_grades(model: str, test: Slides, validation: Slides | None,
     labelled = [row for row in rows if row["reference"] != UNLABELLED]
     truth = np.array([row["true_grade_group"] for row in labelled], dtype=int)
     predicted = np.array([row["predicted_grade_group"] for row in labelled], dtype=int)
-    labelled_predictions = [p for slide_id, (*_, p) in test.items() if (test[slide_id][1] >= 0).any()]
+    labelled_predictions = [p for _, labels, p in test.values() if (labels >= 0).any()]
     classes = next(iter(test.values()))[0] if test else None
     left_out = len(rows) - len(labelled)
     rows.append({
