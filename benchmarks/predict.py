@@ -15,7 +15,9 @@ magnification, infer, write every output (``wsidistill predict``: Zarr, heatmap,
   same Teacher wrapped as a tiatoolbox ``ModelABC``, its own tissue mask, ``--field`` px patches at
   40x (units "power"), written as its Zarr output.
 
-Printed (medians of ``--repeats`` interleaved runs): patches, seconds per slide, patches/s, CPU seconds
+Printed (medians of ``--repeats`` interleaved runs), once for one slide per run (latency) and once for
+``--run-slides`` copies of the slide in one run, as a cohort is predicted (the outputs of one slide are
+written while the next is inferred): patches, seconds per slide, patches/s, CPU seconds
 (user + system, all threads: steadier than wall time on a shared machine) and each run's ratios to the Teacher, then
 the Teacher's peak RSS (VmHWM of the process) at each of ``--rss-sizes``.  On a shared machine the
 figures are noisy; ratios from one run are what to compare.
@@ -81,10 +83,13 @@ def checkpoint(magnification: float, field: int) -> Path:
 
 
 def run_project(slide: Path, magnification: float, args) -> int:
+    """``--slides`` copies of the slide in one ``predict_slides`` call (one run over several slides, as a cohort
+    is predicted: the outputs of one slide are written while the next is inferred); patches of the first."""
     from wsidistill.predict import PredictSettings, predict_slides
 
     with tempfile.TemporaryDirectory() as out:
-        records = predict_slides([slide], checkpoint(magnification, args.field), out, progress=False,
+        records = predict_slides([slide] * args.slides, checkpoint(magnification, args.field), out, progress=False,
+                                 slide_ids=[f"copy{i}" for i in range(args.slides)],
                                  settings=PredictSettings(threads=args.threads, batch_size=args.batch_size),
                                  device=args.device)
     return records[0]["tissue_patches"]
@@ -156,13 +161,16 @@ def worker(args) -> None:
     seconds, cpu_seconds = time.perf_counter() - started, _cpu_seconds() - cpu_started
     peak_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                     if line.startswith("VmHWM"))
-    print(json.dumps({"run": args.worker, "patches": patches, "seconds": seconds, "cpu_seconds": cpu_seconds,
+    print(json.dumps({"run": args.worker, "slides": args.slides, "patches": patches,
+                      "seconds": seconds / args.slides, "cpu_seconds": cpu_seconds / args.slides,
                       "peak_rss_mb": peak_kib / 1024,
                       "load": os.getloadavg()[0]}))
 
 
-def measure(run: str, slide: Path, args) -> dict:
-    command = [sys.executable, __file__, "--worker", run, "--slide", str(slide), "--field", str(args.field),
+def measure(run: str, slide: Path, args, slides: int = 1) -> dict:
+    """One fresh process: ``slides`` copies of ``slide`` in one run; seconds are per slide."""
+    command = [sys.executable, __file__, "--worker", run, "--slide", str(slide), "--slides", str(slides),
+               "--field", str(args.field),
                "--threads", str(args.threads), "--batch-size", str(args.batch_size), "--device", args.device]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -191,6 +199,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each; the table gives medians")
+    parser.add_argument("--run-slides", type=int, default=4,
+                        help="also time our runs over this many copies of the slide in one run (per slide); 1: not")
+    parser.add_argument("--slides", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--worker", choices=RUNS, help=argparse.SUPPRESS)
     parser.add_argument("--slide", type=Path, help=argparse.SUPPRESS)
@@ -202,22 +213,30 @@ def main() -> None:
     for magnification in (40, 20, 10, 5):
         checkpoint(magnification, args.field)
     # repeats interleaved (every run once, then again), so a burst of load elsewhere hits them alike
-    repeats = [[measure(run, slide, args) for run in args.runs] for _ in range(args.repeats)]
+    # every (run, slides) once, then again: a burst of load elsewhere hits them alike
+    plan = [(run, 1) for run in args.runs]
+    if args.run_slides > 1:
+        plan += [(run, args.run_slides) for run in args.runs if run != "tiatoolbox_40x"]
+    repeats = [[measure(run, slide, args, slides) for run, slides in plan] for _ in range(args.repeats)]
     runs = [_median(list(same)) for same in zip(*repeats)]
-    teacher = next((r for r in runs if r["run"] == "teacher_40x" and "error" not in r), None)
     width, height = (int(v) for v in args.size.split("x"))
     print(f"\n{args.size} px ({width * height / 1e9:.2f} gigapixel), {args.field} px field at 40x, "
           f"{args.threads} threads, {args.device}, median of {args.repeats}")
-    print(f"{'run':<16}{'patches':>9}{'s/slide':>10}{'patches/s':>11}{'vs Teacher':>12}"
-          f"{'CPU s':>9}{'CPU vs Teacher':>16}{'peak RSS MB':>13}")
-    for r in runs:
-        if "error" in r:
-            print(f"{r['run']:<16} failed: {r['error']}")
-            continue
-        ratio = f"{teacher['seconds'] / r['seconds']:.2f}x" if teacher else "-"
-        cpu_ratio = f"{teacher['cpu_seconds'] / r['cpu_seconds']:.2f}x" if teacher else "-"
-        print(f"{r['run']:<16}{r['patches']:>9}{r['seconds']:>10.2f}{r['patches'] / r['seconds']:>11.1f}{ratio:>12}"
-              f"{r['cpu_seconds']:>9.2f}{cpu_ratio:>16}{r['peak_rss_mb']:>13.0f}")
+    for slides in sorted({slides for _, slides in plan}):
+        print("\none slide per run (latency)" if slides == 1 else
+              f"\n{slides} slides per run (one predict call over {slides} copies; per slide)")
+        print(f"{'run':<16}{'patches':>9}{'s/slide':>10}{'patches/s':>11}{'vs Teacher':>12}"
+              f"{'CPU s':>9}{'CPU vs Teacher':>16}{'peak RSS MB':>13}")
+        same = [r for r, (_, n) in zip(runs, plan) if n == slides]
+        teacher = next((r for r in same if r["run"] == "teacher_40x" and "error" not in r), None)
+        for r in same:
+            if "error" in r:
+                print(f"{r['run']:<16} failed: {r['error']}")
+                continue
+            ratio = f"{teacher['seconds'] / r['seconds']:.2f}x" if teacher else "-"
+            cpu_ratio = f"{teacher['cpu_seconds'] / r['cpu_seconds']:.2f}x" if teacher else "-"
+            print(f"{r['run']:<16}{r['patches']:>9}{r['seconds']:>10.2f}{r['patches'] / r['seconds']:>11.1f}"
+                  f"{ratio:>12}{r['cpu_seconds']:>9.2f}{cpu_ratio:>16}{r['peak_rss_mb']:>13.0f}")
     rss = [{**measure("teacher_40x", benchmark_slide(size), args), "size": size} for size in args.rss_sizes]
     print("\nTeacher peak RSS by slide size:")
     for r in rss:

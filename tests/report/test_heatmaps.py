@@ -2,7 +2,7 @@ import numpy as np
 import zarr
 from PIL import Image
 
-from wsidistill.report.heatmaps import class_overlay, comparison_panel, slide_heatmap
+from wsidistill.report.heatmaps import blend_on_tissue, class_overlay, comparison_panel, slide_heatmap
 from wsidistill.report.palette import class_rgb
 
 CLASSES = ["NC", "G3", "G4", "G5"]
@@ -48,3 +48,23 @@ def test_a_model_that_always_predicts_one_class_gives_a_single_colour_map(demo_s
     orange = (right[..., 0] - right[..., 2] > 60) & (right[..., 1] > right[..., 2])
     assert orange.sum() > 0.02 * right[..., 0].size
     assert Image.open(tmp_path / "panel.png").size[0] > Image.open(tmp_path / "panel.png").size[1]
+
+
+def test_blend_on_tissue_is_straight_alpha_over_the_grey_thumbnail():
+    # A 4x4 thumbnail at 50 level-0 px per px: left half (R, G, B) = (30, 60, 90) -> grey 60, right half white.
+    thumbnail = np.zeros((4, 4, 3), np.uint8)
+    thumbnail[:, :2] = (30, 60, 90)
+    thumbnail[:, 2:] = 255
+    # 2x2 grid of 100 px cells: cell (0, 0) pure red at alpha 0.5, cell (1, 1) transparent, no cell beyond.
+    overlay = np.zeros((2, 2, 4), np.float32)
+    overlay[0, 0] = (1, 0, 0, 0.5)
+    full = blend_on_tissue(thumbnail, overlay, cell=100, downsample=50, max_side=4)
+    assert full.shape == (4, 4, 3) and full.dtype == np.uint8
+    np.testing.assert_array_equal(full[0, 0], (np.rint(60 * 0.5 + 255 * 0.5), 30, 30))  # (158, 30, 30)
+    np.testing.assert_array_equal(full[3, 0], (60, 60, 60))  # cell (1, 0): transparent, grey shows
+    np.testing.assert_array_equal(full[0, 3], (255, 255, 255))
+    # max_side 2: box-averaged by 2 first, and each output pixel takes the cell under its centre
+    half = blend_on_tissue(thumbnail, overlay, cell=100, downsample=50, max_side=2)
+    assert half.shape == (2, 2, 3)
+    np.testing.assert_array_equal(half[0, 0], full[0, 0])
+    np.testing.assert_array_equal(half[1, 1], (255, 255, 255))

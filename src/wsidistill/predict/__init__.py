@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -58,17 +59,44 @@ def predict_slides(slides: Sequence[str | Path], model_path: str | Path, out_dir
     torch.set_num_threads(settings.threads)
     runtime = Runtime.create(device, precision)
     model = PredictModel.load(model_path, runtime)
-    records, failures = [], []
-    for path, slide_id in tqdm(list(zip(slides, ids)), desc="predict", unit="slide", disable=not progress):
+    records: list[dict | None] = []
+    failures: list[str] = []
+
+    def failed(index: int, path, slide_id: str, err: InputError) -> None:
+        message = str(err).splitlines()[0]
+        tqdm.write(f"wsidistill predict: error: {message}", file=sys.stderr)  # not inside a progress bar line
+        failures.append(f"{slide_id} ({message})")
+        records[index] = {"slide_id": slide_id, "path": str(path), "status": "failed", "error": message}
+
+    def finish(pending) -> None:
+        """Wait for a slide's outputs; its record (or its one-line failure) takes the slide's place."""
+        index, path, slide_id, written = pending
         try:
-            prediction = predict_slide(path, model, runtime, settings, slide_id=slide_id, mpp=mpp,
-                                       objective_power=objective_power, progress=progress)
-            records.append(write_slide_outputs(prediction, model, out_dir, min_tumour_fraction=min_tumour_fraction))
+            records[index] = written.result()
         except InputError as err:
-            message = str(err).splitlines()[0]
-            tqdm.write(f"wsidistill predict: error: {message}", file=sys.stderr)  # not inside a progress bar line
-            failures.append(f"{slide_id} ({message})")
-            records.append({"slide_id": slide_id, "path": str(path), "status": "failed", "error": message})
+            failed(index, path, slide_id, err)
+
+    # The outputs of slide i (Zarr, heatmap, GeoJSON, grade) are written on a second thread while slide i + 1
+    # is read and inferred; at most one slide's outputs wait, so memory stays bounded.  A Student's inference
+    # is short and leaves a core idle: over many slides this hides most of its per-slide output cost
+    # (benchmarks/predict.py, "per slide in a run of N").
+    pending = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsidistill-predict-writer") as writer:
+        for path, slide_id in tqdm(list(zip(slides, ids)), desc="predict", unit="slide", disable=not progress):
+            records.append(None)
+            try:
+                prediction = predict_slide(path, model, runtime, settings, slide_id=slide_id, mpp=mpp,
+                                           objective_power=objective_power, progress=progress)
+            except InputError as err:
+                failed(len(records) - 1, path, slide_id, err)
+                continue
+            if pending:
+                finish(pending)
+            pending = (len(records) - 1, path, slide_id,
+                       writer.submit(write_slide_outputs, prediction, model, out_dir,
+                                     min_tumour_fraction=min_tumour_fraction))
+        if pending:
+            finish(pending)
     if summary is not False:
         write_summary(records, summary or Path(out_dir) / "summary.csv")
     if failures:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -146,6 +147,7 @@ def slide_record(prediction: SlidePrediction, model: PredictModel, *, min_tumour
 def write_slide_outputs(prediction: SlidePrediction, model: PredictModel, out_dir: str | Path, *,
                         min_tumour_fraction: float = 0.0) -> dict:
     """Write the four per-slide outputs; the JSON last, so its presence means the others are complete."""
+    started = time.perf_counter()
     paths = outputs_for(out_dir, prediction.slide_id)
     write_probabilities(prediction, model, paths["zarr"])
     prediction_heatmap(paths["zarr"], paths["heatmap"],
@@ -153,6 +155,7 @@ def write_slide_outputs(prediction: SlidePrediction, model: PredictModel, out_di
     write_geojson(prediction, model.classes, paths["geojson"])
     record = {**slide_record(prediction, model, min_tumour_fraction=min_tumour_fraction),
               "outputs": {kind: str(path) for kind, path in paths.items()}}
+    record["timings"] = {**record["timings"], "write_s": time.perf_counter() - started}  # all but the JSON itself
     write_json(paths["json"], record)
     return record
 

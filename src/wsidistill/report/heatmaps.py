@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import zarr  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from ..evaluation.splits import UNLABELLED  # noqa: E402
 from ..io import save_figure  # noqa: E402
@@ -36,11 +37,36 @@ def class_overlay(classes_per_patch: np.ndarray, coords: np.ndarray, cell: int, 
     return rgba
 
 
+def blend_on_tissue(thumbnail: np.ndarray, overlay: np.ndarray, cell: float, downsample: float,
+                    max_side: int) -> np.ndarray:
+    """The grid ``overlay`` alpha-blended over the grey ``thumbnail``, at ``max_side`` px or a whole reduction of it.
+
+    ``thumbnail`` (h, w, 3) uint8 at ``downsample`` level-0 px per px; ``overlay`` (rows, columns, 4) float RGBA
+    in [0, 1], one cell per ``cell`` level-0 px.  Returns (h', w', 3) uint8, h' = ceil(h / f), w' = ceil(w / f)
+    for the smallest whole factor f that fits ``max_side``: grey is the mean of R, G and B after a box average
+    over f x f px, then ``overlay`` (straight alpha, nearest cell at each pixel's centre) goes over it.  Grey tissue
+    underneath keeps the overlay's hues equal to the legend's.
+
+    This is what matplotlib drew from two full-size images per panel (grey thumbnail, then the overlay on top)
+    at 20x the cost: 0.54 of the 0.9 s a 5x Student's whole-slide ``predict`` took (``benchmarks/predict.py``).
+    """
+    factor = max(1, -(-max(thumbnail.shape[:2]) // max(1, int(max_side))))
+    reduced = np.asarray(Image.fromarray(np.ascontiguousarray(thumbnail[..., :3])).reduce(factor), np.float32)
+    grey = reduced.mean(axis=-1, keepdims=True)
+    scale = factor * downsample / cell  # cells per output px
+    rows = np.floor((np.arange(grey.shape[0]) + 0.5) * scale).astype(int)
+    columns = np.floor((np.arange(grey.shape[1]) + 0.5) * scale).astype(int)
+    inside = (rows[:, None] < overlay.shape[0]) & (columns[None, :] < overlay.shape[1])
+    cells = overlay[np.minimum(rows, overlay.shape[0] - 1)[:, None], np.minimum(columns, overlay.shape[1] - 1)[None, :]]
+    alpha = np.where(inside, cells[..., 3], 0)[..., None]
+    return np.rint(grey * (1 - alpha) + 255 * cells[..., :3] * alpha).astype(np.uint8)
+
+
 def _show_overlay(axis, thumbnail, overlay, cell, grid, downsample, title):
-    # Grey tissue underneath keeps the overlay's hues equal to the legend's.
-    axis.imshow(thumbnail.mean(axis=-1), cmap="gray", vmin=0, vmax=255)
-    extent = (0, grid["columns"] * cell / downsample, grid["rows"] * cell / downsample, 0)
-    axis.imshow(overlay, extent=extent, interpolation="nearest")
+    extent = axis.get_window_extent()  # the panel's size in output pixels (the figure's dpi), before layout
+    # twice the panel's pixels: matplotlib's antialiasing then draws it as it drew the full thumbnail
+    image = blend_on_tissue(thumbnail, overlay, cell, downsample, 2 * max(extent.width, extent.height))
+    axis.imshow(image, extent=(0, thumbnail.shape[1], thumbnail.shape[0], 0))
     axis.set_xlim(0, thumbnail.shape[1])
     axis.set_ylim(thumbnail.shape[0], 0)
     axis.set_title(title, fontsize=9)
