@@ -154,3 +154,15 @@ def test_the_extract_command_takes_the_context_and_its_threshold(panda, tmp_path
     assert error.startswith(f"wsidistill extract: error: {files['mask']}: `label_mask_context` values [0] are not "
                             "tissue of a class") and error.count("\n") == 1
     assert not (tmp_path / "b.zarr").exists()
+
+
+def test_glands_no_patch_is_labelled_with_are_a_warning_in_the_summary(panda, tmp_path):
+    """With `min_epithelium_fraction` 1 no patch holding stroma is graded: the G5 glands, all in stroma, label
+    nothing, and the summary names the class the slide's labels lost."""
+    files, _, _ = panda
+    settings = ExtractionSettings(**{**SETTINGS.__dict__, "min_epithelium_fraction": 1.0})
+    with pytest.warns(UserWarning, match=r"_mask\.tiff: G5 glands in 46 patch\(es\), but no patch labelled G5 \("):
+        summary = extract_slide(files["slide"], tmp_path / "s.zarr", settings, slide_id="s",
+                                label_mask=files["mask"], progress=False)
+    assert summary["patches_per_class"]["G5"] == 0
+    assert any("but no patch labelled G5" in w and "--min-epithelium-fraction" in w for w in summary["warnings"])

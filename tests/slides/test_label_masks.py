@@ -16,6 +16,7 @@ from wsidistill.slides.annotations import (
     context_labels,
     label_mask_fractions,
     majority_labels,
+    unlabelled_gland_classes,
 )
 
 CELL = 16
@@ -110,3 +111,25 @@ def test_a_context_value_that_is_no_class_is_one_line_naming_the_file(tmp_path):
     message = str(err.value)
     assert message.startswith(f"{tmp_path / 'm.tiff'}: `label_mask_context` values [0, 300] are not tissue of a class")
     assert "\n" not in message
+
+
+def test_a_cancer_focus_too_small_to_label_any_patch_is_named(tmp_path):
+    """A 4 px Karolinska cancer focus (1.6% of its patch) leaves its patch -1 and no patch cancer: the slide's
+    labels would not show the cancer, so the class is reported (extraction turns it into a warning)."""
+    cells = [cell(1, (2, slice(7, 9), slice(7, 9))), cell(1)]
+    coords, size = write_mask(tmp_path / "k.tiff", cells)
+    fractions, context = label_mask_fractions(tmp_path / "k.tiff", {0: None, 1: "NC", 2: "cancer"},
+                                              ("NC", "cancer"), coords, CELL, size, KAROLINSKA_CONTEXT)
+    labels = context_labels(fractions, context, 0.5, 0.05)
+    assert labels.tolist() == [-1, 0]
+    assert unlabelled_gland_classes(fractions, context, labels, ("NC", "cancer")) == {"cancer": 1}
+    labels = context_labels(fractions, context, 0.5, 0.01)
+    assert labels.tolist() == [1, 0] and unlabelled_gland_classes(fractions, context, labels, ("NC", "cancer")) == {}
+
+
+def test_a_mask_coarser_than_16_px_per_patch_side_is_a_warning(tmp_path):
+    coords, (width, height) = write_mask(tmp_path / "m.tiff", list(RADBOUD_CELLS.values()))
+    with pytest.warns(UserWarning, match=r"m\.tiff: the mask holds 8 px per patch side \(1/2 of the slide\)"):
+        fractions, _ = label_mask_fractions(tmp_path / "m.tiff", RADBOUD_CLASSES, GLEASON, coords, CELL,
+                                            (width * 2, height * 2), RADBOUD_CONTEXT)
+    assert fractions.shape == (6, 4)

@@ -50,6 +50,7 @@ from ..slides.annotations import (
     majority_labels,
     read_annotations,
     read_tissue_mask,
+    unlabelled_gland_classes,
 )
 from ..slides.grid import GridError, PatchGrid, field_cell, magnification_name, patch_pixels
 from ..slides.reader import Slide, SlideInfo, TiffTiles
@@ -461,6 +462,12 @@ def extract_slide(
         note(str(warning.message))
     if context is not None:
         labels = context_labels(fractions, context, settings.min_label_fraction, settings.min_epithelium_fraction)
+        lost = unlabelled_gland_classes(fractions, context, labels, settings.classes)
+        if lost:
+            shown = ", ".join(f"{name} glands in {count} patch(es)" for name, count in lost.items())
+            note(f"{label_mask}: {shown}, but no patch labelled {' or '.join(lost)} (each under `extraction.min_epithelium_fraction` {settings.min_epithelium_fraction:g} "
+                 "of its tissue, or out-voted by other glands): those classes are absent from this slide's labels. "
+                 "Lower it (--min-epithelium-fraction) to label them")
     else:
         labels = majority_labels(fractions, settings.min_label_fraction, undecided)
     if require_labels and not (labels >= 0).any():

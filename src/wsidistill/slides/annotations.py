@@ -351,6 +351,11 @@ def label_mask_fractions(
         level_index = fine_enough[-1] if fine_enough else 0
         level, downsample = mask.levels[level_index], downsamples[level_index]
         side = max(1, min(MASK_PIXELS_PER_CELL, round(cell / downsample)))  # mask px per cell side after resampling
+        if cell / downsample < MASK_PIXELS_PER_CELL:
+            warnings.warn(f"{path}: the mask holds {cell / downsample:g} px per patch side (1/{downsample:g} of the "
+                          f"slide), under {MASK_PIXELS_PER_CELL}: thin glands are lost and labels near "
+                          "`min_label_fraction` / `min_epithelium_fraction` are coarse. Export the mask at a finer "
+                          "scale", stacklevel=2)
         cell_xy = coords // cell
         column0, columns = cell_xy[:, 0].min(), cell_xy[:, 0].max() - cell_xy[:, 0].min() + 1
         rows_per_band = max(1, int(MASK_BAND_PIXELS // (columns * cell * cell / downsample**2)))
@@ -391,6 +396,16 @@ def check_label_mask_context(value_classes: Mapping, context: Collection[int], s
         raise AnnotationError(f"{source}: `label_mask_context` values {bad} are not tissue of a class (mask values "
                               f"are 0-255 and `label_mask_classes` maps them to null): map them to a class in "
                               "`label_mask_classes` or remove them from `label_mask_context`")
+
+
+def unlabelled_gland_classes(fractions: np.ndarray, context: np.ndarray, labels: np.ndarray,
+                             classes: Sequence[str]) -> dict[str, int]:
+    """Class -> the number of patches holding its epithelium, for each class whose epithelium (``fractions``
+    minus ``context``, (N, C)) lies in some patch while no patch has its label (``labels`` (N,)): a tumour
+    focus too small for ``min_epithelium_fraction``, or out-voted, that the slide's labels would not show."""
+    shown = (np.asarray(fractions, np.float64) - np.asarray(context, np.float64)) > FRACTION_EPS
+    return {name: int(shown[:, k].sum()) for k, name in enumerate(classes)
+            if shown[:, k].any() and not (labels == k).any()}
 
 
 def context_labels(fractions: np.ndarray, context: np.ndarray, min_label_fraction: float,
