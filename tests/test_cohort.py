@@ -14,7 +14,7 @@ import zarr
 
 from wsidistill.demo.formats import draw_marker_stroke
 from wsidistill.demo.mixed import KINDS, MARKER_WIDTH_PER_512, TIFF_MPP
-from wsidistill.slides.annotations import majority_labels
+from wsidistill.slides.annotations import context_labels, majority_labels
 
 CLASSES = ["NC", "G3", "G4", "G5"]
 
@@ -109,21 +109,32 @@ def test_a_generic_tiff_at_another_mpp_keeps_the_field_of_view(cohort, sources):
     assert len(agree) > 20 and np.mean(agree) >= 0.9
 
 
-def test_a_panda_label_mask_labels_the_patches(cohort, sources):
-    """The Radboud mask gives the class fractions and the majority rule the labels; wherever the mask grades a
-    patch as cancer, the grade is the one the GeoJSON of the same slide gives it. (Under the default
-    `label_mask_classes` stroma counts as NC, so a tumour patch that is mostly stroma is NC: see
-    docs/real_world_inputs.md, "The tested cohort".)"""
+def test_a_panda_label_mask_grades_the_patches_by_their_glands(cohort, sources):
+    """The Radboud mask grades a patch by its glands, its stroma (`label_mask_context`) only as context
+    (slides.annotations.context_labels): of the 166 patches the GeoJSON of the same slide grades G4, 101 are
+    G4 from the mask (by pixel area, stroma voting NC, 11 were); the other 65 hold no gland (51 pure stroma,
+    NC) or a sliver under `extraction.min_epithelium_fraction` of their tissue (14, -1). No patch gets
+    another grade than the GeoJSON's."""
     workdir, _, _ = cohort
     group = store(workdir, "panda")
     assert group.attrs["label_mask"].endswith("panda_mask.tiff") and group.attrs["annotations"] is None
-    fractions, labels = group["class_fractions"][:], group["labels"][:]
-    np.testing.assert_array_equal(labels, majority_labels(fractions, group.attrs["min_label_fraction"]))
+    fractions, context, labels = group["class_fractions"][:], group["context_fractions"][:], group["labels"][:]
+    assert group.attrs["label_mask_context"] == [1] and group.attrs["min_epithelium_fraction"] == 0.05
+    np.testing.assert_array_equal(labels, context_labels(fractions, context, group.attrs["min_label_fraction"],
+                                                         group.attrs["min_epithelium_fraction"]))
     source = patches(sources["panda"])
     ours = patches(group)
     assert ours.keys() == source.keys()
-    graded = [(label, source[xy]) for xy, label in ours.items() if label > 0]
-    assert len(graded) >= 5 and all(label == geojson for label, geojson in graded)
+    index = {xy: i for i, xy in enumerate(map(tuple, group["coords"][:].tolist()))}
+    tumour = [(ours[xy], label, index[xy]) for xy, label in source.items() if label > 0]
+    graded = [(label, geojson) for label, geojson, _ in tumour if label > 0]
+    assert len(tumour) == 166 and len(graded) == 101 and all(label == geojson for label, geojson in graded)
+    epithelium = (fractions - context).sum(axis=1) / np.maximum(fractions.sum(axis=1), 1e-9)
+    stroma = [i for label, _, i in tumour if label == 0]
+    sliver = [i for label, _, i in tumour if label == -1]
+    assert len(stroma) == 51 and (epithelium[stroma] == 0).all()
+    assert len(sliver) == 14 and (epithelium[sliver] > 0).all() and (epithelium[sliver] < 0.05).all()
+    assert (majority_labels(fractions, group.attrs["min_label_fraction"]) > 0).sum() == 11  # stroma voting
 
 
 def test_the_marker_slide_keeps_its_tissue(cohort, sources):

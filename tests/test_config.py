@@ -41,6 +41,8 @@ def test_default_config_passes(config):
         (lambda c: c.update(distill_options={"kd_temprature": 2}), "`distill_options` has unknown key(s) ['kd_temprature']"),
         (lambda c: c.update(panel_methods=["nosuch"]), "`panel_methods` names ['nosuch']"),
         (lambda c: c.update(label_mask_classes={"3": "G6"}), "`label_mask_classes` maps to ['G6']"),
+        (lambda c: c.update(label_mask_context=[0, 1]), "config: `label_mask_context` values [0] are not tissue"),
+        (lambda c: c.update(label_mask_classes={"0": None, "1": None, "2": "G3"}), "`label_mask_context` values [1]"),
     ],
 )
 def test_bad_values_name_the_key(config, change, message):

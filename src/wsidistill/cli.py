@@ -106,6 +106,9 @@ def _add_extract(sub):
     p.add_argument("--label-mask", type=Path, help="PANDA-style label mask TIFF (instead of --annotations)")
     p.add_argument("--label-mask-classes", type=_json,
                    help='JSON: mask value -> class or null, default Radboud {"0": null, "1": "NC", "2": "NC", "3": "G3", ...}')
+    p.add_argument("--label-mask-context", type=int, nargs="*", default=config_default("label_mask_context"),
+                   help="label mask values that are tissue context (stroma), graded by the glands they hold; "
+                        "none: every value votes by its area (default 1: Radboud stroma, Karolinska benign tissue)")
     p.add_argument("--tissue-mask", type=Path, help="PNG/JPEG/TIFF tissue mask (nonzero = tissue) replacing detection")
     p.add_argument("--summary", type=Path, help="extraction summary JSON")
     p.add_argument("--qc", type=Path, help="quality-control PNG: thumbnail, tissue mask and kept patches")
@@ -339,6 +342,7 @@ def run(args: argparse.Namespace) -> None:
             scheduler_address=args.scheduler_address,
             **({"label_mask_classes": {int(k): v for k, v in args.label_mask_classes.items()}}
                if args.label_mask_classes else {}),
+            label_mask_context=tuple(args.label_mask_context),
         )
         summary = extract_slide(
             args.slide, args.out, settings, slide_id=args.slide_id or args.slide.stem, annotations=args.annotations,

@@ -172,4 +172,11 @@ def check_config(config: dict) -> None:
                      - set(config["classes"]))
     if unknown:
         raise ConfigError(f"`label_mask_classes` maps to {unknown}, which are not in `classes` {config['classes']}")
+    from .slides.annotations import RADBOUD_CLASSES, AnnotationError, check_label_mask_context
+
+    try:
+        check_label_mask_context(config.get("label_mask_classes") or RADBOUD_CLASSES,
+                                 config.get("label_mask_context") or ())
+    except AnnotationError as err:
+        raise ConfigError(str(err)) from None
     _check_methods(config)

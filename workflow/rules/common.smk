@@ -152,7 +152,8 @@ EXTRACT_FLAGS = [
     "--classes", *config["classes"],
     "--class-map", json.dumps(config["annotation_classes"]),
     *cli_flags(config["extraction"]),
-    *cli_flags({"label_mask_classes": config.get("label_mask_classes") or None}),
+    *cli_flags({"label_mask_classes": config.get("label_mask_classes") or None,
+                "label_mask_context": config["label_mask_context"]}),
 ]
 
 

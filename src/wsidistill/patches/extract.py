@@ -38,17 +38,19 @@ from tqdm import tqdm
 from zarr.codecs import BloscCodec
 from zarr.storage import MemoryStore
 
-from ..config import section_defaults
+from ..config import config_default, section_defaults
 from ..errors import InputError, UnlabelledSlideError
 from ..io import atomic_path, write_json
 from ..slides.annotations import (
     RADBOUD_CLASSES,
     AnnotationError,
     class_fractions,
+    context_labels,
     label_mask_fractions,
     majority_labels,
     read_annotations,
     read_tissue_mask,
+    unlabelled_gland_classes,
 )
 from ..slides.grid import GridError, PatchGrid, field_cell, magnification_name, patch_pixels
 from ..slides.reader import Slide, SlideInfo, TiffTiles
@@ -122,6 +124,10 @@ class ExtractionSettings:
     reuse_source_tiles: bool = EXTRACTION_DEFAULTS["reuse_source_tiles"]
     scheduler_address: str | None = None
     label_mask_classes: dict[int, str | None] = field(default_factory=lambda: dict(RADBOUD_CLASSES))
+    #: label-mask values that are tissue context (stroma), graded by the glands they hold (context_labels)
+    label_mask_context: tuple[int, ...] = tuple(config_default("label_mask_context"))
+    #: epithelium share of a label-mask patch's labelled tissue from which its glands decide its label
+    min_epithelium_fraction: float = EXTRACTION_DEFAULTS["min_epithelium_fraction"]
     #: who gets the area where annotations of different classes overlap (slides.annotations.OVERLAP_RULES)
     annotation_overlap: str = EXTRACTION_DEFAULTS["annotation_overlap"]
     extra_attrs: dict = field(default_factory=dict)
@@ -437,7 +443,7 @@ def extract_slide(
     keep, coords, blocks = plan_blocks(keep, grid, (block_columns, block_rows))
 
     fractions = np.zeros((len(keep), len(settings.classes)))
-    undecided, overlaps = None, {}
+    undecided, overlaps, context = None, {}, None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if annotations:
@@ -450,11 +456,20 @@ def extract_slide(
                                "undecided_patches": int((touched[:, k] & (undecided > 0)).sum())}
                         for k, pair in enumerate(regions.overlaps)}
         elif label_mask:
-            fractions = label_mask_fractions(label_mask, settings.label_mask_classes, settings.classes, coords, cell,
-                                             info.dimensions)
+            fractions, context = label_mask_fractions(label_mask, settings.label_mask_classes, settings.classes,
+                                                      coords, cell, info.dimensions, settings.label_mask_context)
     for warning in caught:
         note(str(warning.message))
-    labels = majority_labels(fractions, settings.min_label_fraction, undecided)
+    if context is not None:
+        labels = context_labels(fractions, context, settings.min_label_fraction, settings.min_epithelium_fraction)
+        lost = unlabelled_gland_classes(fractions, context, labels, settings.classes)
+        if lost:
+            shown = ", ".join(f"{name} glands in {count} patch(es)" for name, count in lost.items())
+            note(f"{label_mask}: {shown}, but no patch labelled {' or '.join(lost)} (each under `extraction.min_epithelium_fraction` {settings.min_epithelium_fraction:g} "
+                 "of its tissue, or out-voted by other glands): those classes are absent from this slide's labels. "
+                 "Lower it (--min-epithelium-fraction) to label them")
+    else:
+        labels = majority_labels(fractions, settings.min_label_fraction, undecided)
     if require_labels and not (labels >= 0).any():
         source = annotations or label_mask
         detail = (f"{source} labels none of its {len(keep)} tissue patches at `extraction.min_label_fraction` "
@@ -473,6 +488,8 @@ def extract_slide(
     root.create_array(store.LABELS, data=labels)
     root.create_array(store.TISSUE_FRACTION, data=tissue_fraction[keep].astype(np.float32))
     root.create_array(store.CLASS_FRACTIONS, data=fractions.astype(np.float32))
+    if context is not None:
+        root.create_array(store.CONTEXT_FRACTIONS, data=context.astype(np.float32))
     for name, image in ((store.THUMBNAIL, thumbnail), (store.TISSUE_MASK, stored_mask)):  # read whole: one chunk
         root.create_array(name, data=image, chunks=image.shape, compressors=PATCH_CODEC)
     images = create_image_arrays(root, len(keep), sides, (kept_as_tiles, tiles) if tiles is not None else None)
@@ -498,6 +515,8 @@ def extract_slide(
         thumbnail_downsample=thumb_downsample,
         min_tissue_fraction=settings.min_tissue_fraction,
         min_label_fraction=settings.min_label_fraction,
+        **({"label_mask_context": list(settings.label_mask_context),
+            "min_epithelium_fraction": settings.min_epithelium_fraction} if label_mask else {}),
         tissue_method=tissue_method,
         read_level=level,
         block_cells=[block_columns, block_rows],

@@ -8,6 +8,7 @@ One Zarr v3 store per slide, ``{slide}.zarr``, written by extraction
     labels (N,) int8           majority class, -1 when unlabelled
     tissue_fraction (N,) f4
     class_fractions (N, C) f4  annotated area of each class in the patch
+    context_fractions (N, C) f4  label masks only: the part of class_fractions from context values (stroma)
     thumbnail (h, w, 3) u1     thumbnail_downsample level-0 px per thumbnail px
     tissue_mask (h, w) bool
     40x/images (N, P, P, 3) u1 one group per magnification, P = patch px there
@@ -47,6 +48,8 @@ COORDS = "coords"
 LABELS = "labels"
 TISSUE_FRACTION = "tissue_fraction"
 CLASS_FRACTIONS = "class_fractions"
+#: Label-mask stores: the part of each class fraction from ``label_mask_context`` values (slides.annotations.context_labels).
+CONTEXT_FRACTIONS = "context_fractions"
 THUMBNAIL = "thumbnail"
 TISSUE_MASK = "tissue_mask"
 #: The array in each magnification's group (``{name}/images``).
@@ -141,6 +144,8 @@ class StoreAttributes(_Attributes):
     thumbnail_downsample: float
     min_tissue_fraction: float = UNSET  # extraction
     min_label_fraction: float
+    label_mask_context: list[int] = UNSET  # extraction from a label mask: its context values
+    min_epithelium_fraction: float = UNSET  # extraction from a label mask
     tissue_method: str
     read_level: int = UNSET  # extraction
     block_cells: list[int] = UNSET  # extraction: [columns, rows]

@@ -18,18 +18,24 @@ gives it to the annotation drawn inside the other, as QuPath's hierarchy reads
 a Gleason 4 nest drawn inside a Benign region.
 
 PANDA-style label masks are rasters whose pixel values are classes (Radboud: 0
-background, 1 stroma, 2 benign epithelium, 3-5 Gleason 3-5); config maps values
+background, 1 stroma, 2 benign epithelium, 3-5 Gleason 3-5; Karolinska: 0
+background, 1 benign tissue, 2 cancer); config ``label_mask_classes`` maps values
 to classes, ``None`` ignoring a value.  Either way a patch's class fractions are
 the share of its area given to each class, and its label is the class with the
 largest share, kept only when that share is at least ``min_label_fraction`` and
 larger than the patch's undecided share; other patches get -1 (kept for
 heatmaps, excluded from training).
+
+A label mask's *context* values (config ``label_mask_context``, default 1:
+Radboud stroma, Karolinska benign tissue) are tissue around the glands, graded as
+a pathologist grades: by its glands (:func:`context_labels`).  Tumour glands sit
+in stroma, so counting stroma as a vote would call most tumour patches benign.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +62,16 @@ UNLABELLED = -1
 
 #: PANDA Radboud mask values -> classes: stroma and benign epithelium are both non-cancerous.
 RADBOUD_CLASSES = {0: None, 1: "NC", 2: "NC", 3: "G3", 4: "G4", 5: "G5"}
+
+#: Radboud's context value: 1, stroma.
+RADBOUD_CONTEXT = (1,)
+
+#: PANDA Karolinska mask values: 0 background, 1 benign tissue (stroma and benign glands), 2 cancer, ungraded:
+#: map 2 to the study's cancer class (`label_mask_classes: {"0": null, "1": NC, "2": <class>}`).
+KAROLINSKA_CONTEXT = (1,)
+
+#: Shares below this are float rounding (a mask sample is at least 1/256 of a patch).
+FRACTION_EPS = 1e-6
 
 #: Mask pixels per cell side used for class fractions: 256 samples per patch, read at the coarsest level that has them.
 MASK_PIXELS_PER_CELL = 16
@@ -300,8 +316,10 @@ def label_mask_fractions(
     coords: np.ndarray,
     cell: int,
     slide_dimensions: tuple[int, int],
-) -> np.ndarray:
-    """(N, C) share of each level-0 cell whose mask value maps to each class.
+    context: Collection[int] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C) share of each level-0 cell whose mask value maps to each class, and (N, C) the part of it
+    from the ``context`` values (zeros when there are none): the inputs of :func:`context_labels`.
 
     The mask is any raster :func:`_open_mask` reads (tiled or stripped TIFF,
     PNG) covering the whole slide at any scale (PANDA: the value in red).
@@ -312,16 +330,19 @@ def label_mask_fractions(
     """
     path = Path(path)
     lut = np.full(256, len(classes), np.int64)  # the extra bin: no class
+    context = {int(v) for v in context}
     for value, name in value_classes.items():
         if name is None:
             continue
         if name not in classes:
             raise AnnotationError(f"{path}: label mask value {value} maps to {name!r}, which is not in `classes` "
                                   f"{list(classes)}. Fix `label_mask_classes`.")
-        lut[int(value)] = list(classes).index(name)
-    fractions = np.zeros((len(coords), len(classes)))
+        lut[int(value)] = list(classes).index(name) + (len(classes) + 1 if int(value) in context else 0)
+    check_label_mask_context(value_classes, context, path)
+    bins_total = 2 * len(classes) + 1  # epithelium classes, no class, context classes
+    fractions = np.zeros((len(coords), bins_total))
     if not len(coords):
-        return fractions
+        return fractions[:, : len(classes)], fractions[:, : len(classes)]
     unmapped = set()
     with _open_mask(path) as mask:
         scale = _mask_scale(path, mask.dimensions, slide_dimensions)
@@ -330,6 +351,11 @@ def label_mask_fractions(
         level_index = fine_enough[-1] if fine_enough else 0
         level, downsample = mask.levels[level_index], downsamples[level_index]
         side = max(1, min(MASK_PIXELS_PER_CELL, round(cell / downsample)))  # mask px per cell side after resampling
+        if cell / downsample < MASK_PIXELS_PER_CELL:
+            warnings.warn(f"{path}: the mask holds {cell / downsample:g} px per patch side (1/{downsample:g} of the "
+                          f"slide), under {MASK_PIXELS_PER_CELL}: thin glands are lost and labels near "
+                          "`min_label_fraction` / `min_epithelium_fraction` are coarse. Export the mask at a finer "
+                          "scale", stacklevel=2)
         cell_xy = coords // cell
         column0, columns = cell_xy[:, 0].min(), cell_xy[:, 0].max() - cell_xy[:, 0].min() + 1
         rows_per_band = max(1, int(MASK_BAND_PIXELS // (columns * cell * cell / downsample**2)))
@@ -347,16 +373,69 @@ def label_mask_fractions(
                 unmapped.update(np.unique(values[bins == len(classes)]).tolist())
             band_rows = np.arange(rows_per_band * side, dtype=np.int32)[:, None] // side
             cell_index = band_rows * columns + np.arange(columns * side, dtype=np.int32) // side
-            counts = np.bincount((cell_index * (len(classes) + 1) + bins).ravel(),
-                                 minlength=rows_per_band * columns * (len(classes) + 1))
-            counts = counts.reshape(rows_per_band * columns, len(classes) + 1)[:, : len(classes)]
+            counts = np.bincount((cell_index * bins_total + bins).ravel(),
+                                 minlength=rows_per_band * columns * bins_total)
+            counts = counts.reshape(rows_per_band * columns, bins_total)
             rows, cols = cell_xy[in_band, 1] - band_row, cell_xy[in_band, 0] - column0
             fractions[in_band] = counts[rows * columns + cols] / side**2
     unmapped -= {int(v) for v in value_classes}
     if unmapped:
         warnings.warn(f"{path}: label mask values {sorted(unmapped)} are not in `label_mask_classes` and were "
                       "ignored", stacklevel=2)
-    return fractions
+    glands, in_context = fractions[:, : len(classes)], fractions[:, len(classes) + 1:]
+    return glands + in_context, in_context
+
+
+def check_label_mask_context(value_classes: Mapping, context: Collection[int], source: object = "config") -> None:
+    """Raise AnnotationError, one line naming ``source``, for a ``label_mask_context`` value outside 0-255
+    or one ``label_mask_classes`` maps to null (context is tissue of a class).  A value absent from
+    ``label_mask_classes`` is no class at all, context or not: it is ignored, as in the mask."""
+    classes = {int(v): name for v, name in value_classes.items()}
+    bad = sorted(int(v) for v in context if not 0 <= int(v) <= 255 or (int(v) in classes and classes[int(v)] is None))
+    if bad:
+        raise AnnotationError(f"{source}: `label_mask_context` values {bad} are not tissue of a class (mask values "
+                              f"are 0-255 and `label_mask_classes` maps them to null): map them to a class in "
+                              "`label_mask_classes` or remove them from `label_mask_context`")
+
+
+def unlabelled_gland_classes(fractions: np.ndarray, context: np.ndarray, labels: np.ndarray,
+                             classes: Sequence[str]) -> dict[str, int]:
+    """Class -> the number of patches holding its epithelium, for each class whose epithelium (``fractions``
+    minus ``context``, (N, C)) lies in some patch while no patch has its label (``labels`` (N,)): a tumour
+    focus too small for ``min_epithelium_fraction``, or out-voted, that the slide's labels would not show."""
+    shown = (np.asarray(fractions, np.float64) - np.asarray(context, np.float64)) > FRACTION_EPS
+    return {name: int(shown[:, k].sum()) for k, name in enumerate(classes)
+            if shown[:, k].any() and not (labels == k).any()}
+
+
+def context_labels(fractions: np.ndarray, context: np.ndarray, min_label_fraction: float,
+                   min_epithelium_fraction: float) -> np.ndarray:
+    """(N,) int8 labels of label-mask patches, graded by their glands rather than by their stroma.
+
+    ``fractions`` (N, C): each class's share of the patch area; ``context`` (N, C): the part of it from the
+    mask's context values (``label_mask_context``: Radboud stroma, Karolinska benign tissue).  The rest is
+    epithelium (glands).  With *tissue* = every labelled pixel of the patch:
+
+    * epithelium at least ``min_epithelium_fraction`` of the tissue: the context is given to the epithelium's
+      classes in proportion to their area, so the patch is graded by its glands (a Gleason 4 gland ring in
+      stroma is G4), then :func:`majority_labels` applies as to annotations: the winning class, which now
+      stands for the whole tissue, must cover ``min_label_fraction`` of the patch;
+    * less (or no) epithelium: the context votes as its own class (pure stroma is NC), but a patch holding
+      epithelium of any other class (a sliver of a tumour gland at its edge) is undecided, -1: never
+      labelled against a gland it shows.
+
+    With no context (``context`` all zero) this is :func:`majority_labels` on ``fractions``.
+    """
+    fractions, context = np.asarray(fractions, np.float64), np.asarray(context, np.float64)
+    epithelium = np.where(fractions - context > FRACTION_EPS, fractions - context, 0.0)
+    tissue, glands = fractions.sum(axis=1), epithelium.sum(axis=1)
+    graded = (glands > 0) & (glands >= min_epithelium_fraction * tissue)
+    share = np.divide(epithelium, glands[:, None], out=np.zeros_like(epithelium), where=glands[:, None] > 0)
+    effective = np.where(graded[:, None], share * tissue[:, None], fractions)
+    other = np.ones_like(epithelium, dtype=bool)  # classes other than the patch's context class
+    other[np.arange(len(other)), context.argmax(axis=1)] = False
+    undecided = np.where(~graded & ((epithelium > 0) & other).any(axis=1), 1.0, 0.0)
+    return majority_labels(effective, min_label_fraction, undecided)
 
 
 def read_tissue_mask(
