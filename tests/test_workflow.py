@@ -276,7 +276,8 @@ def test_ids_with_regex_characters_extract_and_constraints_are_escaped(sheet_coh
 
 
 def test_each_setting_that_shapes_a_store_reruns_exactly_its_jobs(sheet_cohort, repo_root, run_snakemake):
-    """Extraction keys, the class mapping and one slide's sheet override: each change plans its extract jobs."""
+    """Extraction keys, the class mapping and one slide's sheet override: each change plans its extract jobs;
+    label-mask settings plan none for slides annotated in GeoJSON."""
     workdir, rows, targets = sheet_cohort
     base = _sheet_config(repo_root, workdir)
     try:
@@ -290,6 +291,11 @@ def test_each_setting_that_shapes_a_store_reruns_exactly_its_jobs(sheet_cohort, 
         changed = copy.deepcopy(base)
         changed["annotation_classes"]["Gleason 5"] = "G4"
         assert _planned(run_snakemake, workdir, changed, *targets)["extract"] == 3
+        # how label masks are read shapes no store labelled from GeoJSON: these slides do not rerun
+        changed = copy.deepcopy(base)
+        changed.setdefault("extraction", {})["min_epithelium_fraction"] = 0.3
+        changed["label_mask_context"] = []
+        assert _planned(run_snakemake, workdir, changed, *targets) == {}
         (workdir / "config.yaml").write_text(yaml.safe_dump(base))
         _sheet(workdir, [(*row, "0.25" if row[0] == "s-2" else "") for row in rows], extra_columns=["mpp"])
         result = run_snakemake(workdir, "-n", *targets)

@@ -144,6 +144,10 @@ def extract_inputs(wildcards):
     return inputs
 
 
+#: Extraction settings that shape only a store labelled from a label mask: flags of those slides alone (slide_flags),
+#: so changing them reruns no slide annotated in GeoJSON.
+LABEL_MASK_SETTINGS = ("min_epithelium_fraction",)
+
 #: Everything of config that shapes a patch store, as `wsidistill extract` flags: a plain param of rule
 #: extract, so Snakemake's params rerun trigger sees every change.
 EXTRACT_FLAGS = [
@@ -151,10 +155,14 @@ EXTRACT_FLAGS = [
     "--teacher-magnification", str(TEACHER_MAG),
     "--classes", *config["classes"],
     "--class-map", json.dumps(config["annotation_classes"]),
-    *cli_flags(config["extraction"]),
-    *cli_flags({"label_mask_classes": config.get("label_mask_classes") or None,
-                "label_mask_context": config["label_mask_context"]}),
+    *cli_flags({key: value for key, value in config["extraction"].items() if key not in LABEL_MASK_SETTINGS}),
 ]
+
+LABEL_MASK_FLAGS = cli_flags({
+    "label_mask_classes": config.get("label_mask_classes") or None,
+    "label_mask_context": config["label_mask_context"],
+    **{key: config["extraction"].get(key) for key in LABEL_MASK_SETTINGS},
+})
 
 
 def sheet_flags(row, columns=("annotations", "label_mask", "mpp", "objective_power")):
@@ -170,14 +178,14 @@ def sheet_flags(row, columns=("annotations", "label_mask", "mpp", "objective_pow
 
 def slide_flags(wildcards):
     """One slide's sample-sheet entries: its annotations or label mask, tissue mask and mpp/objective_power
-    overrides.
+    overrides, and with a label mask the settings that read it (LABEL_MASK_FLAGS).
 
     A function of the wildcards only (no `input`), so Snakemake records its value and reruns the slide's
     extraction when the sheet changes them.
     """
-    return sheet_flags(
-        SAMPLES.loc[wildcards.slide], ("annotations", "label_mask", "tissue_mask", "mpp", "objective_power")
-    )
+    row = SAMPLES.loc[wildcards.slide]
+    flags = sheet_flags(row, ("annotations", "label_mask", "tissue_mask", "mpp", "objective_power"))
+    return flags + (LABEL_MASK_FLAGS if sheet_flags(row, ("label_mask",)) else [])
 
 
 def sicapv2_inputs(wildcards):
