@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -118,6 +119,34 @@ def test_feature_list_geometry_collection_and_multipolygon_with_holes(tmp_path):
     regions = read_geojson(write(tmp_path, features), CLASS_MAP, CLASSES)  # a bare list, as some tools export
     assert regions["NC"].area == pytest.approx(100)
     assert regions["G5"].area == pytest.approx(400 - 100 + 100)
+
+
+def test_nested_feature_collections_and_bare_geometries_are_read(tmp_path):
+    """Merged exports nest FeatureCollections in `features`; some tools write bare geometries (no Feature)."""
+    nested = {"type": "FeatureCollection", "features": [
+        {"type": "FeatureCollection", "features": [feature("Gleason 3", polygon(0, 0, 10, 10))]},
+        feature("Gleason 5", polygon(20, 0, 30, 10))]}
+    regions = read_geojson(write(tmp_path, nested), CLASS_MAP, CLASSES)
+    assert regions["G3"].area == pytest.approx(100) and regions["G5"].area == pytest.approx(100)
+    for data in (polygon(0, 0, 10, 20), [polygon(0, 0, 10, 10), polygon(0, 10, 10, 20)]):
+        path = write(tmp_path, data, name="bare.geojson")
+        with pytest.raises(AnnotationError, match=r"bare\.geojson: \['<unnamed>'\]"):
+            read_geojson(path, CLASS_MAP, CLASSES)
+        assert read_geojson(path, {"<unnamed>": "G4"}, CLASSES)["G4"].area == pytest.approx(200)
+
+
+@pytest.mark.parametrize(("data", "class_map"), [
+    ({"type": "FeatureCollection", "features": []}, CLASS_MAP),  # QuPath's export of a slide without annotations
+    ([feature("Gleason 3", polygon(0, 0, 10, 10))], {"Gleason 3": None}),  # its only class mapped to null
+    ([feature("Gleason 3", {"type": "MultiPolygon", "coordinates": [square(0, 0, 9, 9)]}),  # one nesting level short
+      feature("Gleason 3", {"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [2, 2], [0, 0]]]})], CLASS_MAP),
+], ids=["empty", "all-null", "none-usable"])
+def test_a_file_with_no_usable_annotation_gives_empty_regions(tmp_path, data, class_map):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = read_annotations(write(tmp_path, data), class_map, CLASSES)
+    assert set(result.regions) == set(CLASSES) and all(g.is_empty for g in result.regions.values())
+    assert result.undecided.is_empty and result.overlap_pairs == {}
 
 
 def test_a_class_mapped_to_null_is_ignored(tmp_path):

@@ -149,7 +149,7 @@ def _resolve_overlaps(geoms: list, class_index: list, names: Sequence[str], rule
     cut: list[list] = [[] for _ in geoms]  # areas each annotation loses to others or to undecided
     undecided, overlaps, pairs = [], {}, {}
     tree = shapely.STRtree(geoms)
-    left, right = tree.query(geoms, predicate="intersects")
+    left, right = tree.query(np.asarray(geoms, dtype=object), predicate="intersects")  # object dtype: none may be empty
     for i, j in zip(left.tolist(), right.tolist()):
         if i >= j or class_index[i] == class_index[j]:
             continue

@@ -53,21 +53,44 @@ def classification_name(feature: dict) -> str | None:
                      '{"name": ...} nor {"names": [...]}')
 
 
+#: GeoJSON geometry types; a bare geometry (a file or list item without a Feature around it) is read as an
+#: unclassified feature.
+GEOMETRY_TYPES = frozenset({"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon",
+                            "GeometryCollection"})
+
+
+def _flatten(items: list, path: Path, depth: int = 0) -> list:
+    """Features of a list whose items may be FeatureCollections (merged exports) or bare geometries."""
+    features = []
+    for item in items:
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "FeatureCollection":
+            nested = item.get("features")
+            if not isinstance(nested, list):
+                raise AnnotationError(f"{path}: a FeatureCollection without a list of features")
+            if depth > 8:
+                raise AnnotationError(f"{path}: FeatureCollections nested more than 8 deep")
+            features.extend(_flatten(nested, path, depth + 1))
+        elif kind in GEOMETRY_TYPES:
+            features.append({"type": "Feature", "geometry": item, "properties": {}})
+        else:
+            features.append(item)
+    return features
+
+
 def read_features(path: Path) -> list:
-    """The file's features: a FeatureCollection's, a single Feature, or a list of features."""
+    """The file's features: a FeatureCollection's (nested collections flattened), a single Feature, a bare
+    geometry (an unclassified feature), or a list of any of these."""
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))  # some Windows tools write a byte-order mark
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise AnnotationError(f"{path}: not readable GeoJSON ({err})") from err
-    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        data = data.get("features")
-    elif isinstance(data, dict) and data.get("type") in ("Feature", "GeometryCollection") or (
-            isinstance(data, dict) and "coordinates" in data):
+    if isinstance(data, dict) and data.get("type") in GEOMETRY_TYPES | {"Feature", "FeatureCollection"}:
         data = [data]
     if not isinstance(data, list):
         raise AnnotationError(f"{path}: expected a GeoJSON FeatureCollection, a Feature or a list of features "
                               "(as QuPath exports them)")
-    return data
+    return _flatten(data, path)
 
 
 def class_names(path: Path, features: list) -> list[str | None]:
