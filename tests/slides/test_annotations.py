@@ -296,3 +296,27 @@ def test_extraction_labels_a_nest_inside_benign_g4_and_counts_the_overlap(tmp_pa
     assert inside.sum() == 6 and (labels[inside] == 2).all() and (labels[~inside] == 0).all()
     assert summary["patches_per_class"] == {"NC": 42, "G3": 0, "G4": 6, "G5": 0, "unlabelled": 0}
     assert summary["annotation_overlaps"] == {"NC/G4": {"annotation_pairs": 1, "patches": 6, "undecided_patches": 0}}
+    assert summary["warnings"] == []
+
+
+def test_three_nested_classes_each_win_inside_and_identical_shapes_of_two_classes_are_unlabelled_with_a_warning(
+        tmp_path, small_slide):
+    import zarr
+
+    from wsidistill.patches.extract import ExtractionSettings, extract_slide
+
+    settings = ExtractionSettings(classes=tuple(CLASSES), class_map=CLASS_MAP, magnifications=(40, 10),
+                                  teacher_magnification=40, patch_size=64, min_tissue_fraction=0)
+    nested = write(tmp_path, [feature("Benign", polygon(0, 0, 512, 384)), feature("Gleason 3", polygon(64, 64, 448, 320)),
+                              feature("Gleason 4", polygon(128, 128, 320, 256))], name="nested.geojson")
+    summary = extract_slide(small_slide, tmp_path / "n.zarr", settings, slide_id="n", annotations=nested, progress=False)
+    assert summary["patches_per_class"] == {"NC": 48 - 24, "G3": 24 - 6, "G4": 6, "G5": 0, "unlabelled": 0}
+    assert summary["warnings"] == []
+    twins = write(tmp_path, [feature("Gleason 3", polygon(64, 64, 448, 320)), feature("Gleason 4", polygon(64, 64, 448, 320))],
+                  name="twins.geojson")
+    with pytest.warns(UserWarning, match="twins.geojson: 24 patch"):
+        summary = extract_slide(small_slide, tmp_path / "t.zarr", settings, slide_id="t", annotations=twins,
+                                progress=False)
+    labels = zarr.open_group(str(tmp_path / "t.zarr"), mode="r")["labels"][:]
+    assert (labels == -1).all() and summary["annotation_overlaps"]["G3/G4"]["undecided_patches"] == 24
+    assert len(summary["warnings"]) == 1 and "`extraction.annotation_overlap`" in summary["warnings"][0]

@@ -470,6 +470,11 @@ def extract_slide(
                  "Lower it (--min-epithelium-fraction) to label them")
     else:
         labels = majority_labels(fractions, settings.min_label_fraction, undecided)
+        lost_to_overlaps = int(((labels < 0) & (undecided > 0)).sum()) if undecided is not None else 0
+        if lost_to_overlaps:
+            pairs = ", ".join(pair for pair, counts in overlaps.items() if counts["undecided_patches"])
+            note(f"{annotations}: {lost_to_overlaps} patch(es) unlabelled (-1) where annotations of {pairs} overlap "
+                 f"and the `{settings.annotation_overlap}` overlap rule gives that area to neither class. Redraw them, or set `extraction.annotation_overlap` (--annotation-overlap)")
     if require_labels and not (labels >= 0).any():
         source = annotations or label_mask
         detail = (f"{source} labels none of its {len(keep)} tissue patches at `extraction.min_label_fraction` "
