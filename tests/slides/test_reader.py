@@ -189,6 +189,27 @@ def test_every_reader_composites_transparent_pixels_on_white_the_same_way(tmp_pa
         assert (pixels[:, 384:] == 255).all(), name
 
 
+def test_premultiplied_and_grey_alpha_tiffs_composite_as_straight_rgba_does(tmp_path):
+    """Associated (premultiplied) alpha and grey + alpha, tiled (OpenSlide would read it) and stripped (tifffile):
+    the same colours as the straight RGBA field, on every path."""
+    rgba = rgba_field()
+    alpha = rgba[..., 3:].astype(np.float64) / 255
+    premultiplied = np.concatenate([np.round(rgba[..., :3] * alpha).astype(np.uint8), rgba[..., 3:]], axis=-1)
+    grey = np.stack([np.full(rgba.shape[:2], 120, np.uint8), rgba[..., 3]], axis=-1)
+    common = dict(resolution=(4e4, 4e4), resolutionunit="CENTIMETER")
+    for name, pixels, photometric, extra, opaque, half in (
+            ("assoc", premultiplied, "rgb", "assocalpha", [200, 100, 50], HALF),
+            ("grey", grey, "minisblack", "unassalpha", [120] * 3, [round(120 * 128 / 255 + 255 * 127 / 255)] * 3)):
+        for layout in (dict(tile=(256, 256)), dict(rowsperstrip=64)):
+            path = tmp_path / f"{name}_{'tiled' if 'tile' in layout else 'stripped'}.tif"
+            tifffile.imwrite(path, pixels, photometric=photometric, extrasamples=[extra], **layout, **common)
+            with Slide(path, mpp=0.25) as slide:
+                read = slide.read_region(0, 0, 0, 512, 8)
+            assert read[0, 100].tolist() == opaque, path.name
+            assert np.abs(read[0, 300].astype(int) - half).max() <= 1, (path.name, read[0, 300])
+            assert (read[:, 384:] == 255).all(), path.name
+
+
 def test_a_stripped_rgba_slide_extracts_white_where_it_is_transparent(tmp_path):
     from wsidistill.patches.extract import ExtractionSettings, extract_slide
 

@@ -188,6 +188,7 @@ class TiffTiles:
         self.tile_width, self.tile_height = int(page.tilewidth), int(page.tilelength)
         self.samples = int(page.samplesperpixel)
         self.fill = fill
+        self.premultiplied = associated_alpha(page)
         self._across = -(-self.width // self.tile_width)
         self._offsets = np.asarray(page.dataoffsets, dtype=np.int64)
         self._bytecounts = np.asarray(page.databytecounts, dtype=np.int64)
@@ -303,12 +304,13 @@ class RasterLevel:
     Zarr view, which decodes only the strips under a read.
     """
 
-    def __init__(self, path: Path, array, fill: int):
+    def __init__(self, path: Path, array, fill: int, *, premultiplied: bool = False):
         self.path = path
         self._array = array
         self.height, self.width = int(array.shape[0]), int(array.shape[1])
         self.samples = int(array.shape[2]) if len(array.shape) == 3 else 1
         self.fill = fill
+        self.premultiplied = premultiplied  # colour samples already multiplied by alpha (TIFF associated alpha)
         self.jpeg = None
 
     def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
@@ -359,7 +361,8 @@ def tifffile_levels(path: Path, fd: int, *, fill: int = 255) -> list | None:
                 core = axes.lstrip("ZTQ")
                 if core not in ("YX", "YXS", "YXC", "CYX", "SYX") or math.prod(level.shape[: len(axes) - len(core)]) != 1:
                     return None
-                levels.append(RasterLevel(path, _View(array, len(axes) - len(core), core[0] in "CS"), fill))
+                levels.append(RasterLevel(path, _View(array, len(axes) - len(core), core[0] in "CS"), fill,
+                                          premultiplied=associated_alpha(page)))
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError):
         return None
     return levels or None
@@ -509,10 +512,12 @@ class Slide:
                 f"{self.path}: cannot be read as a whole-slide image ({err}). "
                 "The file may be truncated or corrupt: re-export or re-copy it, or remove it from the sample sheet."
             ) from err
-        if self._osr is not None and tiff and self._osr.level_count == 1:
-            # OpenSlide sees one level of a TIFF whose pyramid lies elsewhere (an OME-TIFF's SubIFDs)
+        grey_alpha = self._osr is not None and tiff and grey_with_alpha(self.path)
+        if self._osr is not None and tiff and (self._osr.level_count == 1 or grey_alpha):
+            # OpenSlide sees one level of a TIFF whose pyramid lies elsewhere (an OME-TIFF's SubIFDs), or would
+            # composite grey + alpha wrongly (grey_with_alpha)
             levels = tifffile_levels(self.path, self._fd)
-            if levels is not None and len(levels) > 1:
+            if levels is not None and (len(levels) > 1 or grey_alpha):
                 self._osr.close()
                 self._osr, self._tiles = None, levels
         if self._osr is not None:
@@ -642,8 +647,8 @@ class Slide:
             if reader.samples == 3:
                 return pixels
             if out is None:
-                return composite_on_white(pixels)
-            out[:] = composite_on_white(pixels)
+                return composite_on_white(pixels, premultiplied=reader.premultiplied)
+            out[:] = composite_on_white(pixels, premultiplied=reader.premultiplied)
             return out
         x0, y0 = corners.min(axis=0)
         offsets = np.round((corners - (x0, y0)) / downsample).astype(np.int64)
@@ -683,13 +688,15 @@ class Slide:
         return np.concatenate(strips), downsample * width / out_w
 
 
-def composite_on_white(image: np.ndarray) -> np.ndarray:
+def composite_on_white(image: np.ndarray, *, premultiplied: bool = False) -> np.ndarray:
     """RGB uint8 (..., 3) of RGB or straight-alpha RGBA (..., 4) pixels laid on white, as glass looks.
 
     ``rgb * a + 255 * (1 - a)`` with a = alpha / 255: OpenSlide's Python
     binding un-premultiplies its ARGB, and TIFF's unassociated alpha is
     straight, so every reader composites the same way; alpha 0 is white
-    whatever colour the transparent pixels hold.
+    whatever colour the transparent pixels hold.  ``premultiplied``: the
+    colour is already ``rgb * a`` (a TIFF's associated alpha, ExtraSamples 1),
+    so only ``255 * (1 - a)`` is added.
     """
     if image.shape[-1] in (1, 2):  # grey, grey + alpha
         image = np.concatenate([np.repeat(image[..., :1], 3, axis=-1), image[..., 1:]], axis=-1)
@@ -699,4 +706,22 @@ def composite_on_white(image: np.ndarray) -> np.ndarray:
     if alpha.min() == 255:
         return np.ascontiguousarray(rgb)
     alpha = alpha.astype(np.uint32)
+    if premultiplied:
+        return np.minimum(rgb + (255 - alpha), 255).astype(np.uint8)
     return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+
+
+def associated_alpha(page: tifffile.TiffPage) -> bool:
+    """Whether the page's extra sample is associated (premultiplied) alpha."""
+    return tifffile.EXTRASAMPLE.ASSOCALPHA in tuple(page.extrasamples or ())
+
+
+def grey_with_alpha(path: Path) -> bool:
+    """Whether the TIFF's first page is grey + alpha, which libtiff hands OpenSlide un-premultiplied (so
+    OpenSlide's binding, un-premultiplying it again, would lighten every translucent pixel)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            return page.photometric == tifffile.PHOTOMETRIC.MINISBLACK and page.samplesperpixel == 2
+    except (tifffile.TiffFileError, ValueError, OSError):
+        return False
