@@ -4,6 +4,7 @@ Each test writes its own mask, one 16 x 16 px cell per patch, so the mask is rea
 cell side) and every class fraction is an exact count of pixels / 256.
 """
 
+import cv2
 import numpy as np
 import pytest
 import tifffile
@@ -133,3 +134,22 @@ def test_a_mask_coarser_than_16_px_per_patch_side_is_a_warning(tmp_path):
         fractions, _ = label_mask_fractions(tmp_path / "m.tiff", RADBOUD_CLASSES, GLEASON, coords, CELL,
                                             (width * 2, height * 2), RADBOUD_CONTEXT)
     assert fractions.shape == (6, 4)
+
+
+def test_any_tissue_mask_form_reads_as_the_same_mask(tmp_path):
+    """Issue 17, kind 6: a left-half tissue mask of a 768 x 512 slide at a 3.3 downsample, as 0/1 PNG, as white
+    on a transparent (white, alpha 0) background, as a 1-bit CCITT TIFF: the same mask, the same scale."""
+    from PIL import Image
+
+    from wsidistill.slides.annotations import read_tissue_mask
+
+    left = np.zeros((155, 233), np.uint8)
+    left[:, :116] = 1
+    cv2.imwrite(str(tmp_path / "ones.png"), left)
+    rgba = np.full(left.shape + (4,), 255, np.uint8)
+    rgba[..., 3] = left * 255
+    cv2.imwrite(str(tmp_path / "alpha.png"), rgba)
+    Image.fromarray(left * 255).convert("1").save(tmp_path / "bilevel.tif", compression="group4")
+    for name in ("ones.png", "alpha.png", "bilevel.tif"):
+        mask, downsample = read_tissue_mask(tmp_path / name, (768, 512))
+        assert downsample == pytest.approx(768 / 233) and (mask == left.astype(bool)).all(), name

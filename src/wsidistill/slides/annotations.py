@@ -299,8 +299,11 @@ def _open_mask(path: Path) -> TiffPyramid | _ImageMask:
         try:
             return TiffPyramid(path)
         except ValueError as err:
-            raise AnnotationError(str(err)) from err
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # 1-bit CCITT masks: libtiff decodes them, 0/255
+            if image is None or image.dtype != np.uint8:
+                raise AnnotationError(str(err)) from err
+    else:
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None or image.dtype != np.uint8:
         raise AnnotationError(f"{path}: not a readable 8-bit mask (TIFF, PNG or another image OpenCV reads, one "
                               "value per pixel). Re-export it as an 8-bit image.")
@@ -454,5 +457,7 @@ def read_tissue_mask(
         big_enough = [lv for lv in pyramid.levels if max(lv.width, lv.height) >= min_side]
         level = big_enough[-1] if big_enough else pyramid.levels[0]
         image = level.read(0, 0, level.width, level.height)
-    mask = (image[..., :3] > 0).any(axis=-1)
+    mask = (image[..., :3] > 0).any(axis=-1) if image.shape[-1] in (3, 4) else image[..., 0] > 0
+    if image.shape[-1] in (2, 4):  # an alpha channel: transparent pixels are no tissue, whatever colour they hold
+        mask &= image[..., -1] > 0
     return mask, _mask_scale(path, (mask.shape[1], mask.shape[0]), slide_dimensions)
