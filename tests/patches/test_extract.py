@@ -136,6 +136,25 @@ def test_a_slide_without_tissue_stops_its_extraction_naming_it_and_the_choices(t
     assert summary["tissue_patches"] == (512 // 64) * (384 // 64)
 
 
+def test_a_slide_whose_tissue_lies_only_in_cells_under_the_threshold_says_how_much_the_best_holds(tmp_path):
+    """Issue 17, kind 7: tissue specks, each a quarter of a 128 px cell, are not "no tissue"."""
+    from wsidistill.demo.formats import aperio_description, write_pyramid
+
+    image = np.full((512, 768, 3), 242, np.uint8)
+    for y in (64, 320):
+        for x in (64, 320, 576):
+            cv2.circle(image, (x, y), 36, (190, 90, 160), -1)  # pi 36^2 / 128^2 = 25% of its cell
+    path = tmp_path / "specks.svs"
+    write_pyramid(path, [(0, image)], 768, 512, description=aperio_description(768, 512, 40, 0.25, "specks"),
+                  mpp=0.25, aperio=True)
+    settings = ExtractionSettings(classes=("NC", "G3"), class_map={}, magnifications=(40, 10),
+                                  teacher_magnification=40, patch_size=128)
+    with pytest.raises(NoTissueError, match=r"specks\.svs: too little tissue for a patch \(hsv-otsu: the most covered "
+                                            r"128 px cell holds 25% tissue, under `extraction.min_tissue_fraction` 0\.5"):
+        extract_slide(path, tmp_path / "s.zarr", settings, slide_id="s", progress=False)
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_a_20x_slide_stops_its_extraction_below_the_teachers_40x(tmp_path, capsys):
     """Issue 17, kind 7: skipping 40x would let `train-teacher` fail later; the job names the slide and choices."""
     files = write_slide(plan_cohort(6, 0)[0], tmp_path, width=768, height=512, variant="svs20")

@@ -94,8 +94,15 @@ def require_magnification(path, info: SlideInfo, magnification: float, needed_by
             f"{info.objective_power:g}x ({info.objective_power_source}); slides are never upsampled. {choices}")
 
 
-def no_tissue_error(path, method: str, cell: int, min_tissue_fraction: float, choices: str) -> NoTissueError:
-    """:class:`NoTissueError` naming the slide, the tissue method and threshold, and ``choices``."""
+def no_tissue_error(path, method: str, cell: int, min_tissue_fraction: float, choices: str,
+                    fraction: np.ndarray | None = None) -> NoTissueError:
+    """:class:`NoTissueError` naming the slide, the tissue method and threshold, and ``choices``; with the cells'
+    tissue ``fraction``, a slide whose tissue lies only in cells under the threshold says how much the best holds."""
+    most = float(np.max(fraction)) if fraction is not None and np.size(fraction) else 0.0
+    if most > 0:
+        return NoTissueError(f"{path}: too little tissue for a patch ({method}: the most covered {cell} px cell holds "
+                             f"{most:.0%} tissue, under `extraction.min_tissue_fraction` {min_tissue_fraction:g}). "
+                             f"{choices}")
     return NoTissueError(f"{path}: no tissue found ({method}, no {cell} px cell at least {min_tissue_fraction:g} "
                          f"tissue). {choices}")
 
@@ -424,7 +431,7 @@ def extract_slide(
             slide_path, tissue_method, cell, settings.min_tissue_fraction,
             "Check the slide holds stained tissue; lower `extraction.min_tissue_fraction` (--min-tissue-fraction) or "
             "change `extraction.tissue_method`, give a tissue mask (`tissue_mask` sheet column, --tissue-mask), "
-            "or remove the slide from the sample sheet.")
+            "or remove the slide from the sample sheet.", tissue_fraction)
     timings["tissue_s"] = time.perf_counter() - started
 
     try:

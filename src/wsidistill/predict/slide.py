@@ -119,7 +119,7 @@ def predict_slide(path: str | Path, model: PredictModel, runtime: Runtime, setti
     if not len(tissue.keep):
         raise no_tissue_error(path, tissue.method, cell, settings.min_tissue_fraction,
                               "Check the slide holds stained tissue, or lower --min-tissue-fraction or change "
-                              "--tissue-method.")
+                              "--tissue-method.", tissue.fraction)
     level = slide.best_level_for(info.objective_power / magnification)
     blocks_rc = block_shape(cell, slide.tile_size(level), info.level_downsamples[level], settings.block_cells)
     _, coords, blocks = plan_blocks(tissue.keep, grid, blocks_rc)
