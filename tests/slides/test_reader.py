@@ -99,7 +99,7 @@ def test_every_disagreement_is_handled_or_named(tmp_path):
     assert len(resolution.warnings) == 1 and all(s in resolution.warnings[0] for s in (
         "p250.mrxs", "20x", "0.243", "`objective_power`", "`mpp`"))
     # a placeholder resolution (72 dpi) is ignored, and without a power the slide cannot be placed
-    with pytest.raises(SlideReadError, match=r"dpi\.tif: the slide records neither.*`mpp`"):
+    with pytest.raises(SlideReadError, match=r"dpi\.tif: the slide records neither.*`mpp`.*--mpp / --objective-power"):
         resolve_resolution("dpi.tif", 352.8, None)
     resolution = resolve_resolution("dpi.tif", 352.8, 20)
     assert resolution[:3] == (0.5, "derived from objective power", 20) and "352.8" in resolution.warnings[0]

@@ -133,7 +133,8 @@ def resolve_resolution(
     implausible values are returned as warnings naming the same.
     """
     notes = []
-    fix = "Set the `mpp` or `objective_power` column for this slide in the sample sheet to override."
+    fix = ("Set the `mpp` or `objective_power` column for this slide in the sample sheet (--mpp / --objective-power "
+           "on the command line) to override.")
     mpp_source = power_source = "metadata"
     if mpp is not None and not PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]:
         notes.append(f"{path}: the file's mpp {mpp:g} um/px is outside the range of slide scanners "
@@ -146,12 +147,12 @@ def resolve_resolution(
     if mpp is not None and mpp_y is not None and abs(mpp_y / mpp - 1) > SQUARE_TOLERANCE:
         raise SlideReadError(f"{path}: the pixels are not square ({mpp:g} x {mpp_y:g} um): patches would be "
                              "stretched. Resample the slide to square pixels, or, if the metadata is wrong, set "
-                             "the `mpp` column for this slide in the sample sheet.")
+                             "the `mpp` column for this slide in the sample sheet (--mpp).")
     if mpp is None and objective_power is None:
         raise SlideReadError(
             f"{path}: the slide records neither microns per pixel nor objective power. "
             "Add an `mpp` (e.g. 0.25 for 40x) or `objective_power` column value for this slide "
-            "in the sample sheet."
+            "in the sample sheet (--mpp / --objective-power on the command line)."
         )
     if objective_power is None:
         objective_power = standard_power(mpp)
