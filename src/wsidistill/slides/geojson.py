@@ -137,6 +137,6 @@ def check_annotation_classes(paths: Sequence[str | Path], class_map: Mapping[str
     if problems:
         raise AnnotationError(
             f"annotation classes not in config `annotation_classes` (known: {sorted(class_map)}), or unreadable "
-            "annotations: " + "; ".join(problems) + ". Add the classes to the mapping (null ignores a class) or "
+            "annotations: " + "; ".join(problem.rstrip(".") for problem in problems) + ". Add the classes to the mapping (null ignores a class) or "
             "remove those annotations."
         )
