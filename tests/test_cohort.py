@@ -111,8 +111,8 @@ def test_a_generic_tiff_at_another_mpp_keeps_the_field_of_view(cohort, sources):
 
 def test_a_panda_label_mask_grades_the_patches_by_their_glands(cohort, sources):
     """The Radboud mask grades a patch by its glands, its stroma (`label_mask_context`) only as context
-    (slides.annotations.context_labels): of the 166 patches the GeoJSON of the same slide grades G4, 101 are
-    G4 from the mask (by pixel area, stroma voting NC, 11 were); the other 65 hold no gland (51 pure stroma,
+    (slides.annotations.context_labels): of the 167 patches the GeoJSON of the same slide grades G4, 101 are
+    G4 from the mask (by pixel area, stroma voting NC, 11 were); the other 66 hold no gland (52 pure stroma,
     NC) or a sliver under `extraction.min_epithelium_fraction` of their tissue (14, -1). No patch gets
     another grade than the GeoJSON's."""
     workdir, _, _ = cohort
@@ -128,11 +128,11 @@ def test_a_panda_label_mask_grades_the_patches_by_their_glands(cohort, sources):
     index = {xy: i for i, xy in enumerate(map(tuple, group["coords"][:].tolist()))}
     tumour = [(ours[xy], label, index[xy]) for xy, label in source.items() if label > 0]
     graded = [(label, geojson) for label, geojson, _ in tumour if label > 0]
-    assert len(tumour) == 166 and len(graded) == 101 and all(label == geojson for label, geojson in graded)
+    assert len(tumour) == 167 and len(graded) == 101 and all(label == geojson for label, geojson in graded)
     epithelium = (fractions - context).sum(axis=1) / np.maximum(fractions.sum(axis=1), 1e-9)
     stroma = [i for label, _, i in tumour if label == 0]
     sliver = [i for label, _, i in tumour if label == -1]
-    assert len(stroma) == 51 and (epithelium[stroma] == 0).all()
+    assert len(stroma) == 52 and (epithelium[stroma] == 0).all()
     assert len(sliver) == 14 and (epithelium[sliver] > 0).all() and (epithelium[sliver] < 0.05).all()
     assert (majority_labels(fractions, group.attrs["min_label_fraction"]) > 0).sum() == 11  # stroma voting
 

@@ -241,7 +241,7 @@ def test_an_ome_tiff_pyramid_in_subifds_is_used(slides, tmp_path):
     with Slide(path) as slide:
         assert slide.info.level_dimensions == ((1024, 768), (256, 192), (64, 48))
         assert slide.info.pixel_reader == "tiff tiles" and slide.info.mpp == 0.25 and slide.info.objective_power == 40
-        thumbnail, downsample = slide.thumbnail(1024)
+        thumbnail, downsample = slide.thumbnail(64)  # the coarsest level at least 64 px wide: the SubIFD pyramid's last
         assert downsample == 16
         np.testing.assert_array_equal(thumbnail, levels[2])
         np.testing.assert_array_equal(slide.read_region(1, 400, 200, 50, 30), levels[1][50:80, 100:150])
@@ -277,3 +277,18 @@ def test_a_disagreement_in_the_file_reaches_the_extraction_summary(slides, tmp_p
         summary = extract_slide(path, tmp_path / "s.zarr", settings, slide_id="s", progress=False)
     assert summary["magnifications"] == ["40x", "10x"] and summary["tissue_patches"] == 4 * 3
     assert any("using 40x from the mpp" in w and "`objective_power`" in w for w in summary["warnings"])
+
+
+def test_the_thumbnail_does_not_depend_on_the_files_pyramid_layout(slides, tmp_path):
+    """Same pixels, pyramids of 1/4/16 and 1/4 (OME-TIFF SubIFDs): one thumbnail, so one tissue mask. It comes from
+    the coarsest level still ``max_side`` px wide (level 0 here), not the file's coarsest level (64 or 256 px)."""
+    level0 = tifffile.imread(slides["svs40"], level=0)
+    thumbnails = []
+    for count in (3, 2):
+        path = tmp_path / f"levels{count}.ome.tif"
+        write_ome_tiff(path, pyramid_levels(level0, count), 0.25)
+        with Slide(path) as slide:
+            thumbnail, downsample = slide.thumbnail(512)
+        assert thumbnail.shape == (384, 512, 3) and downsample == 2
+        thumbnails.append(thumbnail)
+    np.testing.assert_array_equal(*thumbnails)

@@ -674,7 +674,8 @@ class Slide:
 
     def thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, float]:
         """An RGB thumbnail and its level-0 downsample factor, read in strips so memory stays bounded."""
-        level = len(self.info.level_dimensions) - 1
+        # the coarsest level still max_side px wide (else level 0): the mask's resolution is not the file's layout's
+        level = max((i for i, d in enumerate(self.info.level_dimensions) if max(d) >= max_side), default=0)
         width, height = self.info.level_dimensions[level]
         scale = max(1.0, max(width, height) / max_side)
         out_w, out_h = max(1, round(width / scale)), max(1, round(height / scale))
