@@ -45,8 +45,18 @@ def demo_epochs() -> int:
 def child(args) -> dict:
     """Both runs in this process, epochs interleaved (the first run's epoch e, then the second's, the order
     alternating each epoch), so that each pair of epochs meets the same load on a shared machine."""
+    import torch
+
+    from wsidistill.models import build_model
+    from wsidistill.patches.dataset import StorePatches
     from wsidistill.training.loop import Trainer, TrainJob, TrainSettings
 
+    # Warm the process up first (allocator, kernels for this input size), or the run that goes first pays it.
+    torch.set_num_threads(1)
+    side = StorePatches(args.stores[:1], [args.magnification]).shapes[f"{args.magnification:g}x"][0]
+    model = build_model("smallcnn", len(CLASSES))
+    for _ in range(3):
+        model(torch.rand(32, 3, side, side)).logits.sum().backward()
     order = [0, 1 << 20] if args.round % 2 == 0 else [1 << 20, 0]  # memory budgets: streamed, in memory
     runs, trainers = {}, {}
     with tempfile.TemporaryDirectory() as out:
