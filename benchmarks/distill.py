@@ -181,7 +181,8 @@ def main(argv=None) -> dict:
     if args.cache:
         files = [f for f in cache_path.rglob("*") if f.is_file()]
         summary = {"seconds": float("nan"), "disk_bytes": sum(f.stat().st_size for f in files),
-                   "nbytes": {k: zarr.open_array(str(cache_path / k)).nbytes for k in zarr.open_group(str(cache_path)).attrs["keys"]}}
+                   "nbytes": {k: group[k].nbytes for group in [zarr.open_group(str(cache_path))]
+                              for k in group.attrs["keys"] if k not in group.attrs.get("derived", {})}}
     else:
         summary = build_teacher_cache(teacher_path, stores, cache_path, WEIGHTS, settings=InferenceSettings(
             device="cpu", precision="fp32", threads=args.threads, progress=False))

@@ -1,12 +1,12 @@
 """Memory and time of training and of the Teacher-cache build as the cohort grows (issue 18).
 
     .venv/bin/python benchmarks/scale.py                                   # 1x, 4x, 16x the demo's patches
-    .venv/bin/python benchmarks/scale.py --base-patches 400 --scales 1 4 16  # a quarter of it
+    .venv/bin/python benchmarks/scale.py --side 256                        # at the demo's 256 px (slower)
     .venv/bin/python benchmarks/scale.py --demo-stores results/patches/demo0*.zarr   # + streamed vs in memory
 
-Synthetic stores (smooth colour fields whose tint follows the label, 128 px at 40x, Blosc-LZ4 chunks of
-2 MiB as extraction writes them; 200 patches a slide) at each multiple of ``--base-patches`` (the demo
-has about 1,600 labelled training patches). Every measurement runs in a fresh child process, so its
+Synthetic stores (smooth colour fields whose tint follows the label, ``--side`` px at 40x, default 128,
+Blosc-LZ4 chunks of 2 MiB as extraction writes them; 200 patches a slide) at each multiple of
+``--base-patches`` (default 415: the demo's labelled training patches at its 256 px field of view). Every measurement runs in a fresh child process, so its
 peak RSS is its own:
 
 * ``train``: one epoch of Teacher training (smallcnn, batch 32, D4, 1 intra-op thread) with patches
@@ -47,8 +47,9 @@ SIDE = 128
 PER_SLIDE = 200
 
 
-def write_cohort(root: Path, patches: int, seed: int) -> list[str]:
-    """``patches`` labelled 40x patches in stores of PER_SLIDE, written through the store layout's writers."""
+def write_cohort(root: Path, patches: int, seed: int, side: int = SIDE) -> list[str]:
+    """``patches`` labelled 40x patches of ``side`` px in stores of PER_SLIDE, written through the store layout's
+    writers."""
     import zarr
 
     from wsidistill.patches import store
@@ -63,12 +64,12 @@ def write_cohort(root: Path, patches: int, seed: int) -> list[str]:
         path = root / f"slide{index:04d}.zarr"
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
         labels = rng.integers(0, len(CLASSES), n).astype(np.int8)
-        group.create_array(store.COORDS, data=np.stack([np.arange(n) * SIDE, np.zeros(n, np.int64)], axis=1))
+        group.create_array(store.COORDS, data=np.stack([np.arange(n) * side, np.zeros(n, np.int64)], axis=1))
         group.create_array(store.LABELS, data=labels)
-        rows = int(np.clip(CHUNK_BYTES // (SIDE * SIDE * 3), 1, 4096))
-        images = group.create_group("40x").create_array(store.IMAGES, shape=(n, SIDE, SIDE, 3), dtype=np.uint8,
-                                                          chunks=(rows, SIDE, SIDE, 3), compressors=PATCH_CODEC)
-        coarse = rng.normal(0, 25, (n, SIDE // 16, SIDE // 16, 3)).astype(np.float32)
+        rows = int(np.clip(CHUNK_BYTES // (side * side * 3), 1, 4096))
+        images = group.create_group("40x").create_array(store.IMAGES, shape=(n, side, side, 3), dtype=np.uint8,
+                                                          chunks=(rows, side, side, 3), compressors=PATCH_CODEC)
+        coarse = rng.normal(0, 25, (n, side // 16, side // 16, 3)).astype(np.float32)
         field = np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2) + tints[labels][:, None, None, :]
         pixels = (field + rng.normal(0, 8, field.shape)).clip(0, 255).astype(np.uint8)
         with PatchWriter({"40x": images}, path) as writer:
@@ -76,8 +77,8 @@ def write_cohort(root: Path, patches: int, seed: int) -> list[str]:
         attributes = store.StoreAttributes(
             slide_id=f"synthetic{index:04d}", source_path="synthetic", mpp=0.25, mpp_source="synthetic",
             objective_power=40.0, objective_power_source="synthetic", classes=CLASSES, magnifications=["40x"],
-            skipped_magnifications=[], teacher_magnification=40.0, patch_size=SIDE, patch_sizes={"40x": SIDE},
-            cell_level0=SIDE, grid={"columns": n, "rows": 1}, thumbnail_downsample=1.0, min_label_fraction=0.5,
+            skipped_magnifications=[], teacher_magnification=40.0, patch_size=side, patch_sizes={"40x": side},
+            cell_level0=side, grid={"columns": n, "rows": 1}, thumbnail_downsample=1.0, min_label_fraction=0.5,
             tissue_method="synthetic")
         group.attrs.update({**attributes.to_dict(), store.CHUNK_FILES: chunk_files(path)})
         paths.append(str(path))
@@ -108,17 +109,25 @@ def child_train(args) -> dict:
             return result
         return run
 
-    trainer._optimise, trainer.validate = timed("epoch", trainer._optimise), timed("validate", trainer.validate)
+    optimise, epoch_batches = trainer._optimise, []
+
+    def optimise_recording(epoch):
+        result = optimise(epoch)
+        epoch_batches[:] = trainer.sampler.batches  # the run's loader reads validation next
+        return result
+
+    trainer._optimise, trainer.validate = timed("epoch", optimise_recording), timed("validate", trainer.validate)
     trainer.train_epoch()
     epoch, validate = seconds["epoch"], seconds["validate"]
-    batches = len(trainer.sampler.batches)
+    batches = len(epoch_batches)
     # the loader alone over the same epoch's batches
+    trainer.sampler.batches = epoch_batches
     started = time.perf_counter()
-    for _ in trainer.train_loader:
+    for _ in trainer.loader:
         pass
     loader = time.perf_counter() - started
     # the model step alone, on one batch in memory
-    batch = next(iter(trainer.train_loader))
+    batch = next(iter(trainer.loader))
     model, optimizer = trainer.distiller, trainer.optimizer
     steps = min(batches, 10)
     started = time.perf_counter()
@@ -178,7 +187,8 @@ def run_child(argv: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-patches", type=int, default=1600, help="1x: the demo's labelled training patches")
+    parser.add_argument("--base-patches", type=int, default=415, help="1x: the demo's labelled training patches")
+    parser.add_argument("--side", type=int, default=SIDE, help="patch side in px at 40x")
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--workers", type=int, default=2, help="training.loader_workers")
     parser.add_argument("--cache-fraction", type=float, default=0.25)
@@ -190,11 +200,11 @@ def main() -> None:
     root = args.root or Path(tempfile.mkdtemp(prefix="wsidistill-scale-"))
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "cpus": os.cpu_count(), "train": {},
                      "train_in_memory": {}, "cache": {}, "demo": []}
-    val = write_cohort(root / "val", PER_SLIDE, seed=99)
+    val = write_cohort(root / "val", PER_SLIDE, seed=99, side=args.side)
     teacher = root / "teacher"
     for scale in args.scales:
         started = time.perf_counter()
-        stores = write_cohort(root / f"x{scale}", args.base_patches * scale, seed=scale)
+        stores = write_cohort(root / f"x{scale}", args.base_patches * scale, seed=scale, side=args.side)
         print(f"{scale}x: {args.base_patches * scale} patches written in {time.perf_counter() - started:.1f} s",
               file=sys.stderr, flush=True)
         common = ["--stores", *stores, "--val", *val, "--workers", str(args.workers)]

@@ -5,7 +5,9 @@ Builds the cache of ``--stores`` as the workflow does (targets pooled to the gri
 grid, float32). Prints bytes per patch (uncompressed, as held in memory, and on disk). Then, for a
 smallcnn Student at each magnification (seeded random weights) and ``--batches`` batches of random rows
 and D4 elements, computes the CE + 0.1 FM + 10 AT+ loss with the cached targets and with the Teacher run
-on the fly, and prints the largest relative difference of the loss and of each term.
+on the fly, and prints the largest relative difference of the loss and of each term, and of the AT+ maps read
+from the cache (derived from the pooled features when the Teacher's are non-negative) against the Teacher's
+maps pooled to the same grid (relative to the largest map value).
 
     python benchmarks/teacher_cache.py --stores results/patches/demo00{0,1}.zarr \\
         --teacher results/models/teacher_40x/seed0/model.pt --out /tmp/cache-bench --baseline
@@ -23,6 +25,7 @@ import torch
 
 from wsidistill.device import InferenceSettings
 from wsidistill.distill import Distiller, teacher_targets
+from wsidistill.distill.attention import align_map
 from wsidistill.models import build_model
 from wsidistill.models.checkpoint import load_model, student_reads
 from wsidistill.patches.dataset import load_patches, to_tensor
@@ -85,8 +88,13 @@ def main() -> None:
             labels = torch.from_numpy(patches.labels[rows]).long()
             with torch.no_grad():
                 fly = teacher_targets(teacher, teacher_view, WEIGHTS)
-            loss_cached, terms_cached = distiller(student_view, labels, cache.read(elements, rows))
+            cached = cache.read(elements, rows)
+            loss_cached, terms_cached = distiller(student_view, labels, cached)
             loss_fly, terms_fly = distiller(student_view, labels, fly)
+            # the AT+ maps as read (derived from the pooled features for smallcnn) against the Teacher's, pooled
+            pooled = align_map(fly["atplus"], cached["atplus"].shape[-2:])
+            worst["atplus map"] = max(worst.get("atplus map", 0.0),
+                                      ((cached["atplus"] - pooled).abs().max() / pooled.abs().max()).item())
             for key, (a, b) in {"loss": (loss_cached.item(), loss_fly.item()),
                                 **{k: (terms_cached[k], terms_fly[k]) for k in terms_fly}}.items():
                 worst[key] = max(worst.get(key, 0.0), abs(a - b) / max(abs(b), 1e-12))

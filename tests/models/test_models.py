@@ -33,6 +33,26 @@ def test_every_model_returns_ordered_features_and_gap_linear_logits(built):
     torch.testing.assert_close(out.logits, expected)
 
 
+def test_atplus_maps_of_nonnegative_features_commute_with_pooling(built):
+    """``nonnegative_features``: the last block ends with a ReLU, so ``sum_k ReLU(a_k A_k) = sum_k ReLU(a_k) A_k`` is
+    linear in A and the pooled map is the map of the pooled features (what a Teacher-target cache relies on to
+    derive AT+ maps); VGG16's signed last block is not, and its maps do not commute."""
+    from wsidistill.distill.attention import align_map, atplus_maps
+
+    name, model = built
+    with torch.no_grad():
+        last = list(model(torch.randn(2, 3, 64, 64)).features.values())[-1]
+    weight, (height, width) = model.classifier.weight, last.shape[-2:]
+    pooled_map = align_map(atplus_maps(last, classifier_weight=weight), (height // 2, width // 2))
+    derived = torch.einsum("ck,bkhw->bchw", weight.clamp(min=0) / (height * width), align_map(last, pooled_map.shape[-2:]))
+    assert model.nonnegative_features == (name != "vgg16")
+    if model.nonnegative_features:
+        assert last.min() >= 0
+        torch.testing.assert_close(derived, pooled_map, rtol=1e-5, atol=1e-7)
+    else:
+        assert last.min() < 0 and not torch.allclose(derived, pooled_map, rtol=1e-3)
+
+
 @pytest.mark.parametrize("stride", [1, 2, 4, 8, 16])
 def test_smallcnn_honours_output_stride(stride):
     model = build_model("smallcnn", 2, output_stride=stride)

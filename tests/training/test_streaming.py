@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from wsidistill.patches.dataset import StorePatches, batch_loader, load_patches
+from wsidistill.patches.dataset import BatchSources, StorePatches, batch_loader, load_patches
 from wsidistill.training.loop import TrainSettings, train
 
 CLASSES = ["NC", "G3", "G4", "G5"]
@@ -26,6 +26,20 @@ def test_stored_rows_are_load_patches_rows_in_order(demo_stores):
         assert batch["images"][name].dtype == torch.uint8
         np.testing.assert_array_equal(batch["images"][name].numpy(), memory.images[name][rows])
     assert streamed.nbytes == sum(images.nbytes for images in memory.images.values())
+
+
+def test_one_loader_serves_several_sources_and_views(demo_stores):
+    """A run's loader reads training and validation batches, each at the magnifications asked for."""
+    train, val = StorePatches(demo_stores["train"], [40, 10]), StorePatches(demo_stores["val"], [10])
+    memory_train, memory_val = load_patches(demo_stores["train"], [40, 10]), load_patches(demo_stores["val"], [10])
+    items = [("train", np.array([0, 3, 5]), None), ("val", np.array([1, 2]), ["10x"]), ("train", np.array([4]), ["10x"])]
+    batches = list(batch_loader(BatchSources(train=train, val=val), items, workers=1))
+    assert [sorted(batch["images"]) for batch in batches] == [["10x", "40x"], ["10x"], ["10x"]]
+    for (split, rows, names), batch in zip(items, batches):
+        memory = memory_train if split == "train" else memory_val
+        np.testing.assert_array_equal(batch["labels"].numpy(), memory.labels[rows])
+        for name in batch["images"]:
+            np.testing.assert_array_equal(batch["images"][name].numpy(), memory.images[name][rows])
 
 
 def test_decoded_chunks_are_kept_within_their_budget_and_read_the_same(demo_stores, monkeypatch):

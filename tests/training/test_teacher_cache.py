@@ -11,6 +11,7 @@ import zarr
 
 from wsidistill.device import InferenceSettings
 from wsidistill.distill import Distiller, d4_transform, teacher_targets
+from wsidistill.distill.attention import align_map
 from wsidistill.models import build_model
 from wsidistill.models.checkpoint import load_model, student_reads
 from wsidistill.patches import store as patch_store
@@ -131,12 +132,12 @@ def test_cache_holds_each_element_not_a_transformed_copy(setup):
 def test_chunk_files_and_zarr_read_the_same(setup, tmp_path):
     direct = TeacherCache(setup["cache"], memory_bytes=0)
     through_zarr = TeacherCache(setup["cache"], memory_bytes=0)
-    assert set(direct._files) == set(direct.keys)
+    assert set(direct._files) == set(direct.keys) - {"atplus"}  # atplus: derived from the features
     through_zarr._files.clear()
     elements, rows = torch.tensor([3, 0, 7, 3]), np.array([9, 1, 14, 2])
     a, b = direct.read(elements, rows), through_zarr.read(elements, rows)
     assert all(torch.equal(a[k], b[k]) for k in direct.keys)
-    for key in direct.keys:  # the whole array, as loaded into memory
+    for key in direct._files:  # the whole array, as loaded into memory
         assert np.array_equal(direct._files[key].read_all(), direct.root[key][:])
     # a chunk equal to the fill value is never written; the direct reader fills it in
     array = zarr.open_group(str(tmp_path / "z.zarr"), mode="w", zarr_format=3).create_array(
@@ -195,6 +196,18 @@ def test_stale_caches_are_refused(setup, tmp_path):
               settings=TrainSettings(epochs=1, batch_size=6), teacher_path=teacher_path, teacher_cache=cache_path,
               out_model=tmp_path / "s/model.pt", out_history=tmp_path / "s/h.csv")
     assert not (tmp_path / "s/model.pt").exists()
+
+
+def test_atplus_maps_are_stored_for_a_teacher_whose_features_may_be_negative(setup, tmp_path, monkeypatch):
+    """Only a Teacher with non-negative last-block features (smallcnn, ResNet) has its AT+ maps derived."""
+    from wsidistill.models.smallcnn import SmallCNN
+
+    monkeypatch.setattr(SmallCNN, "nonnegative_features", False)
+    out = tmp_path / "stored.zarr"
+    summary = build_teacher_cache(setup["teacher_path"], setup["stores"][:1], out, ["fm", "atplus"], settings=QUIET)
+    assert summary["derived"] == [] and "atplus" in zarr.open_group(str(out)).array_keys()
+    cache = TeacherCache(out)
+    assert cache.derived == {} and sorted(cache.read(range(4), range(4))) == ["atplus", "features"]
 
 
 def test_float16_cache_is_close(setup, tmp_path):
@@ -267,9 +280,9 @@ def test_a_cache_missing_a_chunk_file_is_refused_naming_it(setup, tmp_path, caps
 
     damaged = tmp_path / "damaged.zarr"
     shutil.copytree(setup["cache"], damaged)
-    files = sorted((damaged / "atplus").rglob("c/*/*/*/*/*"))
+    files = sorted((damaged / "features").rglob("c/*/*/*/*/*"))
     files[3].unlink()
-    message = (f"{damaged}: incomplete Teacher-target cache: atplus has {len(files) - 1} of its {len(files)} chunk "
+    message = (f"{damaged}: incomplete Teacher-target cache: features has {len(files) - 1} of its {len(files)} chunk "
                "files; delete it and rebuild it")
     with pytest.raises(patch_store.IncompleteStoreError, match=f"^{re.escape(message)}"):
         TeacherCache.open(damaged, stores=setup["stores"], terms=["atplus"])
@@ -294,7 +307,9 @@ def test_a_cache_pooled_to_the_students_grids_gives_the_on_the_fly_losses(setup,
         "features": [4, 4], "at": [4, 4], "gradcam": [4, 4], "atplus": [4, 4], "fma": [4, 4], "mip": [4, 4],
         "saliency": [16, 16]}
     full = 8 * (4 + (256 + 1 + 4 + 4 + 1 + 1) * 8 * 8 + 4 * 64 * 64) * 4  # float32 on the Teacher's grids
-    assert summary["bytes_per_patch"] == 8 * (4 + (256 + 1 + 4 + 4 + 1 + 1) * 4 * 4 + 4 * 16 * 16) * 2 < full / 8
+    # atplus (4 x 4 x 4) derived from the pooled features, not stored
+    assert summary["derived"] == ["atplus"] and "atplus" not in zarr.open_group(str(cache_path)).array_keys()
+    assert summary["bytes_per_patch"] == 8 * (4 + (256 + 1 + 4 + 1 + 1) * 4 * 4 + 4 * 16 * 16) * 2 < full / 8
     teacher, _ = load_model(setup["teacher_path"])
     stride, sides = student_reads("smallcnn", 10, 40, side=16)
     assert sides == {"grid": (4, 4), "input": (16, 16)}
@@ -309,8 +324,11 @@ def test_a_cache_pooled_to_the_students_grids_gives_the_on_the_fly_losses(setup,
         torch.manual_seed(1)
         distiller = Distiller(build_model("smallcnn", len(CLASSES), output_stride=stride).eval(), weights,
                               teacher=teacher, num_classes=len(CLASSES))
-        loss_cached, terms_cached = distiller(student_view, labels, cache.read(elements, rows))
-        loss_fly, terms_fly = distiller(student_view, labels, teacher_targets(teacher, teacher_view, weights))
+        cached, on_the_fly = cache.read(elements, rows), teacher_targets(teacher, teacher_view, weights)
+        if "atplus" in cached:  # derived from the float16 pooled features: the pooled map to their rounding
+            torch.testing.assert_close(cached["atplus"], align_map(on_the_fly["atplus"], (4, 4)), rtol=1e-3, atol=1e-6)
+        loss_cached, terms_cached = distiller(student_view, labels, cached)
+        loss_fly, terms_fly = distiller(student_view, labels, on_the_fly)
         # the stated tolerance (docs/performance.md): 2e-3 relative. Measured here: fm 7e-7, atplus 5e-4, kd 8e-4,
         # fma and mip 1.5e-3 (maps of little contrast on a random Teacher: min-max amplifies the rounding)
         assert loss_cached.item() == pytest.approx(loss_fly.item(), rel=2e-3)

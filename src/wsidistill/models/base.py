@@ -27,8 +27,14 @@ class ModelOutput(NamedTuple):
 class FeatureClassifier(nn.Module):
     """Convolutional stages, global average pooling, linear ``classifier``.
 
-    Subclasses build their stages and implement :meth:`forward_features`.
+    Subclasses build their stages and implement :meth:`forward_features`, and set
+    :attr:`nonnegative_features` when the last block ends with a ReLU.
     """
+
+    #: The last block's output is >= 0 everywhere (it ends with a ReLU). Its AT+ maps are then linear in it,
+    #: ``M^c = sum_k ReLU(a_k^c) A_k``, so they commute with area pooling (a Teacher-target cache derives them
+    #: from the pooled features instead of storing them: :mod:`wsidistill.training.teacher_cache`).
+    nonnegative_features: bool = False
 
     def __init__(
         self,

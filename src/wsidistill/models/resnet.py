@@ -17,6 +17,8 @@ class ResNet(FeatureClassifier):
     backbone (its ``fc`` head is skipped). BasicBlock networks cannot be dilated: output stride 32.
     """
 
+    nonnegative_features = True  # a BasicBlock ends with ReLU(residual + shortcut)
+
     def __init__(self, depth: int, num_classes: int, output_stride: int | None = None) -> None:
         if output_stride not in (None, 32):
             raise ValueError(f"resnet{depth} has a fixed output stride of 32, got {output_stride}")

@@ -29,6 +29,8 @@ class SmallCNN(FeatureClassifier):
     ``teacher`` grid design, ``s_t * m_s / m_t``, so both grids tile the same tissue cells.
     """
 
+    nonnegative_features = True  # every block ends with conv-BN-ReLU
+
     def __init__(self, num_classes: int, output_stride: int | None = None) -> None:
         output_stride = 8 if output_stride is None else output_stride
         downsamplings = output_stride.bit_length() - 1

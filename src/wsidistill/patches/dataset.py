@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,8 +24,8 @@ from .zarr_io import ChunkFiles, read_source_tiles
 #: store's chunk again (benchmarks/stream_step.py: 23 ms a batch of 32 at 10x through zarr's ``oindex``).
 BLOCK_CACHE_BYTES = 64 << 20
 
-__all__ = ["MemoryPatches", "PatchSet", "StorePatches", "batch_loader", "load_patches", "open_store", "read_images",
-           "to_tensor"]
+__all__ = ["BatchSources", "MemoryPatches", "PatchSet", "StorePatches", "batch_loader", "load_patches", "open_store",
+           "read_images", "to_tensor"]
 
 
 class MissingMagnification(InputError, KeyError):
@@ -126,19 +125,20 @@ class _Batches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def only(self, names: Sequence[str]) -> _Batches:
-        """The same rows, serving only the magnifications ``names``."""
-        view = copy.copy(self)
-        view.names = [name for name in self.names if name in names]
-        return view
-
     def read(self, rows: np.ndarray, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def __getitem__(self, rows) -> dict:
+    def open(self) -> None:
+        """Open what reading needs, before the first batch (a loader worker calls it as it starts)."""
+
+    def batch(self, rows, names: Sequence[str] | None = None) -> dict:
+        """The batch of ``rows`` (ascending), with the images of ``names`` only (default: every magnification)."""
         rows = np.asarray(rows, dtype=np.int64)
         return {"rows": torch.from_numpy(rows), "labels": torch.from_numpy(self.labels[rows]),
-                "images": {name: torch.from_numpy(images) for name, images in self.read(rows).items()}}
+                "images": {name: torch.from_numpy(images) for name, images in self.read(rows, names).items()}}
+
+    def __getitem__(self, rows) -> dict:
+        return self.batch(rows)
 
 
 class StorePatches(_Batches):
@@ -188,6 +188,14 @@ class StorePatches(_Batches):
     def __getstate__(self) -> dict:
         # zarr handles and decoded chunks are per process: each worker opens and decodes its own
         return {**self.__dict__, "_arrays": None, "_blocks": OrderedDict(), "_block_files": {}}
+
+    def open(self) -> None:
+        """Open every store's arrays and chunk files (no pixels read): a worker's first batch then only reads."""
+        for index in range(len(self.stores)):
+            for name in self.names:
+                array = self._array(index, name)
+                if source_tile_codec(array) is None:
+                    self._files(index, name, array)
 
     def _array(self, index: int, name: str) -> zarr.Array:
         if self._arrays is None:
@@ -264,13 +272,39 @@ class MemoryPatches(_Batches):
         return {name: self.patches.images[name][rows] for name in (self.names if names is None else names)}
 
 
-def batch_loader(dataset: _Batches, batches, *, workers: int = 0, pin_memory: bool = False,
-                 persistent: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader yielding ``dataset[rows]`` for each ``rows`` of ``batches`` (any iterable of ascending
-    index arrays, read in order: a list, or a sampler whose batches change per epoch).
+class BatchSources(torch.utils.data.Dataset):
+    """Several datasets behind one loader: ``sources[(key, rows, names)]`` is ``datasets[key].batch(rows, names)``.
 
-    ``workers`` > 0 reads and decodes in that many worker processes, two batches ahead each; ``pin_memory``
-    (on CUDA) puts each batch in page-locked memory for an asynchronous copy to the GPU.
+    One set of persistent loader workers then serves a training run's every read (its epochs, the precise-BN
+    pass, validation) instead of starting new worker processes for each pass (benchmarks/stream_step.py).
+    """
+
+    def __init__(self, **datasets: _Batches) -> None:
+        self.datasets = datasets
+
+    def __getitem__(self, item: tuple) -> dict:
+        key, rows, names = item
+        return self.datasets[key].batch(rows, names)
+
+    def open(self) -> None:
+        for dataset in self.datasets.values():
+            dataset.open()
+
+
+def _open_worker_dataset(_worker: int) -> None:
+    torch.utils.data.get_worker_info().dataset.open()
+
+
+def batch_loader(dataset: _Batches | BatchSources, batches, *, workers: int = 0, pin_memory: bool = False,
+                 persistent: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader yielding ``dataset[item]`` for each item of ``batches`` (any iterable read in order: a list,
+    or a sampler whose batches change per epoch); an item is an ascending row array for a dataset, a ``(key,
+    rows, names)`` triple for :class:`BatchSources`.
+
+    ``workers`` > 0 reads and decodes in that many worker processes, two batches ahead each, each opening the
+    stores as it starts (:meth:`StorePatches.open`); ``pin_memory`` (on CUDA) puts each batch in page-locked
+    memory for an asynchronous copy to the GPU.
     """
     return torch.utils.data.DataLoader(dataset, sampler=batches, batch_size=None, num_workers=workers,
-                                       pin_memory=pin_memory, persistent_workers=persistent and workers > 0)
+                                       pin_memory=pin_memory, persistent_workers=persistent and workers > 0,
+                                       worker_init_fn=_open_worker_dataset if workers else None)

@@ -40,7 +40,7 @@ from ..evaluation.splits import absent_class_warning, absent_classes, class_coun
 from ..io import atomic_path, save_figure
 from ..models import build_model
 from ..models.checkpoint import TEACHER_OUTPUT_STRIDE, ModelMeta, load_model, save_model, student_reads
-from ..patches.dataset import StorePatches, batch_loader, to_tensor
+from ..patches.dataset import BatchSources, StorePatches, batch_loader, to_tensor
 from ..slides.grid import magnification_name
 from .augment import hed_jitter
 from .distributed import Distributed, average_batchnorm_statistics, batchnorm_layers, local_batchnorm, sync_batchnorm
@@ -393,14 +393,15 @@ class Trainer:
         elements = [torch.randint(0, 8, (len(rows),), generator=generator) if settings.augment == "d4"
                     else torch.zeros(len(rows), dtype=torch.int64) for rows in batches]
         shares = [distributed.share(len(rows)) for rows in batches]
-        self.sampler.batches = [rows[share] for rows, share in zip(batches, shares)]
+        local_batches = [rows[share] for rows, share in zip(batches, shares)]
+        self.sampler.batches = [("train", rows, None) for rows in local_batches]
         local_elements = [e[torch.from_numpy(share)] for e, share in zip(elements, shares)]
-        cached = (self.cache.iterate(zip(local_elements, self.sampler.batches), device=device)
+        cached = (self.cache.iterate(zip(local_elements, local_batches), device=device)
                   if self.cache is not None else None)
         description = (f"{job.method} {magnification_name(job.magnification)} seed{job.seed} "
                        f"epoch {epoch + 1}/{settings.epochs}")
         names = [magnification_name(m) for m in self.view_magnifications]
-        for batch, rows, share, batch_elements in tqdm(zip(self.train_loader, batches, shares, local_elements),
+        for batch, rows, share, batch_elements in tqdm(zip(self.loader, batches, shares, local_elements),
                                                        total=len(batches), desc=description,
                                                        disable=not self.progress, leave=False):
             labels = batch["labels"].to(device, non_blocking=True)
@@ -441,31 +442,30 @@ class Trainer:
         if self.in_memory:
             self.train_set, self.val_set = self.train_set.load(), self.val_set.load()
         self.workers = 0 if self.in_memory else settings.loader_workers
+        # One loader serves every read of the run (training epochs, precise BN, validation): its persistent
+        # workers start once, and each opens the stores as it starts.
         self.sampler = EpochBatches()
-        self.train_loader = batch_loader(self.train_set, self.sampler, workers=self.workers,
-                                         pin_memory=self.runtime.is_cuda, persistent=True)
+        self.loader = batch_loader(BatchSources(train=self.train_set, val=self.val_set), self.sampler,
+                                   workers=self.workers, pin_memory=self.runtime.is_cuda, persistent=True)
         if self.workers:  # start the persistent workers now, while the models are built, not at the first step
             state = torch.get_rng_state()  # the loader draws its workers' seed from it: leave the weights' init as is
-            iter(self.train_loader)
+            iter(self.loader)
             torch.set_rng_state(state)
         if self.distributed.is_main:
             how = "in memory" if self.in_memory else f"streamed from the stores by {self.workers} loader workers"
             print(f"patches {how}: {pixels / 2**20:.0f} MiB of pixels, training.memory_budget_mb "
                   f"{settings.memory_budget_mb:g}", flush=True)
 
-    def _view_batches(self, dataset, magnification: float, *, share: bool = False) -> Iterator[torch.Tensor]:
-        """Float NCHW batches of ``dataset`` at ``magnification`` in row order (``share``: this rank's batches)."""
+    def _view_batches(self, split: str, magnification: float, *, share: bool = False) -> Iterator[torch.Tensor]:
+        """Float NCHW batches of the ``split`` ("train" or "val") patches at ``magnification``, in row order,
+        read by the run's loader (``share``: this rank's batches)."""
         name, size = magnification_name(magnification), self.settings.batch_size
-        batches = [np.arange(start, min(start + size, len(dataset))) for start in range(0, len(dataset), size)]
+        count = len(self.train_set if split == "train" else self.val_set)
+        batches = [np.arange(start, min(start + size, count)) for start in range(0, count, size)]
         if share:
             batches = batches[self.distributed.rank :: self.distributed.world_size]
-        if dataset is self.train_set and self.workers and self.view_magnifications == [magnification]:
-            # the training loader's persistent workers read them: no worker start-up each epoch
-            self.sampler.batches, loader = batches, self.train_loader
-        else:
-            loader = batch_loader(dataset.only([name]), batches, workers=min(self.workers, len(batches)),
-                                  pin_memory=self.runtime.is_cuda)
-        for batch in loader:
+        self.sampler.batches = [(split, rows, [name]) for rows in batches]
+        for batch in self.loader:
             yield to_tensor(batch["images"][name], self.runtime.device)
 
     def validate(self) -> tuple[float, float]:
@@ -473,13 +473,13 @@ class Trainer:
         (NaN without validation patches)."""
         classes, val_set, magnification = self.job.classes, self.val_set, self.val_magnification
         factor = self.factor if self.upsampled else None
-        recalibrate_batchnorm(self.model, self._view_batches(self.train_set, magnification, share=True), self.runtime,
+        recalibrate_batchnorm(self.model, self._view_batches("train", magnification, share=True), self.runtime,
                               factor, self.distributed)
         if not len(val_set):
             return float("nan"), float("nan")
         # Every rank validates all of it (same weights and statistics, so the same kappa): no broadcast needed.
         inputs = (student_input_from(batch, "upsampled", factor) if factor else batch
-                  for batch in self._view_batches(val_set, magnification))
+                  for batch in self._view_batches("val", magnification))
         predicted = batch_probabilities(self.model, inputs, self.runtime).argmax(1)
         return (quadratic_kappa(val_set.labels, predicted, len(classes)),
                 balanced_accuracy(val_set.labels, predicted, len(classes)))
@@ -524,13 +524,14 @@ class Trainer:
 
 
 class EpochBatches(torch.utils.data.Sampler):
-    """The batches (ascending row arrays) the training loader reads this epoch, set by the Trainer before
-    each epoch: one loader, with persistent workers, serves every epoch's seeded order."""
+    """The batches the run's loader reads next, ``(split, rows, names)`` items of
+    :class:`~wsidistill.patches.dataset.BatchSources`, set by the Trainer before each pass: one loader, with
+    persistent workers, serves every epoch's seeded order, the precise-BN pass and validation."""
 
     def __init__(self) -> None:
-        self.batches: list[np.ndarray] = []
+        self.batches: list[tuple] = []
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[tuple]:
         return iter(list(self.batches))
 
     def __len__(self) -> int:

@@ -22,16 +22,25 @@ relative 1e-3 (measured: tests/training/test_teacher_cache.py; docs/performance.
 patch before and after).  A Student whose grid does not divide the stored one is refused
 (:meth:`TeacherCache.check`).
 
+AT+ maps are not stored when the features are and the Teacher's last block is non-negative (it ends with a
+ReLU: smallcnn, ResNet; :attr:`~wsidistill.models.base.FeatureClassifier.nonnegative_features`). With the
+closed-form Grad-CAM weights ``a_k^c = W[c, k] / (H W)`` (GAP + linear head, (H, W) the Teacher's grid) the
+map is ``M^c = sum_k ReLU(a_k^c A_k) = sum_k ReLU(W[c, k]) / (H W) A_k`` for ``A >= 0``: linear in ``A``, so
+the pooled map is that sum over the pooled features. The reader derives it from them with the stored
+``(C, K)`` weights ``ReLU(W) / (H W)`` (``atplus_weights``), and a build stops if a feature is negative.
+VGG16's signed last block keeps its stored maps.
+
 Layout of ``{cache}.zarr`` (Zarr v3)::
 
     {key} (8, N, ...)   one array per target key in use (``logits`` (C,), ``features`` (K, H, W),
-                        ``atplus`` (C, H, W), ...; see :func:`teacher_targets`), spatial ones on the
+                        ``atplus`` (C, H, W) unless derived, ...; see :func:`teacher_targets`), spatial ones on the
                         grid ``attrs["sides"][key]`` (pooled, see above); axis 0 is the D4
                         element, axis 1 the row of the training PatchSet (``load_patches`` of the
                         same stores, labelled patches, in store order); chunks ``(1, r, ...)`` with
                         ``r`` rows of about ``CHUNK_BYTES`` (one row for 128 px smallcnn features),
                         Blosc-LZ4 compressed; float32 (exact) or float16
-    attrs               format, version, keys, terms, teacher_options, dtype, sides and teacher_sides
+    atplus_weights      (C, K) float32 ``ReLU(W) / (H W)``, when ``atplus`` is derived from ``features``
+    attrs               format, version, keys, terms, teacher_options, dtype, derived, sides and teacher_sides
                         (stored and Teacher grid per spatial key), students (each one's grids),
                         teacher (path, sha256, arch, magnification), stores (path, slide_id, rows
                         per store), fingerprint,
@@ -89,6 +98,8 @@ COMPRESSOR = {"name": "blosc", "configuration": {"cname": "lz4", "clevel": 5, "s
 DTYPES = ("float32", "float16")
 #: Targets matched on the Student's input grid; the other spatial ones are matched on its last block's grid.
 INPUT_GRID_KEYS = ("saliency",)
+#: The array of a cache's (C, K) AT+ channel weights ``ReLU(W) / (H W)``, when its AT+ maps are derived.
+ATPLUS_WEIGHTS = "atplus_weights"
 REBUILD = "delete it and rebuild it (`wsidistill teacher-cache`, or Snakemake rule teacher_cache)"
 
 
@@ -224,6 +235,9 @@ def build_teacher_cache(
                               teacher_magnification=meta.magnification, teacher_stride=teacher.output_stride,
                               **s)[1] for s in students]
     sizes: dict[str, tuple[int, int]] = {}  # per spatial key: (Teacher's grid, stored grid)
+    # AT+ maps linear in non-negative features: derived from the stored pooled features when read (module doc)
+    derived = ({"atplus": {"from": "features", "weights": ATPLUS_WEIGHTS}}
+               if {"atplus", "features"} <= set(keys) and getattr(teacher, "nonnegative_features", False) else {})
 
     with atomic_path(out) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
@@ -237,11 +251,16 @@ def build_teacher_cache(
             for k in range(D4_ELEMENTS):
                 with runtime.autocast():
                     targets = teacher_targets(teacher, d4_transform(images, k), terms, **teacher_options)
+                if derived and bool((targets["features"] < 0).any()):
+                    raise RuntimeError(f"{meta.arch} declares non-negative last-block features, but {teacher_path} "
+                                       "gives negative ones: its AT+ maps cannot be derived from pooled features")
                 for key in keys:
                     value = targets[key].float()
                     if value.dim() == 4:
                         teacher_size = tuple(value.shape[-2:])
                         sizes.setdefault(key, (teacher_size, stored_size(key, teacher_size, students)))
+                        if key in derived:
+                            continue
                         value = align_map(value, sizes[key][1])
                     value = value.cpu().numpy().astype(dtype, copy=False)
                     if not np.isfinite(value).all():
@@ -259,6 +278,10 @@ def build_teacher_cache(
                 disk_checked = True
         for writer in writers.values():
             writer.close()
+        if derived:
+            height, width = sizes["features"][0]
+            root.create_array(ATPLUS_WEIGHTS, data=(teacher.classifier.weight.detach().float().cpu().clamp(min=0)
+                                                    / (height * width)).numpy(), compressors=None)
         root.attrs.update(
             {
                 "format": CACHE_FORMAT,
@@ -267,6 +290,7 @@ def build_teacher_cache(
                 "terms": list(terms),
                 "teacher_options": teacher_options,
                 "dtype": dtype,
+                "derived": derived,
                 "sides": {key: list(size) for key, (_, size) in sizes.items()},
                 "teacher_sides": {key: list(size) for key, (size, _) in sizes.items()},
                 "students": [{kind: list(size) for kind, size in student.items()} for student in students],
@@ -281,7 +305,8 @@ def build_teacher_cache(
         )
     nbytes = {key: int(np.prod(a.shape)) * np.dtype(dtype).itemsize for key, a in arrays.items()}
     disk_bytes = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
-    return {"cache": str(out), "rows": n_rows, "keys": keys, "dtype": dtype, "nbytes": nbytes,
+    return {"cache": str(out), "rows": n_rows, "keys": keys, "derived": sorted(derived), "dtype": dtype,
+            "nbytes": nbytes,
             "sides": {key: list(size) for key, (_, size) in sizes.items()},
             "bytes_per_patch": sum(nbytes.values()) / n_rows, "disk_bytes": disk_bytes,
             "disk_bytes_per_patch": disk_bytes / n_rows, "seconds": time.perf_counter() - started}
@@ -329,16 +354,22 @@ class TeacherCache:
                 f"Teacher-target cache {self.path} lacks {missing} (it holds {self.keys}, built for terms "
                 f"{attrs['terms']}); {REBUILD} with the union of every method's terms"
             )
-        self.arrays: dict[str, zarr.Array | np.ndarray] = {key: self.root[key] for key in served}
+        #: Served keys derived when read (AT+ maps from the pooled features): key -> (C, K) channel weights.
+        self.derived: dict[str, Tensor] = {key: torch.from_numpy(self.root[spec["weights"]][:])
+                                           for key, spec in attrs.get("derived", {}).items() if key in served}
+        sources = [spec["from"] for key, spec in attrs.get("derived", {}).items() if key in served]
+        self.served = served
+        self.arrays: dict[str, zarr.Array | np.ndarray] = {
+            key: self.root[key] for key in dict.fromkeys([*served, *sources]) if key not in self.derived}
         self._files: dict[str, ChunkFiles] = {}
-        for key in served:
+        for key in self.arrays:
             try:
                 self._files[key] = ChunkFiles(self.arrays[key], self.path / key)
             except NotImplementedError:
                 pass
         budget = memory_bytes
         with zarr.config.set(_READ_CONFIG):
-            for key in sorted(served, key=lambda k: self.arrays[k].nbytes):
+            for key in sorted(self.arrays, key=lambda k: self.arrays[k].nbytes):
                 if self.arrays[key].nbytes <= budget:
                     budget -= self.arrays[key].nbytes
                     files = self._files.pop(key, None)
@@ -456,7 +487,9 @@ class TeacherCache:
                         order = where[np.argsort(rows[where], kind="stable")]
                         values[order] = array.oindex[int(element), rows[order]]
             out[key] = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(device)
-        return out
+        for key, weights in self.derived.items():  # sum_k ReLU(W[c, k]) / (H W) A_k (module doc)
+            out[key] = torch.einsum("ck,bkhw->bchw", weights.to(device), out["features"])
+        return {key: out[key] for key in self.served}
 
     @property
     def on_disk(self) -> list[str]:
