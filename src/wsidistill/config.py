@@ -172,7 +172,8 @@ def check_config(config: dict) -> None:
                      - set(config["classes"]))
     if unknown:
         raise ConfigError(f"`label_mask_classes` maps to {unknown}, which are not in `classes` {config['classes']}")
-    from .slides.annotations import RADBOUD_CLASSES, AnnotationError, check_label_mask_context
+    from .slides.geojson import AnnotationError
+    from .slides.mask_values import RADBOUD_CLASSES, check_label_mask_context  # no imaging stack: snakemake -n
 
     try:
         check_label_mask_context(config.get("label_mask_classes") or RADBOUD_CLASSES,
