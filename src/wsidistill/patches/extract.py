@@ -472,8 +472,9 @@ def extract_slide(
         lost = unlabelled_gland_classes(fractions, context, labels, settings.classes)
         if lost:
             shown = ", ".join(f"{name} glands in {count} patch(es)" for name, count in lost.items())
-            note(f"{label_mask}: {shown}, but no patch labelled {' or '.join(lost)} (each under `extraction.min_epithelium_fraction` {settings.min_epithelium_fraction:g} "
-                 "of its tissue, or out-voted by other glands): those classes are absent from this slide's labels. "
+            note(f"{label_mask}: {shown}, but no patch labelled {' or '.join(lost)} (each under "
+                 f"`extraction.min_epithelium_fraction` {settings.min_epithelium_fraction:g} of its tissue, or "
+                 "out-voted by other glands): those classes are absent from this slide's labels. "
                  "Lower it (--min-epithelium-fraction) to label them")
     else:
         labels = majority_labels(fractions, settings.min_label_fraction, undecided)
@@ -481,7 +482,8 @@ def extract_slide(
         if lost_to_overlaps:
             pairs = ", ".join(pair for pair, counts in overlaps.items() if counts["undecided_patches"])
             note(f"{annotations}: {lost_to_overlaps} patch(es) unlabelled (-1) where annotations of {pairs} overlap "
-                 f"and the `{settings.annotation_overlap}` overlap rule gives that area to neither class. Redraw them, or set `extraction.annotation_overlap` (--annotation-overlap)")
+                 f"and the `{settings.annotation_overlap}` overlap rule gives that area to neither class. Redraw "
+                 "them, or set `extraction.annotation_overlap` (--annotation-overlap)")
     if require_labels and not (labels >= 0).any():
         source = annotations or label_mask
         detail = (f"{source} labels none of its {len(keep)} tissue patches at `extraction.min_label_fraction` "
