@@ -98,7 +98,7 @@ def test_geojson_follows_qupath_conventions(predicted):
     assert len(ids) == len(features)
 
 
-def test_per_slide_grade_json_heatmap_and_summary(predicted):
+def test_per_slide_grade_json_heatmap_and_summary(predicted, tmp_path):
     from wsidistill.evaluation.grading import grade_from_patch_labels
 
     out, record, slide = predicted
@@ -108,6 +108,15 @@ def test_per_slide_grade_json_heatmap_and_summary(predicted):
     assert saved["grade_group"] == grade.grade_group and saved["gleason_score"] == grade.score
     assert saved["tissue_patches"] == sum(saved["patches_per_class"].values())
     assert (out / f"{slide['slide_id']}.png").stat().st_size > 10_000
+    # predict draws the heatmap from the arrays in memory: the same pixels as drawn from the store it wrote
+    from PIL import Image
+
+    from wsidistill.report.heatmaps import prediction_heatmap
+
+    title = f"{saved['method']} {saved['magnification']}"
+    prediction_heatmap(out / f"{slide['slide_id']}.zarr", tmp_path / "from_store.png", title=title)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / f"{slide['slide_id']}.png")),
+                                  np.asarray(Image.open(tmp_path / "from_store.png")))
     summary = pd.read_csv(out / "summary.csv")
     assert summary.slide_id.tolist() == [slide["slide_id"]] and summary.status.tolist() == ["ok"]
     assert summary.grade_group.tolist() == [grade.grade_group]
