@@ -15,13 +15,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from ..models import ModelOutput
 from . import losses
 from .attention import at_map, atplus_maps, fma_map, gradcam_maps, mip_map, saliency_map
+
+if TYPE_CHECKING:  # annotations only: importing the models pulls in torchvision, 1.4 s of every `snakemake -n`
+    from ..models import ModelOutput
 
 
 @dataclass(frozen=True)
