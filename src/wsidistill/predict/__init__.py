@@ -79,7 +79,7 @@ def predict_slides(slides: Sequence[str | Path], model_path: str | Path, out_dir
     # The outputs of slide i (Zarr, heatmap, GeoJSON, grade) are written on a second thread while slide i + 1
     # is read and inferred; at most one slide's outputs wait, so memory stays bounded.  On 2 cores the writer
     # (partly Python, under the GIL) and the inference compete, so it hides only part of the outputs' cost:
-    # 0.34 -> 0.30 s a slide for the 5x Student (benchmarks/predict.py, "slides per run"); more with more cores.
+    # 0.31 -> 0.29 s a slide for the 5x Student (benchmarks/predict.py, "slides per run"); more with more cores.
     pending = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsidistill-predict-writer") as writer:
         for path, slide_id in tqdm(list(zip(slides, ids)), desc="predict", unit="slide", disable=not progress):

@@ -140,8 +140,8 @@ def _heatmap_figure(s: dict, probabilities: np.ndarray, top: list[tuple[str, np.
 
     A fixed layout: matplotlib (Agg) draws the texts (titles, legend), then each panel, blended and resized to its
     exact output pixels, is copied into the drawn canvas and the PNG is written by Pillow.  The same figure as
-    axes laid out by ``tight_layout`` (the panels have no ticks; only their titles need room), in 0.04 s instead of
-    0.19 s, where the 5x Student's whole ``predict`` of a 0.5-gigapixel slide takes about 0.35 s
+    axes laid out by ``tight_layout`` (the panels have no ticks; only their titles need room), in about 0.05 s
+    instead of 0.19 s, where the 5x Student's whole ``predict`` of a 0.5-gigapixel slide takes 0.31 s
     (``benchmarks/predict.py``): matplotlib's image path resamples even a pixel-exact image.
     """
     classes, n = s["classes"], len(s["classes"])
