@@ -210,6 +210,51 @@ def test_premultiplied_and_grey_alpha_tiffs_composite_as_straight_rgba_does(tmp_
             assert (read[:, 384:] == 255).all(), path.name
 
 
+def test_a_closed_slide_leaves_no_file_open(tmp_path):
+    """tifffile's lazy levels (stripped, grey + alpha) hold the file open until the slide is closed: no
+    ResourceWarning when the file is collected, as a run over hundreds of slides would otherwise leak one per level."""
+    import gc
+    import warnings
+
+    common = dict(resolution=(4e4, 4e4), resolutionunit="CENTIMETER", rowsperstrip=64)
+    tifffile.imwrite(tmp_path / "stripped.tif", rgba_field(), photometric="rgb", extrasamples=["unassalpha"], **common)
+    grey = np.stack([np.full((512, 512), 120, np.uint8), rgba_field()[..., 3]], axis=-1)
+    tifffile.imwrite(tmp_path / "grey.tif", grey, photometric="minisblack", extrasamples=["unassalpha"], **common)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for name in ("stripped.tif", "grey.tif"):
+            with Slide(tmp_path / name, mpp=0.25) as slide:
+                assert slide.info.pixel_reader == "tifffile"
+                slide.read_region(0, 0, 0, 512, 8)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+
+
+def test_a_slide_dropped_unclosed_closes_its_files(tmp_path):
+    """Slides evicted from extraction's and predict's open-slide cache are never closed explicitly: collected, they
+    must close their files, or a run over a thousand slides ends in "too many open files"."""
+    import gc
+    import os
+
+    from wsidistill.patches.extract import open_slide
+
+    common = dict(photometric="rgb", resolution=(4e4, 4e4), resolutionunit="CENTIMETER")
+    paths = [tmp_path / f"slide{i}.tif" for i in range(12)]  # more than the cache holds
+    for path in paths:
+        tifffile.imwrite(path, rgba_field()[..., :3], tile=(256, 256), **common)
+    open_slide.cache_clear()  # slides earlier tests left in the cache
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    for path in paths:
+        open_slide(str(path), 0.25, None).read_region(0, 0, 0, 64, 64)
+    held = open_slide.cache_info().currsize
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) - before <= 2 * held  # the cached slides' files only, not all twelve
+    open_slide.cache_clear()
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_a_stripped_rgba_slide_extracts_white_where_it_is_transparent(tmp_path):
     from wsidistill.patches.extract import ExtractionSettings, extract_slide
 

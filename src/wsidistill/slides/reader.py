@@ -305,9 +305,10 @@ class RasterLevel:
     Zarr view, which decodes only the strips under a read.
     """
 
-    def __init__(self, path: Path, array, fill: int, *, premultiplied: bool = False):
+    def __init__(self, path: Path, array, fill: int, *, premultiplied: bool = False, store=None):
         self.path = path
         self._array = array
+        self._store = store  # tifffile's ZarrTiffStore behind ``array``: it holds the file open until closed
         self.height, self.width = int(array.shape[0]), int(array.shape[1])
         self.samples = int(array.shape[2]) if len(array.shape) == 3 else 1
         self.fill = fill
@@ -338,6 +339,18 @@ class RasterLevel:
                 target[y0 - y : y1 - y, x0 - x : x1 - x] = pixels.reshape(y1 - y0, x1 - x0, -1)
         return out
 
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def close_levels(levels) -> None:
+    """Close the file handles a list of levels holds (:class:`RasterLevel`'s tifffile stores); None is fine."""
+    for level in levels or ():
+        if isinstance(level, RasterLevel):
+            level.close()
+
 
 def tifffile_levels(path: Path, fd: int, *, fill: int = 255) -> list | None:
     """Every level of the TIFF's first image series, largest first (an OME-TIFF's SubIFDs included), else None.
@@ -347,24 +360,27 @@ def tifffile_levels(path: Path, fd: int, *, fill: int = 255) -> list | None:
     """
     import zarr
 
+    levels: list = []
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            levels = []
             for index, level in enumerate(series.levels):
                 axes, page = level.axes, level.keyframe
                 if page.dtype != np.uint8 or not set(axes) <= {"Y", "X", "S", "C", "Z", "T", "Q"}:
+                    close_levels(levels)
                     return None
                 if TiffTiles.readable(page, (1, 3, 4)) and axes.replace("S", "").strip("ZTQC") == "YX":
                     levels.append(TiffTiles(path, fd, page, fill))
                     continue
-                array = zarr.open(tifffile.imread(path, aszarr=True, series=0, level=index), mode="r")
                 core = axes.lstrip("ZTQ")
                 if core not in ("YX", "YXS", "YXC", "CYX", "SYX") or math.prod(level.shape[: len(axes) - len(core)]) != 1:
+                    close_levels(levels)
                     return None
-                levels.append(RasterLevel(path, _View(array, len(axes) - len(core), core[0] in "CS"), fill,
-                                          premultiplied=associated_alpha(page)))
+                store = tifffile.imread(path, aszarr=True, series=0, level=index)
+                levels.append(RasterLevel(path, _View(zarr.open(store, mode="r"), len(axes) - len(core), core[0] in "CS"),
+                                          fill, premultiplied=associated_alpha(page), store=store))
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError):
+        close_levels(levels)
         return None
     return levels or None
 
@@ -460,6 +476,7 @@ class TiffPyramid:
         return self
 
     def __exit__(self, *exc) -> None:
+        close_levels(self.levels)
         os.close(self._fd)
 
 
@@ -521,6 +538,8 @@ class Slide:
             if levels is not None and (len(levels) > 1 or grey_alpha):
                 self._osr.close()
                 self._osr, self._tiles = None, levels
+            else:
+                close_levels(levels)
         if self._osr is not None:
             props = self._osr.properties
             vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
@@ -597,12 +616,19 @@ class Slide:
         self.close()
 
     def close(self) -> None:
+        close_levels(self._tiles)
         if self._osr is not None:
             self._osr.close()
             self._osr = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def __del__(self) -> None:
+        # A slide dropped unclosed (e.g. evicted from extraction's open_slide cache while predict walks hundreds of
+        # slides) closes its handles when collected: the raw descriptor would otherwise stay open for the process.
+        if getattr(self, "_fd", None) is not None:
+            self.close()
 
     def best_level_for(self, downsample: float) -> int:
         """The native level closest above the requested resolution: never coarser than asked."""
