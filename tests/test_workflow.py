@@ -21,6 +21,7 @@ from PIL import Image
 
 from wsidistill.demo.mixed import KINDS
 from wsidistill.evaluation.grading import MIN_PATTERN_FRACTIONS
+from wsidistill.report.claims import VERDICTS
 
 
 def test_comparison_table_has_every_method_and_the_teacher(tiny_run):
@@ -119,6 +120,10 @@ def test_report_tables_cost_grades_and_attention(tiny_run):
     assert spike.spike_share.between(0, 1).all() and (workdir / "results/tables/attention_spike.md").exists()
     for cls in ("NC", "G3", "G4", "G5"):
         assert (workdir / f"results/attention/{cls}.png").stat().st_size > 5_000
+    claims = pd.read_csv(workdir / "results/tables/claims.csv")  # AT+ at 10x against CE, KD and the Teacher
+    assert list(zip(claims.method, claims.other)) == [("atplus", "ce"), ("atplus", "kd"), ("atplus", "teacher")]
+    assert claims.verdict.isin(VERDICTS).all() and np.allclose(claims.delta, claims.kappa - claims.kappa_other)
+    assert (workdir / "results/tables/claims.png").stat().st_size > 5_000
 
 
 def test_the_demo_rules_write_the_synthetic_cohort_and_its_sheet(tmp_path, repo_root, run_snakemake):

@@ -211,6 +211,16 @@ def _add_evaluate(sub):
     t.add_argument("--baseline", default=config_default("baseline_method"))
     t.add_argument("--threads", type=int, default=1)
 
+    k = sub.add_parser("claims", help="the paper's claims tested on the test slides, each with a verdict")
+    k.add_argument("--metrics", nargs="+", required=True)
+    k.add_argument("--csv", required=True, type=Path)
+    k.add_argument("--md", required=True, type=Path)
+    k.add_argument("--plot", required=True, type=Path)
+    k.add_argument("--methods", nargs="+", help="methods whose claims are tested (default: atplus atplusl2)")
+    k.add_argument("--against", nargs="+", help="comparators of the 'beats' claims (default: ce kd kdref fm)")
+    k.add_argument("--margin", type=float, help="non-inferiority margin against the Teacher, in kappa (default "
+                   "0.05); fix it before the run")
+
     c = sub.add_parser("cost", help="pixels, FLOPs and measured throughput per magnification and Student design")
     given = c.add_mutually_exclusive_group(required=True)
     given.add_argument("--models", nargs="+", help="NAME=PATH, the Teacher first")
@@ -411,6 +421,11 @@ def run(args: argparse.Namespace) -> None:
         from .report.tables import write_comparison
 
         write_comparison(args.metrics, args.csv, args.md, args.html, args.plot, baseline=args.baseline)
+    elif args.verb == "claims":
+        from .report.claims import write_claims
+
+        write_claims(args.metrics, args.csv, args.md, args.plot, methods=args.methods, comparators=args.against,
+                     margin=args.margin)  # None: the module's defaults
     elif args.verb == "cost":
         from .report.cost import write_cost
 

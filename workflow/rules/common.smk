@@ -106,8 +106,12 @@ MODELS = [f"{TEACHER}_{mag_name(TEACHER_MAG)}"] + [
 #: Side-by-side panel: the Teacher, then the chosen Students at the lowest magnification.
 PANEL_MODELS = MODELS[:1] + [f"{m}_{mag_name(STUDENT_MAGS[-1])}" for m in config["panel_methods"] or METHODS]
 
-#: Attention panels: CE-only, FM and AT+ Students (those configured) at the lowest magnification.
-ATTENTION_PANEL = [f"{m}_{mag_name(STUDENT_MAGS[-1])}" for m in (config["baseline_method"], "fm", "atplus") if m in METHODS]
+#: Attention panels: CE-only, FM, AT+ and scale-free AT+ Students (those configured) at the lowest magnification.
+ATTENTION_PANEL = [
+    f"{m}_{mag_name(STUDENT_MAGS[-1])}"
+    for m in (config["baseline_method"], "fm", "atplus", "atplusl2")
+    if m in METHODS
+]
 
 #: One model per magnification for the cost table: the Teacher, then the baseline Student at each.
 COST_MODELS = MODELS[:1] + [f"{config['baseline_method']}_{mag_name(mag)}" for mag in STUDENT_MAGS]
@@ -243,7 +247,7 @@ def uses_teacher_cache(method):
 
 
 def final_outputs():
-    outputs = [rules.tables.output.md, rules.cost.output.md, rules.slide_grades.output.csv, rules.attention.output.md]
+    outputs = [rules.tables.output.md, rules.claims.output.md, rules.cost.output.md, rules.slide_grades.output.csv, rules.attention.output.md]
     outputs += expand(rules.heatmaps.output.panel, slide=test_slides())
     outputs += expand(rules.evaluate.output.confusion_png, model=MODELS, seed=SEEDS)
     outputs += expand(rules.train_teacher.output.history_plot, mag=f"{TEACHER_MAG:g}", seed=SEEDS)

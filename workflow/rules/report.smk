@@ -24,6 +24,28 @@ rule tables:
         "--baseline {params.baseline:q} --threads {threads} > {log:q} 2>&1"
 
 
+rule claims:
+    input:
+        expand(rules.evaluate.output.metrics, model=MODELS, seed=SEEDS),
+    output:
+        csv="results/tables/claims.csv",
+        md="results/tables/claims.md",
+        plot=report("results/tables/claims.png", caption="../report/claims.rst", category="Comparison"),
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/claims.log",
+    benchmark:
+        "results/benchmarks/claims.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "wsidistill claims --metrics {input:q} --csv {output.csv:q} --md {output.md:q} --plot {output.plot:q} "
+        "> {log:q} 2>&1"
+
+
 rule cost:
     input:
         models=[model_path(m, SEEDS[0]) for m in COST_MODELS],

@@ -1,0 +1,202 @@
+"""The paper's claims, each tested on the test slides with a verdict.
+
+del Amor et al., "Attention to detail: inter-resolution knowledge distillation", EUSIPCO 2023, claim that
+AT+ (CE + 0.1 FM + 10 AT+) Students beat the CE-only, KD and FM Students at every magnification, that the
+AT+ term adds to FM alone, and that a 5x AT+ Student reaches the 40x Teacher's accuracy. This module turns a
+run's metrics JSONs (``wsidistill evaluate``) into one row per claim and magnification (issue 19):
+
+* **superiority**, ``method`` against a ``comparator`` Student at the same magnification: the quadratic kappa
+  difference ``kappa(method) - kappa(comparator)`` with the seeds' predictions pooled (seed ``s`` paired with
+  seed ``s``), its 95% paired bootstrap interval over test slides and a two-sided p-value
+  (:meth:`~wsidistill.evaluation.metrics.SlideBootstrap.compare`). Verdict: ``reproduced`` when the interval
+  lies above 0, ``not reproduced`` when it lies below 0 (the method is significantly worse), else
+  ``not decidable``.
+* **non-inferiority**, a Student against the Teacher (seed ``s`` Student against the seed ``s`` Teacher it
+  was distilled from, on the same aligned test patches): ``reproduced`` when the interval's lower end is above
+  ``-margin`` (the Student loses less than ``margin`` kappa), ``not reproduced`` when its upper end is below
+  ``-margin`` (it loses more), else ``not decidable``. The margin is fixed before a run (default 0.05 kappa);
+  choosing it after seeing the test slides would tune on test.
+
+Each row also gives both models' pooled kappas with their 95% intervals over test slides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import TEACHER
+from ..evaluation.metrics import SlideBootstrap, quadratic_kappa
+from ..io import save_figure, write_text
+
+#: The paper's method and the scale-free variant of issue 19, each tested against every comparator present
+#: (method names as config/benchmark.yaml defines them; ``wsidistill claims --methods/--against`` for others).
+CLAIM_METHODS = ("atplus", "atplusl2")
+#: Comparators of the superiority claims: CE-only, Hinton KD, the reference code's KD and FM alone.
+COMPARATORS = ("ce", "kd", "kdref", "fm")
+#: Non-inferiority margin against the Teacher, in quadratic kappa (fixed before any run).
+MARGIN = 0.05
+VERDICTS = ("reproduced", "not reproduced", "not decidable")
+#: Columns of :func:`claims_frame` (an empty frame keeps them, so claims.csv always has its header).
+COLUMNS = ["claim", "method", "other", "magnification", "seeds", "test_slides", "kappa", "kappa_low", "kappa_high",
+           "kappa_other", "kappa_other_low", "kappa_other_high", "delta", "delta_low", "delta_high", "p_value",
+           "verdict"]
+
+
+def _by_model(results: list[dict]) -> dict[tuple[str, float], dict[int, dict]]:
+    models: dict[tuple[str, float], dict[int, dict]] = {}
+    for result in results:
+        models.setdefault((result["method"], float(result["magnification"])), {})[int(result["seed"])] = result
+    return models
+
+
+def _pooled(runs: list[dict], key: str) -> np.ndarray:
+    return np.concatenate([np.asarray(r["per_patch"][key]) for r in runs])
+
+
+def paired_claim(ours: dict[int, dict], theirs: dict[int, dict], n_boot: int = 1000) -> dict | None:
+    """Pooled kappas, their 95% intervals over test slides and the paired difference ``ours - theirs``.
+
+    ``ours``/``theirs``: seed -> metrics dict (``per_patch`` with ``truth``, ``predicted``, ``slide``; the
+    patches of one seed in the same order in both, as evaluation of aligned stores writes them). Seeds present
+    in both are paired. None when no seed is shared or fewer than two test slides hold labelled patches.
+    ValueError when paired runs disagree on their patches' labels or slides (different test sets).
+    """
+    seeds = sorted(set(ours) & set(theirs))
+    if not seeds:
+        return None
+    a, b = [ours[s] for s in seeds], [theirs[s] for s in seeds]
+    truth, slides = _pooled(a, "truth").astype(int), _pooled(a, "slide")
+    if not (np.array_equal(truth, _pooled(b, "truth")) and np.array_equal(slides, _pooled(b, "slide"))):
+        raise ValueError(f"claims: {a[0]['method']} and {b[0]['method']} were evaluated on different test patches; "
+                         "evaluate both on the same test stores")
+    if truth.size == 0 or len(np.unique(slides)) < 2:
+        return None
+    num_classes = len(a[0]["classes"])
+    pred_a, pred_b = _pooled(a, "predicted").astype(int), _pooled(b, "predicted").astype(int)
+    boot = SlideBootstrap(truth, slides, quadratic_kappa, num_classes, n_boot=n_boot, seed=0)
+    test = boot.compare(pred_a, pred_b)
+    (a_low, a_high), (b_low, b_high) = boot.interval(pred_a), boot.interval(pred_b)
+    return {"seeds": len(seeds), "test_slides": int(len(np.unique(slides))),
+            "kappa": quadratic_kappa(truth, pred_a, num_classes), "kappa_low": a_low, "kappa_high": a_high,
+            "kappa_other": quadratic_kappa(truth, pred_b, num_classes), "kappa_other_low": b_low,
+            "kappa_other_high": b_high,
+            "delta": test["delta"], "delta_low": test["low"], "delta_high": test["high"], "p_value": test["p_value"]}
+
+
+def superiority_verdict(low: float, high: float) -> str:
+    """``reproduced`` when the difference's interval lies above 0, ``not reproduced`` below, else undecided."""
+    return "reproduced" if low > 0 else "not reproduced" if high < 0 else "not decidable"
+
+
+def non_inferiority_verdict(low: float, high: float, margin: float = MARGIN) -> str:
+    """``reproduced`` when the Student loses less than ``margin`` kappa (interval's low end above ``-margin``),
+    ``not reproduced`` when it surely loses more (high end below ``-margin``), else undecided."""
+    return "reproduced" if low > -margin else "not reproduced" if high < -margin else "not decidable"
+
+
+def claims_frame(results: list[dict], methods=CLAIM_METHODS, comparators=COMPARATORS, margin: float = MARGIN,
+                 n_boot: int = 1000) -> pd.DataFrame:
+    """One row per claim, method, comparator and magnification present in ``results`` (metrics dicts).
+
+    Columns: ``claim`` (``beats <comparator>`` or ``matches the Teacher``), ``method``, ``other``,
+    ``magnification``, the pooled kappas with their intervals, ``delta`` with ``delta_low``/``delta_high``,
+    ``p_value`` and ``verdict``. Rows are left out where a pair shares no seed.
+    """
+    models = _by_model(results)
+    teacher = next(((m, mag) for m, mag in models if m == TEACHER), None)
+    rows = []
+    for method in methods:
+        for magnification in sorted({mag for m, mag in models if m == method}, reverse=True):
+            ours = models[(method, magnification)]
+            for other in comparators:
+                if other == method or (other, magnification) not in models:
+                    continue
+                claim = paired_claim(ours, models[(other, magnification)], n_boot)
+                if claim:
+                    rows.append({"claim": f"beats {other}", "method": method, "other": other,
+                                 "magnification": magnification, **claim,
+                                 "verdict": superiority_verdict(claim["delta_low"], claim["delta_high"])})
+            if teacher:
+                claim = paired_claim(ours, models[teacher], n_boot)
+                if claim:
+                    rows.append({"claim": "matches the Teacher", "method": method, "other": TEACHER,
+                                 "magnification": magnification, **claim,
+                                 "verdict": non_inferiority_verdict(claim["delta_low"], claim["delta_high"], margin)})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _interval(value: float, low: float, high: float) -> str:
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def claims_markdown(frame: pd.DataFrame, margin: float = MARGIN) -> str:
+    """The claims as a Markdown table with a legend."""
+    if frame.empty:
+        return "# The paper's claims\n\nNo claim can be tested: the run has no AT+ Student beside a comparator.\n"
+    table = pd.DataFrame({
+        "claim": [f"{r.method} {r.magnification:g}x {r.claim}" for r in frame.itertuples()],
+        "kappa [95% CI]": [_interval(r.kappa, r.kappa_low, r.kappa_high) for r in frame.itertuples()],
+        "other's kappa [95% CI]": [_interval(r.kappa_other, r.kappa_other_low, r.kappa_other_high)
+                                   for r in frame.itertuples()],
+        "difference [95% CI]": [f"{r.delta:+.3f} [{r.delta_low:+.3f}, {r.delta_high:+.3f}]"
+                                for r in frame.itertuples()],
+        "p": [f"{p:.3f}" for p in frame.p_value],
+        "verdict": frame.verdict,
+    }).to_markdown(index=False, stralign="left", disable_numparse=True)
+    seeds, slides = int(frame.seeds.min()), int(frame.test_slides.min())
+    return "\n".join([
+        "# The paper's claims", "", table, "",
+        f"Quadratic kappa of {seeds} seed(s)' predictions pooled; intervals: 95% percentile bootstrap over "
+        f"{slides} test slides, the difference's paired (both models on the same resampled slides, seed s with "
+        "seed s). `beats X`: reproduced when the difference's interval lies above 0, not reproduced when below. "
+        f"`matches the Teacher`: reproduced when the Student loses less than {margin:g} kappa (the interval's low "
+        f"end above -{margin:g}), not reproduced when its high end is below -{margin:g}. Otherwise not decidable "
+        "on these test slides.", ""])
+
+
+def claims_plot(frame: pd.DataFrame, path: str | Path, margin: float = MARGIN) -> None:
+    """Forest plot: each claim's kappa difference with its 95% interval, coloured by verdict."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"reproduced": "tab:green", "not reproduced": "tab:red", "not decidable": "tab:grey"}
+    labels = [f"{r.method} {r.magnification:g}x {r.claim}" for r in frame.itertuples()]
+    figure, axis = plt.subplots(figsize=(6.5, 0.8 + 0.28 * max(1, len(frame))))
+    for y, row in enumerate(frame.itertuples()):
+        axis.errorbar(row.delta, y, xerr=[[row.delta - row.delta_low], [row.delta_high - row.delta]], fmt="o",
+                      color=colours[row.verdict], capsize=2, markersize=4)
+    axis.axvline(0, color="black", linewidth=0.8)
+    if len(frame) and (frame.claim == "matches the Teacher").any():
+        axis.axvline(-margin, color="black", linewidth=0.8, linestyle=":")
+    axis.set_yticks(range(len(frame)), labels, fontsize=7)
+    axis.invert_yaxis()
+    axis.set_xlabel("quadratic kappa difference (method - other), 95% interval over test slides")
+    for verdict, colour in colours.items():
+        axis.plot([], [], "o", color=colour, label=verdict)
+    axis.legend(fontsize=7, loc="lower right")
+    axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    save_figure(figure, path, dpi=120)
+
+
+def write_claims(metric_paths: list[str | Path], out_csv, out_md, out_png, methods=None, comparators=None,
+                 margin: float | None = None, n_boot: int = 1000) -> pd.DataFrame:
+    """:func:`claims_frame` of the metrics JSONs, written as CSV, Markdown and a forest plot (atomically).
+    ``None``: :data:`CLAIM_METHODS`, :data:`COMPARATORS`, :data:`MARGIN`."""
+    from .tables import load_metrics
+
+    methods, comparators = methods or CLAIM_METHODS, comparators or COMPARATORS
+    margin = MARGIN if margin is None else margin
+    frame = claims_frame(load_metrics(metric_paths), methods, comparators, margin, n_boot)
+    write_text(out_csv, frame.to_csv(index=False))
+    write_text(out_md, claims_markdown(frame, margin))
+    claims_plot(frame, out_png, margin)
+    for row in frame.itertuples():
+        print(f"{row.method} {row.magnification:g}x {row.claim}: {row.delta:+.3f} "
+              f"[{row.delta_low:+.3f}, {row.delta_high:+.3f}] {row.verdict}", flush=True)
+    return frame
