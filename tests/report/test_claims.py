@@ -75,6 +75,10 @@ def test_claims_frame_gives_each_claim_its_verdict():
                                 ("atplus", 5.0, "matches the Teacher"), ("atplus", 10.0, "matches the Teacher")}
     # the 5x Student that loses a tenth of its patches is clearly below a Teacher that loses a twentieth
     assert frame.loc[("atplus", 5.0, "matches the Teacher"), "delta"] < 0
+    # Benjamini-Hochberg: never below the raw p-value, and in the raw p-values' order
+    assert (frame.p_adjusted >= frame.p_value).all()
+    order = np.argsort(frame.p_value.to_numpy(), kind="stable")
+    assert np.all(np.diff(frame.p_adjusted.to_numpy()[order]) >= 0)
 
 
 def test_different_test_patches_are_an_error():

@@ -17,7 +17,9 @@ run's metrics JSONs (``wsidistill evaluate``) into one row per claim and magnifi
   ``-margin`` (it loses more), else ``not decidable``. The margin is fixed before a run (default 0.05 kappa);
   choosing it after seeing the test slides would tune on test.
 
-Each row also gives both models' pooled kappas with their 95% intervals over test slides.
+Each row also gives both models' pooled kappas with their 95% intervals over test slides, and ``p_adjusted``:
+the p-values adjusted for the number of claims tested in one run (Benjamini-Hochberg false discovery rate,
+:func:`scipy.stats.false_discovery_control`), since a run tests dozens of claims at once.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import false_discovery_control
 
 from ..config import TEACHER
 from ..evaluation.metrics import SlideBootstrap, quadratic_kappa
@@ -42,7 +45,7 @@ VERDICTS = ("reproduced", "not reproduced", "not decidable")
 #: Columns of :func:`claims_frame` (an empty frame keeps them, so claims.csv always has its header).
 COLUMNS = ["claim", "method", "other", "magnification", "seeds", "test_slides", "kappa", "kappa_low", "kappa_high",
            "kappa_other", "kappa_other_low", "kappa_other_high", "delta", "delta_low", "delta_high", "p_value",
-           "verdict"]
+           "p_adjusted", "verdict"]
 
 
 def _by_model(results: list[dict]) -> dict[tuple[str, float], dict[int, dict]]:
@@ -103,7 +106,8 @@ def claims_frame(results: list[dict], methods=CLAIM_METHODS, comparators=COMPARA
 
     Columns: ``claim`` (``beats <comparator>`` or ``matches the Teacher``), ``method``, ``other``,
     ``magnification``, the pooled kappas with their intervals, ``delta`` with ``delta_low``/``delta_high``,
-    ``p_value`` and ``verdict``. Rows are left out where a pair shares no seed.
+    ``p_value``, ``p_adjusted`` (Benjamini-Hochberg over the rows) and ``verdict``. Rows are left out where a
+    pair shares no seed.
     """
     models = _by_model(results)
     teacher = next(((m, mag) for m, mag in models if m == TEACHER), None)
@@ -125,7 +129,10 @@ def claims_frame(results: list[dict], methods=CLAIM_METHODS, comparators=COMPARA
                     rows.append({"claim": "matches the Teacher", "method": method, "other": TEACHER,
                                  "magnification": magnification, **claim,
                                  "verdict": non_inferiority_verdict(claim["delta_low"], claim["delta_high"], margin)})
-    return pd.DataFrame(rows, columns=COLUMNS)
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    if len(frame):
+        frame["p_adjusted"] = false_discovery_control(frame.p_value.to_numpy(float), method="bh")
+    return frame
 
 
 def _interval(value: float, low: float, high: float) -> str:
@@ -144,6 +151,7 @@ def claims_markdown(frame: pd.DataFrame, margin: float = MARGIN) -> str:
         "difference [95% CI]": [f"{r.delta:+.3f} [{r.delta_low:+.3f}, {r.delta_high:+.3f}]"
                                 for r in frame.itertuples()],
         "p": [f"{p:.3f}" for p in frame.p_value],
+        "p (BH)": [f"{p:.3f}" for p in frame.p_adjusted],
         "verdict": frame.verdict,
     }).to_markdown(index=False, stralign="left", disable_numparse=True)
     seeds, slides = int(frame.seeds.min()), int(frame.test_slides.min())
@@ -154,7 +162,8 @@ def claims_markdown(frame: pd.DataFrame, margin: float = MARGIN) -> str:
         "seed s). `beats X`: reproduced when the difference's interval lies above 0, not reproduced when below. "
         f"`matches the Teacher`: reproduced when the Student loses less than {margin:g} kappa (the interval's low "
         f"end above -{margin:g}), not reproduced when its high end is below -{margin:g}. Otherwise not decidable "
-        "on these test slides.", ""])
+        "on these test slides. p: two-sided paired bootstrap; p (BH): adjusted for the claims of this table "
+        "(Benjamini-Hochberg).", ""])
 
 
 def claims_plot(frame: pd.DataFrame, path: str | Path, margin: float = MARGIN) -> None:
