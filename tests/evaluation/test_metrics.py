@@ -208,6 +208,14 @@ def test_paired_bootstrap_detects_clearly_better_model():
     swapped = SlideBootstrap(y_true, groups, balanced_accuracy, K, n_boot=500).compare(poor, good)
     assert swapped["delta"] == pytest.approx(-result["delta"])
     assert swapped["significant"] and swapped["high"] < 0
+    # non-inferiority: the null "poor is worse than good by the margin or more" holds for a margin of 0 (every
+    # replicate is below 0) and is rejected at the floor p for a margin no replicate reaches
+    assert "p_noninferior" not in swapped
+    bootstrap = SlideBootstrap(y_true, groups, balanced_accuracy, K, n_boot=500)
+    assert bootstrap.compare(poor, good, margin=0.0)["p_noninferior"] == 1.0
+    assert bootstrap.compare(poor, good, margin=1.0)["p_noninferior"] == pytest.approx(1 / 501)
+    inside = -swapped["delta"]  # a margin at the observed loss: about half the replicates fall at or below it
+    assert 0.2 < bootstrap.compare(poor, good, margin=inside)["p_noninferior"] < 0.8
 
 
 def test_paired_bootstrap_small_difference_not_significant():

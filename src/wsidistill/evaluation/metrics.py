@@ -190,7 +190,7 @@ class SlideBootstrap:
             self._replicates(lambda i: self.metric(y_true[i], y_pred[i], self.num_classes), y_true.size)
         )
 
-    def compare(self, pred_a, pred_b) -> dict:
+    def compare(self, pred_a, pred_b, margin: float | None = None) -> dict:
         """Compare two models on the same test slides: is ``metric(a) - metric(b)`` non-zero?
 
         Both models are scored on the *same* resampled slides in each replicate, so the
@@ -203,6 +203,10 @@ class SlideBootstrap:
         twice the smaller tail of the bootstrap distribution beyond 0, with the +1
         correction so that a finite number of replicates never reports ``p = 0``
         (Davison & Hinkley, 1997, sec. 4.4).
+
+        With ``margin`` (a non-inferiority test: is ``a`` at most ``margin`` worse than ``b``?), also
+        ``p_noninferior = (#{d* <= -margin} + 1) / (n_boot + 1)``, the one-sided p-value of the null
+        ``metric(a) - metric(b) <= -margin``.
         """
         metric, num_classes = self.metric, self.num_classes
         y_true, pred_a = _labels(self.y_true, pred_a, num_classes)
@@ -214,13 +218,16 @@ class SlideBootstrap:
         )
         low, high = self._percentiles(deltas)
         smaller_tail = min(np.sum(deltas <= 0), np.sum(deltas >= 0)) + 1
-        return {
+        result = {
             "delta": float(delta),
             "low": low,
             "high": high,
             "p_value": float(min(1.0, 2 * smaller_tail / (self.n_boot + 1))),
             "significant": bool(low > 0 or high < 0),
         }
+        if margin is not None:
+            result["p_noninferior"] = float((np.sum(deltas <= -margin) + 1) / (self.n_boot + 1))
+        return result
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -14,12 +14,17 @@ run's metrics JSONs (``wsidistill evaluate``) into one row per claim and magnifi
 * **non-inferiority**, a Student against the Teacher (seed ``s`` Student against the seed ``s`` Teacher it
   was distilled from, on the same aligned test patches): ``reproduced`` when the interval's lower end is above
   ``-margin`` (the Student loses less than ``margin`` kappa), ``not reproduced`` when its upper end is below
-  ``-margin`` (it loses more), else ``not decidable``. The margin is fixed before a run (default 0.05 kappa);
-  choosing it after seeing the test slides would tune on test.
+  ``-margin`` (it loses more), else ``not decidable``. Its p-value is one-sided, of the null "the Student
+  loses ``margin`` or more". The margin is fixed before a run (default 0.05 kappa); choosing it after seeing
+  the test slides would tune on test.
 
-Each row also gives both models' pooled kappas with their 95% intervals over test slides, and ``p_adjusted``:
-the p-values adjusted for the number of claims tested in one run (Benjamini-Hochberg false discovery rate,
-:func:`scipy.stats.false_discovery_control`), since a run tests dozens of claims at once.
+Every seed is scored on the same test patches, and a bootstrap replicate resamples a slide with all seeds'
+patches on it: the intervals measure slide-to-slide variation of the seeds' pooled predictions, not the
+seed-to-seed spread (the comparison table's mean ± std gives that). Each row also gives both models' pooled
+kappas with their 95% intervals over test slides, and ``p_adjusted``: the p-values adjusted for the number
+of claims tested in one run (Benjamini-Hochberg false discovery rate,
+:func:`scipy.stats.false_discovery_control`). The verdicts use the unadjusted 95% intervals; a verdict whose
+adjusted p is above 0.05 is one of several dozen tests and deserves less weight.
 """
 
 from __future__ import annotations
@@ -49,9 +54,15 @@ COLUMNS = ["claim", "method", "other", "magnification", "seeds", "test_slides", 
 
 
 def _by_model(results: list[dict]) -> dict[tuple[str, float], dict[int, dict]]:
+    """(method, magnification) -> seed -> metrics. ValueError on two runs of one model and seed."""
     models: dict[tuple[str, float], dict[int, dict]] = {}
     for result in results:
-        models.setdefault((result["method"], float(result["magnification"])), {})[int(result["seed"])] = result
+        runs = models.setdefault((result["method"], float(result["magnification"])), {})
+        seed = int(result["seed"])
+        if seed in runs:
+            raise ValueError(f"claims: two metrics for {result['method']} at {float(result['magnification']):g}x, "
+                             f"seed {seed}; pass each model's metrics once")
+        runs[seed] = result
     return models
 
 
@@ -59,13 +70,16 @@ def _pooled(runs: list[dict], key: str) -> np.ndarray:
     return np.concatenate([np.asarray(r["per_patch"][key]) for r in runs])
 
 
-def paired_claim(ours: dict[int, dict], theirs: dict[int, dict], n_boot: int = 1000) -> dict | None:
+def paired_claim(ours: dict[int, dict], theirs: dict[int, dict], n_boot: int = 1000,
+                 margin: float | None = None) -> dict | None:
     """Pooled kappas, their 95% intervals over test slides and the paired difference ``ours - theirs``.
 
     ``ours``/``theirs``: seed -> metrics dict (``per_patch`` with ``truth``, ``predicted``, ``slide``; the
     patches of one seed in the same order in both, as evaluation of aligned stores writes them). Seeds present
-    in both are paired. None when no seed is shared or fewer than two test slides hold labelled patches.
-    ValueError when paired runs disagree on their patches' labels or slides (different test sets).
+    in both are paired. ``p_value``: two-sided, of a zero difference; with ``margin``, one-sided, of the null
+    "ours is ``margin`` or more below theirs" (non-inferiority). None when no seed is shared or fewer than two
+    test slides hold labelled patches. ValueError when paired runs disagree on their patches' labels or slides
+    (different test sets).
     """
     seeds = sorted(set(ours) & set(theirs))
     if not seeds:
@@ -80,13 +94,14 @@ def paired_claim(ours: dict[int, dict], theirs: dict[int, dict], n_boot: int = 1
     num_classes = len(a[0]["classes"])
     pred_a, pred_b = _pooled(a, "predicted").astype(int), _pooled(b, "predicted").astype(int)
     boot = SlideBootstrap(truth, slides, quadratic_kappa, num_classes, n_boot=n_boot, seed=0)
-    test = boot.compare(pred_a, pred_b)
+    test = boot.compare(pred_a, pred_b, margin=margin)
     (a_low, a_high), (b_low, b_high) = boot.interval(pred_a), boot.interval(pred_b)
     return {"seeds": len(seeds), "test_slides": int(len(np.unique(slides))),
             "kappa": quadratic_kappa(truth, pred_a, num_classes), "kappa_low": a_low, "kappa_high": a_high,
             "kappa_other": quadratic_kappa(truth, pred_b, num_classes), "kappa_other_low": b_low,
             "kappa_other_high": b_high,
-            "delta": test["delta"], "delta_low": test["low"], "delta_high": test["high"], "p_value": test["p_value"]}
+            "delta": test["delta"], "delta_low": test["low"], "delta_high": test["high"],
+            "p_value": test["p_value"] if margin is None else test["p_noninferior"]}
 
 
 def superiority_verdict(low: float, high: float) -> str:
@@ -104,13 +119,19 @@ def claims_frame(results: list[dict], methods=CLAIM_METHODS, comparators=COMPARA
                  n_boot: int = 1000) -> pd.DataFrame:
     """One row per claim, method, comparator and magnification present in ``results`` (metrics dicts).
 
-    Columns: ``claim`` (``beats <comparator>`` or ``matches the Teacher``), ``method``, ``other``,
-    ``magnification``, the pooled kappas with their intervals, ``delta`` with ``delta_low``/``delta_high``,
-    ``p_value``, ``p_adjusted`` (Benjamini-Hochberg over the rows) and ``verdict``. Rows are left out where a
-    pair shares no seed.
+    Columns (:data:`COLUMNS`): ``claim`` (``beats <comparator>`` or ``matches the Teacher``), ``method``,
+    ``other``, ``magnification``, ``seeds`` (paired), ``test_slides``, the pooled kappas with their intervals
+    (``kappa*`` the method's, ``kappa_other*`` the other's), ``delta`` with ``delta_low``/``delta_high``,
+    ``p_value`` (:func:`paired_claim`), ``p_adjusted`` (Benjamini-Hochberg over the rows) and ``verdict``.
+    A pair that shares no seed or has fewer than two labelled test slides has no row. ValueError: two metrics
+    for one model and seed, Teachers at two magnifications, or a pair evaluated on different test patches.
     """
     models = _by_model(results)
-    teacher = next(((m, mag) for m, mag in models if m == TEACHER), None)
+    teachers = [(m, mag) for m, mag in models if m == TEACHER]
+    if len(teachers) > 1:
+        raise ValueError(f"claims: Teachers at {', '.join(f'{mag:g}x' for _, mag in teachers)}; pass one "
+                         "Teacher's metrics")
+    teacher = teachers[0] if teachers else None
     rows = []
     for method in methods:
         for magnification in sorted({mag for m, mag in models if m == method}, reverse=True):
@@ -124,7 +145,7 @@ def claims_frame(results: list[dict], methods=CLAIM_METHODS, comparators=COMPARA
                                  "magnification": magnification, **claim,
                                  "verdict": superiority_verdict(claim["delta_low"], claim["delta_high"])})
             if teacher:
-                claim = paired_claim(ours, models[teacher], n_boot)
+                claim = paired_claim(ours, models[teacher], n_boot, margin=margin)
                 if claim:
                     rows.append({"claim": "matches the Teacher", "method": method, "other": TEACHER,
                                  "magnification": magnification, **claim,
@@ -137,6 +158,11 @@ def claims_frame(results: list[dict], methods=CLAIM_METHODS, comparators=COMPARA
 
 def _interval(value: float, low: float, high: float) -> str:
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _span(values: pd.Series) -> str:
+    low, high = int(values.min()), int(values.max())
+    return f"{low}" if low == high else f"{low}-{high}"
 
 
 def claims_markdown(frame: pd.DataFrame, margin: float = MARGIN) -> str:
@@ -154,16 +180,17 @@ def claims_markdown(frame: pd.DataFrame, margin: float = MARGIN) -> str:
         "p (BH)": [f"{p:.3f}" for p in frame.p_adjusted],
         "verdict": frame.verdict,
     }).to_markdown(index=False, stralign="left", disable_numparse=True)
-    seeds, slides = int(frame.seeds.min()), int(frame.test_slides.min())
+    seeds, slides = _span(frame.seeds), _span(frame.test_slides)
     return "\n".join([
         "# The paper's claims", "", table, "",
-        f"Quadratic kappa of {seeds} seed(s)' predictions pooled; intervals: 95% percentile bootstrap over "
+        f"Quadratic kappa of {seeds} seeds' predictions pooled; intervals: 95% percentile bootstrap over "
         f"{slides} test slides, the difference's paired (both models on the same resampled slides, seed s with "
         "seed s). `beats X`: reproduced when the difference's interval lies above 0, not reproduced when below. "
         f"`matches the Teacher`: reproduced when the Student loses less than {margin:g} kappa (the interval's low "
         f"end above -{margin:g}), not reproduced when its high end is below -{margin:g}. Otherwise not decidable "
-        "on these test slides. p: two-sided paired bootstrap; p (BH): adjusted for the claims of this table "
-        "(Benjamini-Hochberg).", ""])
+        "on these test slides. p: paired bootstrap, two-sided for `beats X`, one-sided for `matches the Teacher` "
+        "(null: it loses the margin or more); p (BH): adjusted for the claims of this table (Benjamini-Hochberg). "
+        "The intervals measure slide-to-slide variation, not seed-to-seed (comparison.md's ± gives that).", ""])
 
 
 def claims_plot(frame: pd.DataFrame, path: str | Path, margin: float = MARGIN) -> None:
@@ -177,7 +204,9 @@ def claims_plot(frame: pd.DataFrame, path: str | Path, margin: float = MARGIN) -
     labels = [f"{r.method} {r.magnification:g}x {r.claim}" for r in frame.itertuples()]
     figure, axis = plt.subplots(figsize=(6.5, 0.8 + 0.28 * max(1, len(frame))))
     for y, row in enumerate(frame.itertuples()):
-        axis.errorbar(row.delta, y, xerr=[[row.delta - row.delta_low], [row.delta_high - row.delta]], fmt="o",
+        # a percentile interval need not contain the full-sample difference: clip the bars at the point
+        below, above = max(row.delta - row.delta_low, 0.0), max(row.delta_high - row.delta, 0.0)
+        axis.errorbar(row.delta, y, xerr=[[below], [above]], fmt="o",
                       color=colours[row.verdict], capsize=2, markersize=4)
     axis.axvline(0, color="black", linewidth=0.8)
     if len(frame) and (frame.claim == "matches the Teacher").any():
