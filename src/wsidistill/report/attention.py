@@ -161,7 +161,7 @@ def _agreement_markdown(frame: pd.DataFrame) -> str:
 
 def _panel(patches, chosen, magnifications, teacher_maps, student_maps, correlations, shown, title, path, spikes):
     columns = len(magnifications) + 1 + len(shown)
-    figure, axes = plt.subplots(max(1, len(chosen)), columns, figsize=(1.9 * columns, 2.1 * max(1, len(chosen))),
+    figure, axes = plt.subplots(max(1, len(chosen)), columns, figsize=(1.9 * columns, 2.35 * max(1, len(chosen))),
                                 squeeze=False)
     for row, patch in enumerate(chosen):
         teacher_image = patches.images[magnification_name(magnifications[0])][patch]

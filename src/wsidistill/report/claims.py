@@ -202,7 +202,7 @@ def claims_plot(frame: pd.DataFrame, path: str | Path, margin: float = MARGIN) -
 
     colours = {"reproduced": "tab:green", "not reproduced": "tab:red", "not decidable": "tab:grey"}
     labels = [f"{r.method} {r.magnification:g}x {r.claim}" for r in frame.itertuples()]
-    figure, axis = plt.subplots(figsize=(6.5, 0.8 + 0.28 * max(1, len(frame))))
+    figure, axis = plt.subplots(figsize=(7.5, 1.2 + 0.28 * max(1, len(frame))))
     for y, row in enumerate(frame.itertuples()):
         # a percentile interval need not contain the full-sample difference: clip the bars at the point
         below, above = max(row.delta - row.delta_low, 0.0), max(row.delta_high - row.delta, 0.0)
@@ -213,10 +213,10 @@ def claims_plot(frame: pd.DataFrame, path: str | Path, margin: float = MARGIN) -
         axis.axvline(-margin, color="black", linewidth=0.8, linestyle=":")
     axis.set_yticks(range(len(frame)), labels, fontsize=7)
     axis.invert_yaxis()
-    axis.set_xlabel("quadratic kappa difference (method - other), 95% interval over test slides")
+    axis.set_xlabel("quadratic kappa difference (method - other)\n95% interval over test slides", fontsize=8)
     for verdict, colour in colours.items():
         axis.plot([], [], "o", color=colour, label=verdict)
-    axis.legend(fontsize=7, loc="lower right")
+    axis.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     axis.grid(axis="x", alpha=0.3)
     figure.tight_layout()
     save_figure(figure, path, dpi=120)
