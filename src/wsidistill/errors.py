@@ -21,3 +21,8 @@ class OutputWriteError(InputError, OSError):
 
 class UnlabelledSlideError(InputError, ValueError):
     """A slide that must have labelled patches (a training slide) and has none (issue 17, kind 7)."""
+
+
+class MetricsError(InputError, ValueError):
+    """Metrics JSONs that cannot be compared as given: two of one model and seed, Teachers at two magnifications,
+    or a pair of models evaluated on different test patches (``wsidistill claims``)."""

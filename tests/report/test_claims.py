@@ -123,3 +123,10 @@ def test_claims_verb_writes_table_and_forest_plot(tmp_path, capsys):
     assert write_claims(paths[:1], out / "a.csv", out / "a.md", out / "a.png").empty  # the Teacher alone: no claim
     assert "No claim can be tested" in (out / "a.md").read_text()
     assert load_metrics(paths[:1])[0]["method"] == "teacher"
+    # bad input: one line naming the model and the fix, exit status 1, no traceback
+    assert main(["claims", "--metrics", paths[0], paths[0], "--csv", str(out / "b.csv"), "--md", str(out / "b.md"),
+                 "--plot", str(out / "b.png")]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("wsidistill claims: error:") and "pass each model's metrics once" in error
+    assert f"({paths[0]} and {paths[0]})" in error  # the files
+    assert "\n" not in error and not (out / "b.csv").exists()

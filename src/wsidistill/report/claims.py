@@ -36,6 +36,7 @@ import pandas as pd
 from scipy.stats import false_discovery_control
 
 from ..config import TEACHER
+from ..errors import MetricsError
 from ..evaluation.metrics import SlideBootstrap, quadratic_kappa
 from ..io import save_figure, write_text
 
@@ -54,14 +55,15 @@ COLUMNS = ["claim", "method", "other", "magnification", "seeds", "test_slides", 
 
 
 def _by_model(results: list[dict]) -> dict[tuple[str, float], dict[int, dict]]:
-    """(method, magnification) -> seed -> metrics. ValueError on two runs of one model and seed."""
+    """(method, magnification) -> seed -> metrics. MetricsError on two runs of one model and seed."""
     models: dict[tuple[str, float], dict[int, dict]] = {}
     for result in results:
         runs = models.setdefault((result["method"], float(result["magnification"])), {})
         seed = int(result["seed"])
         if seed in runs:
-            raise ValueError(f"claims: two metrics for {result['method']} at {float(result['magnification']):g}x, "
-                             f"seed {seed}; pass each model's metrics once")
+            files = " and ".join(r.get("source", "?") for r in (runs[seed], result))
+            raise MetricsError(f"claims: two metrics for {result['method']} at {float(result['magnification']):g}x, "
+                               f"seed {seed} ({files}); pass each model's metrics once")
         runs[seed] = result
     return models
 
@@ -78,8 +80,8 @@ def paired_claim(ours: dict[int, dict], theirs: dict[int, dict], n_boot: int = 1
     patches of one seed in the same order in both, as evaluation of aligned stores writes them). Seeds present
     in both are paired. ``p_value``: two-sided, of a zero difference; with ``margin``, one-sided, of the null
     "ours is ``margin`` or more below theirs" (non-inferiority). None when no seed is shared or fewer than two
-    test slides hold labelled patches. ValueError when paired runs disagree on their patches' labels or slides
-    (different test sets).
+    test slides hold labelled patches. MetricsError (a ValueError) when paired runs disagree on their patches'
+    labels or slides (different test sets).
     """
     seeds = sorted(set(ours) & set(theirs))
     if not seeds:
@@ -87,8 +89,9 @@ def paired_claim(ours: dict[int, dict], theirs: dict[int, dict], n_boot: int = 1
     a, b = [ours[s] for s in seeds], [theirs[s] for s in seeds]
     truth, slides = _pooled(a, "truth").astype(int), _pooled(a, "slide")
     if not (np.array_equal(truth, _pooled(b, "truth")) and np.array_equal(slides, _pooled(b, "slide"))):
-        raise ValueError(f"claims: {a[0]['method']} and {b[0]['method']} were evaluated on different test patches; "
-                         "evaluate both on the same test stores")
+        files = " and ".join(r.get("source", r["method"]) for r in (a[0], b[0]))
+        raise MetricsError(f"claims: {a[0]['method']} and {b[0]['method']} ({files}) were evaluated on different test "
+                           "patches; evaluate both on the same test stores")
     if truth.size == 0 or len(np.unique(slides)) < 2:
         return None
     num_classes = len(a[0]["classes"])
@@ -123,13 +126,13 @@ def claims_frame(results: list[dict], methods=CLAIM_METHODS, comparators=COMPARA
     ``other``, ``magnification``, ``seeds`` (paired), ``test_slides``, the pooled kappas with their intervals
     (``kappa*`` the method's, ``kappa_other*`` the other's), ``delta`` with ``delta_low``/``delta_high``,
     ``p_value`` (:func:`paired_claim`), ``p_adjusted`` (Benjamini-Hochberg over the rows) and ``verdict``.
-    A pair that shares no seed or has fewer than two labelled test slides has no row. ValueError: two metrics
+    A pair that shares no seed or has fewer than two labelled test slides has no row. MetricsError: two metrics
     for one model and seed, Teachers at two magnifications, or a pair evaluated on different test patches.
     """
     models = _by_model(results)
     teachers = [(m, mag) for m, mag in models if m == TEACHER]
     if len(teachers) > 1:
-        raise ValueError(f"claims: Teachers at {', '.join(f'{mag:g}x' for _, mag in teachers)}; pass one "
+        raise MetricsError(f"claims: Teachers at {', '.join(f'{mag:g}x' for _, mag in teachers)}; pass one "
                          "Teacher's metrics")
     teacher = teachers[0] if teachers else None
     rows = []
@@ -230,7 +233,8 @@ def write_claims(metric_paths: list[str | Path], out_csv, out_md, out_png, metho
 
     methods, comparators = methods or CLAIM_METHODS, comparators or COMPARATORS
     margin = MARGIN if margin is None else margin
-    frame = claims_frame(load_metrics(metric_paths), methods, comparators, margin, n_boot)
+    results = [{**result, "source": str(path)} for result, path in zip(load_metrics(metric_paths), metric_paths)]
+    frame = claims_frame(results, methods, comparators, margin, n_boot)
     write_text(out_csv, frame.to_csv(index=False))
     write_text(out_md, claims_markdown(frame, margin))
     claims_plot(frame, out_png, margin)
