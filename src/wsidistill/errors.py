@@ -24,5 +24,6 @@ class UnlabelledSlideError(InputError, ValueError):
 
 
 class MetricsError(InputError, ValueError):
-    """Metrics JSONs that cannot be compared as given: two of one model and seed, Teachers at two magnifications,
-    or a pair of models evaluated on different test patches (``wsidistill claims``)."""
+    """Metrics JSONs that cannot be used as given: unreadable or incomplete (``wsidistill tables``, ``claims``),
+    or, for the claims, two of one model and seed, Teachers at two magnifications, or a pair of models evaluated
+    on different test patches."""

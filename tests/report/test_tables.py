@@ -1,5 +1,8 @@
+import json
+
 import numpy as np
 import pandas as pd
+import pytest
 
 from wsidistill.evaluation.metrics import quadratic_kappa
 from wsidistill.report.tables import comparison_frame, comparison_html, comparison_markdown
@@ -50,3 +53,28 @@ def test_pooled_kappa_interval_resamples_slides_of_all_seeds():
     pooled = np.concatenate([r["per_patch"]["predicted"] for r in noisy])
     assert np.isclose(row.kappa_pooled, quadratic_kappa(np.array(truth * 2), pooled, 4))
     assert row.kappa_pooled_ci_low < row.kappa_pooled < row.kappa_pooled_ci_high
+
+
+@pytest.mark.parametrize("verb", ["tables", "claims"])
+def test_unreadable_or_incomplete_metrics_are_one_line_errors(tmp_path, capsys, verb):
+    from wsidistill.cli import main
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(result("ce", 10, 0, [0, 1], [0, 1], ["s0", "s1"])))
+    bad = {"not_json.json": "not json", "partial.json": json.dumps({"method": "ce"}), "list.json": "[1, 2]",
+           "missing.json": None}
+    for name, text in bad.items():
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        outputs = {"--csv": tmp_path / "t.csv", "--md": tmp_path / "t.md", "--plot": tmp_path / "t.png"}
+        if verb == "tables":
+            outputs["--html"] = tmp_path / "t.html"
+        argv = [verb, "--metrics", str(good), str(path)] + [str(x) for pair in outputs.items() for x in pair]
+        assert main(argv) == 1
+        error = capsys.readouterr().err.strip()
+        assert error.startswith(f"wsidistill {verb}: error: {path}:") and "\n" not in error
+        assert "rerun `wsidistill evaluate`" in error
+        if name == "partial.json":
+            assert "without magnification, seed, classes, per_patch" in error
+        assert not any(p.exists() for p in outputs.values())  # nothing written

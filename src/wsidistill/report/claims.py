@@ -133,7 +133,7 @@ def claims_frame(results: list[dict], methods=CLAIM_METHODS, comparators=COMPARA
     teachers = [(m, mag) for m, mag in models if m == TEACHER]
     if len(teachers) > 1:
         raise MetricsError(f"claims: Teachers at {', '.join(f'{mag:g}x' for _, mag in teachers)}; pass one "
-                         "Teacher's metrics")
+                           "Teacher's metrics")
     teacher = teachers[0] if teachers else None
     rows = []
     for method in methods:

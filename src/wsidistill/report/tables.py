@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import TEACHER, config_default
+from ..errors import MetricsError
 from ..evaluation.metrics import SlideBootstrap, balanced_accuracy, format_mean_std, mean_std, quadratic_kappa
 from ..io import save_figure, write_text
 
@@ -27,8 +28,25 @@ BASELINE = config_default("baseline_method")
 METRICS = {"kappa": ("quadratic_kappa", quadratic_kappa), "balanced_accuracy": ("balanced_accuracy", balanced_accuracy)}
 
 
+#: Keys every metrics JSON of ``wsidistill evaluate`` holds that the tables and the claims read.
+METRICS_KEYS = ("method", "magnification", "seed", "classes", "per_patch")
+
+
 def load_metrics(paths: list[str | Path]) -> list[dict]:
-    return [json.loads(Path(p).read_text()) for p in paths]
+    """The metrics JSONs ``wsidistill evaluate`` wrote, in order. MetricsError naming the file when one is missing,
+    is not JSON, or lacks a key of :data:`METRICS_KEYS` (not an evaluate output, or one from an older version)."""
+    results = []
+    for path in map(Path, paths):
+        fix = f"rerun `wsidistill evaluate` for it (snakemake: delete {path} and rerun) or leave it out"
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise MetricsError(f"{path}: not a readable metrics JSON ({err}); {fix}") from err
+        missing = [key for key in METRICS_KEYS if not isinstance(result, dict) or key not in result]
+        if missing:
+            raise MetricsError(f"{path}: a metrics JSON without {', '.join(missing)}; {fix}")
+        results.append(result)
+    return results
 
 
 def comparison_frame(results: list[dict], baseline: str | None = BASELINE, n_boot: int = 1000) -> pd.DataFrame:
