@@ -55,6 +55,20 @@ def test_pooled_kappa_interval_resamples_slides_of_all_seeds():
     assert row.kappa_pooled_ci_low < row.kappa_pooled < row.kappa_pooled_ci_high
 
 
+def test_baseline_on_other_test_patches_or_a_model_twice_is_an_error():
+    truth = [0, 1, 2, 3] * 10
+    slides = [f"s{i // 8}" for i in range(40)]
+    other_slides = [f"t{i // 8}" for i in range(40)]
+    ce = result("ce", 10, 0, truth, truth, other_slides)
+    atplus = result("atplus", 10, 0, truth, truth, slides)
+    # a paired difference over different patches would be meaningless: the table refuses it, naming both files
+    with pytest.raises(ValueError, match=r"tables: atplus and ce \(a.json and c.json\) were evaluated on different"):
+        comparison_frame([{**ce, "source": "c.json"}, {**atplus, "source": "a.json"}], n_boot=20)
+    # one model and seed twice would count one run twice in its mean and std
+    with pytest.raises(ValueError, match="tables: two metrics for atplus at 10x, seed 0"):
+        comparison_frame([atplus, atplus], n_boot=20)
+
+
 @pytest.mark.parametrize("verb", ["tables", "claims"])
 def test_unreadable_or_incomplete_metrics_are_one_line_errors(tmp_path, capsys, verb):
     from wsidistill.cli import main

@@ -39,6 +39,7 @@ from ..config import TEACHER
 from ..errors import MetricsError
 from ..evaluation.metrics import SlideBootstrap, quadratic_kappa
 from ..io import save_figure, write_text
+from .tables import load_metrics, paired_predictions, runs_by_model
 
 #: The paper's method and the scale-free variant of issue 19, each tested against every comparator present
 #: (method names as config/benchmark.yaml defines them; ``wsidistill claims --methods/--against`` for others).
@@ -54,52 +55,25 @@ COLUMNS = ["claim", "method", "other", "magnification", "seeds", "test_slides", 
            "p_adjusted", "verdict"]
 
 
-def _by_model(results: list[dict]) -> dict[tuple[str, float], dict[int, dict]]:
-    """(method, magnification) -> seed -> metrics. MetricsError on two runs of one model and seed."""
-    models: dict[tuple[str, float], dict[int, dict]] = {}
-    for result in results:
-        runs = models.setdefault((result["method"], float(result["magnification"])), {})
-        seed = int(result["seed"])
-        if seed in runs:
-            files = " and ".join(r.get("source", "?") for r in (runs[seed], result))
-            raise MetricsError(f"claims: two metrics for {result['method']} at {float(result['magnification']):g}x, "
-                               f"seed {seed} ({files}); pass each model's metrics once")
-        runs[seed] = result
-    return models
-
-
-def _pooled(runs: list[dict], key: str) -> np.ndarray:
-    return np.concatenate([np.asarray(r["per_patch"][key]) for r in runs])
-
-
 def paired_claim(ours: dict[int, dict], theirs: dict[int, dict], n_boot: int = 1000,
                  margin: float | None = None) -> dict | None:
     """Pooled kappas, their 95% intervals over test slides and the paired difference ``ours - theirs``.
 
-    ``ours``/``theirs``: seed -> metrics dict (``per_patch`` with ``truth``, ``predicted``, ``slide``; the
-    patches of one seed in the same order in both, as evaluation of aligned stores writes them). Seeds present
-    in both are paired. ``p_value``: two-sided, of a zero difference; with ``margin``, one-sided, of the null
-    "ours is ``margin`` or more below theirs" (non-inferiority). None when no seed is shared or fewer than two
-    test slides hold labelled patches. MetricsError (a ValueError) when paired runs disagree on their patches'
-    labels or slides (different test sets).
+    ``ours``/``theirs``: seed -> metrics dict, paired by seed (:func:`~wsidistill.report.tables.paired_predictions`).
+    ``p_value``: two-sided, of a zero difference; with ``margin``, one-sided, of the null "ours is ``margin`` or more
+    below theirs" (non-inferiority). None when no seed is shared or fewer than two test slides hold labelled
+    patches. MetricsError (a ValueError) when paired runs disagree on their patches' labels or slides (different
+    test sets).
     """
-    seeds = sorted(set(ours) & set(theirs))
-    if not seeds:
+    paired = paired_predictions(ours, theirs, "claims")
+    if paired is None:
         return None
-    a, b = [ours[s] for s in seeds], [theirs[s] for s in seeds]
-    truth, slides = _pooled(a, "truth").astype(int), _pooled(a, "slide")
-    if not (np.array_equal(truth, _pooled(b, "truth")) and np.array_equal(slides, _pooled(b, "slide"))):
-        files = " and ".join(r.get("source", r["method"]) for r in (a[0], b[0]))
-        raise MetricsError(f"claims: {a[0]['method']} and {b[0]['method']} ({files}) were evaluated on different test "
-                           "patches; evaluate both on the same test stores")
-    if truth.size == 0 or len(np.unique(slides)) < 2:
-        return None
-    num_classes = len(a[0]["classes"])
-    pred_a, pred_b = _pooled(a, "predicted").astype(int), _pooled(b, "predicted").astype(int)
+    truth, slides, num_classes = paired["truth"], paired["slides"], paired["num_classes"]
+    pred_a, pred_b = paired["ours"], paired["theirs"]
     boot = SlideBootstrap(truth, slides, quadratic_kappa, num_classes, n_boot=n_boot, seed=0)
     test = boot.compare(pred_a, pred_b, margin=margin)
     (a_low, a_high), (b_low, b_high) = boot.interval(pred_a), boot.interval(pred_b)
-    return {"seeds": len(seeds), "test_slides": int(len(np.unique(slides))),
+    return {"seeds": len(paired["seeds"]), "test_slides": int(len(np.unique(slides))),
             "kappa": quadratic_kappa(truth, pred_a, num_classes), "kappa_low": a_low, "kappa_high": a_high,
             "kappa_other": quadratic_kappa(truth, pred_b, num_classes), "kappa_other_low": b_low,
             "kappa_other_high": b_high,
@@ -129,7 +103,7 @@ def claims_frame(results: list[dict], methods=CLAIM_METHODS, comparators=COMPARA
     A pair that shares no seed or has fewer than two labelled test slides has no row. MetricsError: two metrics
     for one model and seed, Teachers at two magnifications, or a pair evaluated on different test patches.
     """
-    models = _by_model(results)
+    models = runs_by_model(results, "claims")
     teachers = [(m, mag) for m, mag in models if m == TEACHER]
     if len(teachers) > 1:
         raise MetricsError(f"claims: Teachers at {', '.join(f'{mag:g}x' for _, mag in teachers)}; pass one "
@@ -229,12 +203,9 @@ def write_claims(metric_paths: list[str | Path], out_csv, out_md, out_png, metho
                  margin: float | None = None, n_boot: int = 1000) -> pd.DataFrame:
     """:func:`claims_frame` of the metrics JSONs, written as CSV, Markdown and a forest plot (atomically).
     ``None``: :data:`CLAIM_METHODS`, :data:`COMPARATORS`, :data:`MARGIN`."""
-    from .tables import load_metrics
-
     methods, comparators = methods or CLAIM_METHODS, comparators or COMPARATORS
     margin = MARGIN if margin is None else margin
-    results = [{**result, "source": str(path)} for result, path in zip(load_metrics(metric_paths), metric_paths)]
-    frame = claims_frame(results, methods, comparators, margin, n_boot)
+    frame = claims_frame(load_metrics(metric_paths), methods, comparators, margin, n_boot)
     write_text(out_csv, frame.to_csv(index=False))
     write_text(out_md, claims_markdown(frame, margin))
     claims_plot(frame, out_png, margin)

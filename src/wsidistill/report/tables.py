@@ -33,8 +33,9 @@ METRICS_KEYS = ("method", "magnification", "seed", "classes", "per_patch")
 
 
 def load_metrics(paths: list[str | Path]) -> list[dict]:
-    """The metrics JSONs ``wsidistill evaluate`` wrote, in order. MetricsError naming the file when one is missing,
-    is not JSON, or lacks a key of :data:`METRICS_KEYS` (not an evaluate output, or one from an older version)."""
+    """The metrics JSONs ``wsidistill evaluate`` wrote, in order, each with its path under ``"source"`` (for error
+    messages). MetricsError naming the file when one is missing, is not JSON, or lacks a key of
+    :data:`METRICS_KEYS` (not an evaluate output, or one from an older version)."""
     results = []
     for path in map(Path, paths):
         fix = f"rerun `wsidistill evaluate` for it (snakemake: delete {path} and rerun) or leave it out"
@@ -45,26 +46,25 @@ def load_metrics(paths: list[str | Path]) -> list[dict]:
         missing = [key for key in METRICS_KEYS if not isinstance(result, dict) or key not in result]
         if missing:
             raise MetricsError(f"{path}: a metrics JSON without {', '.join(missing)}; {fix}")
-        results.append(result)
+        results.append({**result, "source": str(path)})
     return results
 
 
 def comparison_frame(results: list[dict], baseline: str | None = BASELINE, n_boot: int = 1000) -> pd.DataFrame:
     """Long table: one row per (method, magnification) with mean, std and significance."""
     rows = []
-    groups: dict[tuple[str, float], list[dict]] = {}
-    for result in results:
-        groups.setdefault((result["method"], float(result["magnification"])), []).append(result)
-    for (method, magnification), runs in sorted(groups.items(), key=lambda kv: (kv[0][0] != TEACHER, kv[0][0], -kv[0][1])):
-        runs = sorted(runs, key=lambda r: r["seed"])
+    models = runs_by_model(results, "tables")
+    for (method, magnification), by_seed in sorted(models.items(),
+                                                   key=lambda kv: (kv[0][0] != TEACHER, kv[0][0], -kv[0][1])):
+        runs = [by_seed[seed] for seed in sorted(by_seed)]
         row = {"method": method, "magnification": magnification, "seeds": len(runs)}
         for name, (key, metric) in METRICS.items():
             values = [r[key] for r in runs if r.get(key) is not None]  # None: no labelled test patch
             row[f"{name}_mean"], row[f"{name}_std"] = mean_std(values) if values else (np.nan, np.nan)
         row.update(_pooled_interval(runs, n_boot))
-        reference = groups.get((baseline, magnification)) if baseline else None
+        reference = models.get((baseline, magnification)) if baseline else None
         if reference and method not in (baseline, TEACHER):
-            row.update(_against_baseline(runs, sorted(reference, key=lambda r: r["seed"]), n_boot))
+            row.update(_against_baseline(by_seed, reference, n_boot))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -82,20 +82,64 @@ def _pooled_interval(runs: list[dict], n_boot: int) -> dict:
             "kappa_pooled_ci_low": low, "kappa_pooled_ci_high": high}
 
 
-def _against_baseline(runs: list[dict], reference: list[dict], n_boot: int) -> dict:
-    paired = [(r, b) for r in runs for b in reference if b["seed"] == r["seed"]]
-    if not paired:
+def _against_baseline(ours: dict[int, dict], reference: dict[int, dict], n_boot: int) -> dict:
+    """Kappa difference from the baseline Student, seed ``s`` paired with seed ``s``, with its paired bootstrap
+    interval over test slides (:func:`paired_predictions`); empty when no seed or fewer than two slides."""
+    paired = paired_predictions(ours, reference, "tables")
+    if paired is None:
         return {}
-    truth = np.concatenate([r["per_patch"]["truth"] for r, _ in paired])
-    ours = np.concatenate([r["per_patch"]["predicted"] for r, _ in paired])
-    theirs = np.concatenate([b["per_patch"]["predicted"] for _, b in paired])
-    slides = np.concatenate([r["per_patch"]["slide"] for r, _ in paired])
-    num_classes = len(runs[0]["classes"])
-    if len(truth) == 0 or len(np.unique(slides)) < 2:
-        return {}
-    test = SlideBootstrap(truth, slides, quadratic_kappa, num_classes, n_boot=n_boot, seed=0).compare(ours, theirs)
+    boot = SlideBootstrap(paired["truth"], paired["slides"], quadratic_kappa, paired["num_classes"], n_boot=n_boot,
+                          seed=0)
+    test = boot.compare(paired["ours"], paired["theirs"])
     return {"kappa_delta_vs_baseline": test["delta"], "kappa_delta_low": test["low"], "kappa_delta_high": test["high"],
             "p_value_vs_baseline": test["p_value"], "significant_vs_baseline": bool(test["significant"])}
+
+
+def _name(result: dict) -> str:
+    """A metrics dict's file (``load_metrics``' ``source``), or its method when it has none."""
+    return str(result.get("source", result["method"]))
+
+
+def runs_by_model(results: list[dict], verb: str) -> dict[tuple[str, float], dict[int, dict]]:
+    """(method, magnification) -> seed -> metrics dict. MetricsError (prefixed ``verb``) naming both files when one
+    model and seed has two metrics: averaging or pairing them would count one run twice."""
+    models: dict[tuple[str, float], dict[int, dict]] = {}
+    for result in results:
+        runs = models.setdefault((result["method"], float(result["magnification"])), {})
+        seed = int(result["seed"])
+        if seed in runs:
+            raise MetricsError(f"{verb}: two metrics for {result['method']} at {float(result['magnification']):g}x, "
+                               f"seed {seed} ({_name(runs[seed])} and {_name(result)}); pass each model's metrics once")
+        runs[seed] = result
+    return models
+
+
+def _pooled(runs: list[dict], key: str) -> np.ndarray:
+    return np.concatenate([np.asarray(r["per_patch"][key]) for r in runs])
+
+
+def paired_predictions(ours: dict[int, dict], theirs: dict[int, dict], verb: str) -> dict | None:
+    """Two models' test predictions, seed ``s`` paired with seed ``s`` and pooled over the shared seeds.
+
+    ``ours``/``theirs``: seed -> metrics dict (``per_patch`` with ``truth``, ``predicted``, ``slide``; the patches of
+    one seed in the same order in both, as evaluation of aligned stores writes them). Returns ``seeds`` (shared, sorted),
+    ``truth``, ``slides``, ``ours``, ``theirs`` (predicted grades, ``(N,)`` over the pooled seeds) and ``num_classes``;
+    None when no seed is shared or fewer than two test slides hold labelled patches (a bootstrap over slides needs
+    two). MetricsError (prefixed ``verb``) naming both files when the paired runs disagree on their patches' labels or
+    slides: they were evaluated on different test sets, and a paired difference would compare different patches.
+    """
+    seeds = sorted(set(ours) & set(theirs))
+    if not seeds:
+        return None
+    a, b = [ours[s] for s in seeds], [theirs[s] for s in seeds]
+    truth, slides = _pooled(a, "truth").astype(int), _pooled(a, "slide")
+    if not (np.array_equal(truth, _pooled(b, "truth").astype(int)) and np.array_equal(slides, _pooled(b, "slide"))):
+        raise MetricsError(f"{verb}: {a[0]['method']} and {b[0]['method']} ({_name(a[0])} and {_name(b[0])}) were "
+                           "evaluated on different test patches; evaluate both on the same test stores")
+    if truth.size == 0 or len(np.unique(slides)) < 2:
+        return None
+    return {"seeds": seeds, "truth": truth, "slides": slides, "ours": _pooled(a, "predicted").astype(int),
+            "theirs": _pooled(b, "predicted").astype(int), "num_classes": len(a[0]["classes"])}
 
 
 def comparison_cells(frame: pd.DataFrame, name: str) -> tuple[list[str], list[list[str]]]:
