@@ -323,6 +323,17 @@ def test_each_setting_that_shapes_a_store_reruns_exactly_its_jobs(sheet_cohort, 
         (workdir / "config.yaml").write_text(yaml.safe_dump(base))
 
 
+def test_the_teacher_cache_is_stored_pooled_to_the_students_grids(tiny_run):
+    """Rule teacher_cache passes the Students: 32 px patches at 40x, so a 10x Student reads 8 px on a 4 x 4 grid,
+    and the saliency maps (input grid) are stored on 8 x 8, not the Teacher's 32 x 32 (16x fewer bytes)."""
+    workdir, config = tiny_run
+    (path,) = (workdir / "results/cache").glob("*/seed*.zarr")
+    attrs = zarr.open_group(str(path), mode="r").attrs
+    assert attrs["students"] == [{"grid": [4, 4], "input": [8, 8]}]
+    assert attrs["teacher_sides"]["saliency"] == [32, 32] and attrs["sides"]["saliency"] == [8, 8]
+    assert attrs["sides"]["features"] == [4, 4]
+
+
 #: Job counts of tiny_run's own size: one job per Student (method), and per model (the Students and the Teacher).
 STUDENTS, MODELS = "every Student", "every model"
 

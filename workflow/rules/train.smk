@@ -53,6 +53,12 @@ rule teacher_cache:
     params:
         terms=CACHE_TERMS,
         options=json.dumps(config["distill_options"]),
+        # the Students that read the cache: its maps and features are stored pooled to their grids (a quarter of
+        # the Teacher grid's bytes at 20x); a change to them rebuilds it
+        student_mags=[f"{m:g}" for m in STUDENT_MAGS],
+        student_arch=config["student"]["arch"],
+        student_input=config["student"]["input"],
+        student_grid=config["student"]["grid"],
         device=config["device"],
         precision=config["precision"],
         loader_workers=lambda wildcards, threads: config["training"]["loader_workers"],  # untracked: LOADING_KEYS
@@ -65,7 +71,9 @@ rule teacher_cache:
         runtime=lambda wildcards, input: int(20 + 8 * tree_mb(input.train) / 100),
     shell:
         "wsidistill teacher-cache --teacher {input.teacher:q} --train-stores {input.train:q} --terms {params.terms:q} "
-        "--distill-options {params.options:q} --device {params.device:q} --precision {params.precision:q} "
+        "--distill-options {params.options:q} --student-magnifications {params.student_mags:q} "
+        "--student-arch {params.student_arch:q} --student-input {params.student_input:q} "
+        "--student-grid {params.student_grid:q} --device {params.device:q} --precision {params.precision:q} "
         "--loader-workers {params.loader_workers:q} --out {output.cache:q} --threads {threads} > {log:q} 2>&1"
 
 
