@@ -347,6 +347,9 @@ STUDENTS, MODELS = "every Student", "every model"
          {"extract": 0, "train_teacher": 1, "teacher_cache": 1, "distill": STUDENTS, "evaluate": MODELS}),
         (lambda c: c["distill_options"].update(kd_temperature=2.0),
          {"extract": 0, "train_teacher": 0, "teacher_cache": 1, "distill": STUDENTS, "evaluate": STUDENTS}),
+        # the cache is stored on the Students' grids (rule teacher_cache passes them): another grid rebuilds it
+        (lambda c: c.setdefault("student", {}).update(grid="teacher"),
+         {"extract": 0, "train_teacher": 0, "teacher_cache": 1, "distill": STUDENTS, "evaluate": STUDENTS}),
         (lambda c: c["methods"].update(kd={"ce": 1, "kd": 2}),
          {"extract": 0, "train_teacher": 0, "teacher_cache": 0, "distill": 1, "evaluate": 1}),
         # How patches are loaded (streamed or in memory) does not change the weights: nothing retrains.

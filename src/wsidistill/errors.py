@@ -24,6 +24,6 @@ class UnlabelledSlideError(InputError, ValueError):
 
 
 class MetricsError(InputError, ValueError):
-    """Metrics JSONs that cannot be used as given: unreadable or incomplete (``wsidistill tables``, ``claims``),
-    or, for the claims, two of one model and seed, Teachers at two magnifications, or a pair of models evaluated
-    on different test patches."""
+    """Metrics JSONs that cannot be used as given (``wsidistill tables``, ``claims``): unreadable or incomplete, two
+    of one model and seed, a pair of models evaluated on different test patches, or, for the claims, Teachers at
+    two magnifications."""

@@ -54,7 +54,7 @@ rule teacher_cache:
         terms=CACHE_TERMS,
         options=json.dumps(config["distill_options"]),
         # the Students that read the cache: its maps and features are stored pooled to their grids (a quarter of
-        # the Teacher grid's bytes at 20x); a change to them rebuilds it
+        # the Teacher grid's bytes at 20x); a change to them rebuilds it, and so retrains the Students reading it
         student_mags=[f"{m:g}" for m in STUDENT_MAGS],
         student_arch=config["student"]["arch"],
         student_input=config["student"]["input"],

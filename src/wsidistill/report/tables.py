@@ -51,7 +51,10 @@ def load_metrics(paths: list[str | Path]) -> list[dict]:
 
 
 def comparison_frame(results: list[dict], baseline: str | None = BASELINE, n_boot: int = 1000) -> pd.DataFrame:
-    """Long table: one row per (method, magnification) with mean, std and significance."""
+    """Long table: one row per (method, magnification) with mean, std and significance against ``baseline``.
+
+    MetricsError (:func:`runs_by_model`, :func:`paired_predictions`) on two metrics of one model and seed, or a
+    Student and its baseline evaluated on different test patches."""
     rows = []
     models = runs_by_model(results, "tables")
     for (method, magnification), by_seed in sorted(models.items(),
@@ -95,9 +98,10 @@ def _against_baseline(ours: dict[int, dict], reference: dict[int, dict], n_boot:
             "p_value_vs_baseline": test["p_value"], "significant_vs_baseline": bool(test["significant"])}
 
 
-def _name(result: dict) -> str:
-    """A metrics dict's file (``load_metrics``' ``source``), or its method when it has none."""
-    return str(result.get("source", result["method"]))
+def _files(*results: dict) -> str:
+    """`` (a.json and b.json)``: the metrics dicts' files (``load_metrics``' ``source``), or "" when not from files."""
+    sources = [str(r["source"]) for r in results if "source" in r]
+    return f" ({' and '.join(sources)})" if sources else ""
 
 
 def runs_by_model(results: list[dict], verb: str) -> dict[tuple[str, float], dict[int, dict]]:
@@ -109,7 +113,7 @@ def runs_by_model(results: list[dict], verb: str) -> dict[tuple[str, float], dic
         seed = int(result["seed"])
         if seed in runs:
             raise MetricsError(f"{verb}: two metrics for {result['method']} at {float(result['magnification']):g}x, "
-                               f"seed {seed} ({_name(runs[seed])} and {_name(result)}); pass each model's metrics once")
+                               f"seed {seed}{_files(runs[seed], result)}; pass each model's metrics once")
         runs[seed] = result
     return models
 
@@ -134,8 +138,8 @@ def paired_predictions(ours: dict[int, dict], theirs: dict[int, dict], verb: str
     a, b = [ours[s] for s in seeds], [theirs[s] for s in seeds]
     truth, slides = _pooled(a, "truth").astype(int), _pooled(a, "slide")
     if not (np.array_equal(truth, _pooled(b, "truth").astype(int)) and np.array_equal(slides, _pooled(b, "slide"))):
-        raise MetricsError(f"{verb}: {a[0]['method']} and {b[0]['method']} ({_name(a[0])} and {_name(b[0])}) were "
-                           "evaluated on different test patches; evaluate both on the same test stores")
+        raise MetricsError(f"{verb}: {a[0]['method']} and {b[0]['method']}{_files(a[0], b[0])} were evaluated on "
+                           "different test patches; evaluate both on the same test stores")
     if truth.size == 0 or len(np.unique(slides)) < 2:
         return None
     return {"seeds": seeds, "truth": truth, "slides": slides, "ours": _pooled(a, "predicted").astype(int),

@@ -7,7 +7,7 @@ once on each of the eight D4 transforms (:func:`d4_transform`, elements ``0..7``
 patch and stores the result, so a Student trained with per-sample D4 augmentation reads exactly the
 targets an on-the-fly Teacher forward pass would give (no equivariance of the Teacher is assumed:
 transforming element 0's maps would be an approximation, the cache is not). One cache per Teacher serves every
-Student method and magnification distilled from it.
+configured Student method and magnification distilled from it.
 
 What is stored is what the Students read. Every loss pools the Teacher's target to the Student's grid
 (area average, :func:`~wsidistill.distill.attention.align_map`) and only then normalises it
@@ -18,7 +18,7 @@ average of area averages over whole blocks is the area average (exact up to floa
 At 256 px at 40x, Students at 20/10/5x read 16/8/4-cell grids: the 32 x 32 Teacher features are stored on
 16 x 16, a quarter of the cells.  ``float16`` (the default) halves the rest; it rounds every target to a
 relative 2^-11 (4.9e-4) and the losses computed from it agree with the on-the-fly Teacher's within a
-relative 1e-3 (measured: tests/training/test_teacher_cache.py; docs/performance.md gives bytes per
+relative 2e-3 (measured: tests/training/test_teacher_cache.py; docs/performance.md gives bytes per
 patch before and after).  A Student whose grid does not divide the stored one is refused
 (:meth:`TeacherCache.check`).
 
