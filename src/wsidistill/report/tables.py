@@ -74,11 +74,10 @@ def comparison_frame(results: list[dict], baseline: str | None = BASELINE, n_boo
 
 def _pooled_interval(runs: list[dict], n_boot: int) -> dict:
     """95% bootstrap interval over test slides of the kappa of all seeds' predictions pooled."""
-    truth = np.concatenate([r["per_patch"]["truth"] for r in runs]).astype(int)
+    truth = _pooled(runs, "truth").astype(int)
     if len(truth) == 0:
         return {}
-    predicted = np.concatenate([r["per_patch"]["predicted"] for r in runs]).astype(int)
-    slides = np.concatenate([r["per_patch"]["slide"] for r in runs])
+    predicted, slides = _pooled(runs, "predicted").astype(int), _pooled(runs, "slide")
     num_classes = len(runs[0]["classes"])
     low, high = SlideBootstrap(truth, slides, quadratic_kappa, num_classes, n_boot=n_boot, seed=0).interval(predicted)
     return {"kappa_pooled": quadratic_kappa(truth, predicted, num_classes),
