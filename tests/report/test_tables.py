@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from wsidistill.evaluation.metrics import quadratic_kappa
-from wsidistill.report.tables import comparison_frame, comparison_html, comparison_markdown
+from wsidistill.report.tables import comparison_frame, comparison_html, comparison_markdown, kappa_plot, method_styles
 
 
 def result(method, magnification, seed, predicted, truth, slides):
@@ -92,3 +92,25 @@ def test_unreadable_or_incomplete_metrics_are_one_line_errors(tmp_path, capsys, 
         if name == "partial.json":
             assert "without magnification, seed, classes, per_patch" in error
         assert not any(p.exists() for p in outputs.values())  # nothing written
+
+
+def test_every_method_of_a_twelve_method_study_gets_its_own_line_style():
+    """issue 19's degraded cohort has 12 Student methods: tab10 alone gave two pairs the same colour and marker."""
+    methods = ["at", "atplus", "atplusl2", "ce", "fm", "fma", "gradcam", "kd", "kdref", "mip", "saliency", "sr"]
+    styles = method_styles(methods)
+    assert len({(style["color"], style["marker"]) for style in styles.values()}) == 12
+    assert len({style["color"] for style in styles.values()}) == 12
+    assert len({(style["color"], style["marker"]) for style in method_styles(methods[:4]).values()}) == 4
+    with pytest.raises(ValueError, match="21 methods"):
+        method_styles([f"m{i}" for i in range(21)])
+
+
+def test_kappa_plot_draws_one_line_per_method_and_the_teacher(tmp_path):
+    import matplotlib.image
+
+    rows = [{"method": "teacher", "magnification": 40.0, "kappa_mean": 0.9, "kappa_std": 0.01}]
+    rows += [{"method": f"m{i}", "magnification": mag, "kappa_mean": 0.5 + i / 100, "kappa_std": 0.02}
+             for i in range(12) for mag in (20.0, 10.0, 5.0)]
+    kappa_plot(pd.DataFrame(rows), tmp_path / "kappa.png")
+    image = matplotlib.image.imread(tmp_path / "kappa.png")
+    assert image.shape[1] > image.shape[0] > 300  # the legend beside the axes widens the figure

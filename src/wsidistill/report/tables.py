@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -237,16 +238,45 @@ def comparison_html(frame: pd.DataFrame, baseline: str = BASELINE, warnings: lis
     return "\n".join(parts)
 
 
+#: Markers cycled beside the colours, so that no two of up to 20 methods share a line style.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def method_styles(methods: Sequence[str]) -> dict[str, dict]:
+    """Matplotlib keyword arguments (``color``, ``marker``) per method, no two alike for up to 20 methods.
+
+    Colours from ``tab10`` up to 10 methods, ``tab20`` beyond; the marker changes with each method too, so
+    that lines stay apart in grey print. Raises ValueError for more than 20 methods.
+    """
+    import matplotlib
+
+    methods = list(dict.fromkeys(methods))
+    if len(methods) > 20:
+        raise ValueError(f"{len(methods)} methods: a plot tells at most 20 apart; plot fewer with --metrics")
+    colours = matplotlib.colormaps["tab10" if len(methods) <= 10 else "tab20"].colors
+    return {method: {"color": colours[i], "marker": MARKERS[i % len(MARKERS)]} for i, method in enumerate(methods)}
+
+
 def kappa_plot(frame: pd.DataFrame, path: str | Path) -> None:
+    """Test kappa (mean ± std over seeds) against magnification, one line per method, the Teacher as a star.
+
+    Each method's points are shifted by up to a tenth of an octave so that error bars at one magnification
+    do not hide each other (the axis labels give the true magnifications).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(5.5, 3.8))
-    for method, rows in frame[frame.method != TEACHER].groupby("method"):
-        rows = rows.sort_values("magnification")
-        axis.errorbar(rows.magnification, rows.kappa_mean, yerr=rows.kappa_std, marker="o", capsize=3, label=method)
+    students = frame[frame.method != TEACHER]
+    methods = sorted(students.method.unique())
+    styles = method_styles(methods)
+    figure, axis = plt.subplots(figsize=(6.5 if len(methods) > 6 else 5.5, 3.8))
+    for i, method in enumerate(methods):
+        rows = students[students.method == method].sort_values("magnification")
+        dodge = 2.0 ** (0.02 * (i - (len(methods) - 1) / 2))
+        axis.errorbar(rows.magnification * dodge, rows.kappa_mean, yerr=rows.kappa_std, capsize=3, label=method,
+                      markersize=5, **styles[method])
     teacher = frame[frame.method == TEACHER]
     for _, row in teacher.iterrows():
         axis.errorbar([row.magnification], [row.kappa_mean], yerr=[row.kappa_std], marker="*", markersize=12,
@@ -256,7 +286,10 @@ def kappa_plot(frame: pd.DataFrame, path: str | Path) -> None:
     ticks = sorted(frame.magnification.unique())
     axis.set_xticks(ticks, [f"{t:g}x" for t in ticks])
     axis.set(xlabel="magnification", ylabel="test quadratic kappa (mean ± std)")
-    axis.legend(fontsize=7)
+    if len(methods) > 6:
+        axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        axis.legend(fontsize=7)
     axis.grid(alpha=0.3)
     figure.tight_layout()
     save_figure(figure, path, dpi=120)
