@@ -17,12 +17,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
+from ..lazy import lazy_module
 
-from . import losses
-from .attention import at_map, atplus_maps, fma_map, gradcam_maps, mip_map, saliency_map
+# Loaded at the first loss or map computed, not here: the workflow's config check reads this registry at every
+# `snakemake -n`, and PyTorch would add 2.2 s to it (tests/test_workflow.py checks that a dry run does not import it).
+losses = lazy_module("wsidistill.distill.losses")
+attention = lazy_module("wsidistill.distill.attention")
 
 if TYPE_CHECKING:  # annotations only: importing the models pulls in torchvision, 1.4 s of every `snakemake -n`
+    from torch import Tensor
+
     from ..models import ModelOutput
 
 
@@ -80,7 +84,7 @@ _CLASS_MAP_OPTIONS = {"attention_norm": "sample", "eps": 1e-8}
 
 def _atplus_map(output, weight, images, create_graph) -> Tensor:
     """All-class AT+ maps of the last block (:func:`~wsidistill.distill.attention.atplus_maps`)."""
-    return atplus_maps(_last(output), classifier_weight=weight)
+    return attention.atplus_maps(_last(output), classifier_weight=weight)
 
 
 def _atplus(normalise: str) -> Term:
@@ -97,9 +101,9 @@ def _atplus(normalise: str) -> Term:
 
 def _matched(name: str, map_: Callable[..., Tensor], *, input_grad: bool = False) -> Term:
     """A map term whose loss (``losses.<name>``) compares maps by ``{name}_match`` ("l2" | "bce" | "dice")."""
-    loss = getattr(losses, name)
     return Term(
-        loss=lambda i: loss(i.student_map, i.target, match=i.options[f"{name}_match"], eps=i.options["eps"]),
+        loss=lambda i: getattr(losses, name)(i.student_map, i.target, match=i.options[f"{name}_match"],
+                                             eps=i.options["eps"]),
         target=name,
         options={f"{name}_match": "l2", "eps": 1e-8},
         map=map_,
@@ -129,14 +133,15 @@ TERMS: Mapping[str, Term] = MappingProxyType({
     "at": Term(
         loss=lambda i: losses.at(i.student_map, i.target),
         target="at",
-        map=lambda output, weight, images, create_graph, at_p: at_map(_last(output), at_p),
+        map=lambda output, weight, images, create_graph, at_p: attention.at_map(_last(output), at_p),
         map_options={"at_p": 2.0},
     ),
     "gradcam": Term(
         loss=lambda i: losses.gradcam(i.student_map, i.target, start_dim=_start_dim(i.options), eps=i.options["eps"]),
         target="gradcam",
         options=_CLASS_MAP_OPTIONS,
-        map=lambda output, weight, images, create_graph: gradcam_maps(_last(output), classifier_weight=weight),
+        map=lambda output, weight, images, create_graph: attention.gradcam_maps(_last(output),
+                                                                                classifier_weight=weight),
     ),
     "atplus": _atplus("minmax"),
     # AT+ with a scale-free normalisation (losses.normalise_map): no fixed-spike incentive; beyond the paper.
@@ -148,11 +153,14 @@ TERMS: Mapping[str, Term] = MappingProxyType({
                                  i.modules.teacher_bias, regressor=i.modules.sr_regressor),
         target="logits",
     ),
-    "fma": _matched("fma", lambda output, weight, images, create_graph: fma_map(list(output.features.values()))),
-    "mip": _matched("mip", lambda output, weight, images, create_graph: mip_map(list(output.features.values()))),
+    "fma": _matched("fma", lambda output, weight, images, create_graph: attention.fma_map(
+        list(output.features.values()))),
+    "mip": _matched("mip", lambda output, weight, images, create_graph: attention.mip_map(
+        list(output.features.values()))),
     "saliency": _matched(
         "saliency",
-        lambda output, weight, images, create_graph: saliency_map(output.logits, images, create_graph=create_graph),
+        lambda output, weight, images, create_graph: attention.saliency_map(output.logits, images,
+                                                                            create_graph=create_graph),
         input_grad=True,
     ),
 })
