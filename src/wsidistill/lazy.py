@@ -12,7 +12,10 @@ def lazy_module(name: str) -> ModuleType:
 
     The recipe of the Python documentation (``importlib.util.LazyLoader``, "Implementing lazy imports").
     Its parent packages are imported now; the module is registered in ``sys.modules`` and on its parent, so a
-    later ``import`` of it gets this object. ModuleNotFoundError if it does not exist.
+    later ``import`` of it gets this object. ModuleNotFoundError if it does not exist. Unlike a plain import,
+    a module whose first run fails (its own imports missing, an interrupt) stays registered half-run: the first
+    access raises the real error, later ones AttributeError. Its first run is not thread-safe before CPython
+    3.12.3 (gh-114763): trigger it before starting threads that use it.
     """
     if name in sys.modules:
         return sys.modules[name]

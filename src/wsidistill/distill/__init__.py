@@ -5,7 +5,7 @@ The names below are resolved on first use (PEP 562 ``__getattr__``), so that rea
 import PyTorch, 2.2 of a dry run's 5 s.
 """
 
-from importlib import import_module
+from importlib import import_module as _import_module
 
 #: Public name -> the module of this package that defines it.
 _EXPORTS = {
@@ -26,7 +26,7 @@ def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f".{module}", __name__), name)
+    return getattr(_import_module(f".{module}", __name__), name)
 
 
 def __dir__() -> list[str]:

@@ -238,29 +238,35 @@ def comparison_html(frame: pd.DataFrame, baseline: str = BASELINE, warnings: lis
     return "\n".join(parts)
 
 
-#: Markers cycled beside the colours, so that no two of up to 20 methods share a line style.
+#: Markers cycled beside the colours: with tab20's 20 colours and these 7 markers, no two of up to 140 methods
+#: share both.
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
 def method_styles(methods: Sequence[str]) -> dict[str, dict]:
-    """Matplotlib keyword arguments (``color``, ``marker``) per method, no two alike for up to 20 methods.
+    """Matplotlib keyword arguments (``color``, ``marker``) per method, in the order given.
 
-    Colours from ``tab10`` up to 10 methods, ``tab20`` beyond; the marker changes with each method too, so
-    that lines stay apart in grey print. Raises ValueError for more than 20 methods.
+    Colours from ``tab10`` up to 10 methods; beyond, ``tab20``'s ten dark colours first, then their pale
+    partners, so that neighbours in the legend are not a dark and a pale shade of one hue. The marker
+    changes with each method too, so that no two of up to 140 methods look alike (and lines stay apart in
+    grey print).
     """
     import matplotlib
 
     methods = list(dict.fromkeys(methods))
-    if len(methods) > 20:
-        raise ValueError(f"{len(methods)} methods: a plot tells at most 20 apart; plot fewer with --metrics")
-    colours = matplotlib.colormaps["tab10" if len(methods) <= 10 else "tab20"].colors
-    return {method: {"color": colours[i], "marker": MARKERS[i % len(MARKERS)]} for i, method in enumerate(methods)}
+    if len(methods) <= 10:
+        colours = matplotlib.colormaps["tab10"].colors
+    else:
+        pairs = matplotlib.colormaps["tab20"].colors  # dark, pale, dark, pale, ...
+        colours = pairs[0::2] + pairs[1::2]
+    return {method: {"color": colours[i % len(colours)], "marker": MARKERS[i % len(MARKERS)]}
+            for i, method in enumerate(methods)}
 
 
 def kappa_plot(frame: pd.DataFrame, path: str | Path) -> None:
     """Test kappa (mean ± std over seeds) against magnification, one line per method, the Teacher as a star.
 
-    Each method's points are shifted by up to a tenth of an octave so that error bars at one magnification
+    Each method's points are shifted by at most a tenth of an octave either way so that error bars at one magnification
     do not hide each other (the axis labels give the true magnifications).
     """
     import matplotlib
@@ -271,10 +277,11 @@ def kappa_plot(frame: pd.DataFrame, path: str | Path) -> None:
     students = frame[frame.method != TEACHER]
     methods = sorted(students.method.unique())
     styles = method_styles(methods)
+    step = min(0.02, 0.2 / max(len(methods) - 1, 1))  # octaves between neighbours: at most 0.1 each side
     figure, axis = plt.subplots(figsize=(6.5 if len(methods) > 6 else 5.5, 3.8))
     for i, method in enumerate(methods):
         rows = students[students.method == method].sort_values("magnification")
-        dodge = 2.0 ** (0.02 * (i - (len(methods) - 1) / 2))
+        dodge = 2.0 ** (step * (i - (len(methods) - 1) / 2))
         axis.errorbar(rows.magnification * dodge, rows.kappa_mean, yerr=rows.kappa_std, capsize=3, label=method,
                       markersize=5, **styles[method])
     teacher = frame[frame.method == TEACHER]
