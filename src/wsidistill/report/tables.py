@@ -266,8 +266,9 @@ def method_styles(methods: Sequence[str]) -> dict[str, dict]:
 def kappa_plot(frame: pd.DataFrame, path: str | Path) -> None:
     """Test kappa (mean ± std over seeds) against magnification, one line per method, the Teacher as a star.
 
-    Each method's points are shifted by at most a tenth of an octave either way so that error bars at one magnification
-    do not hide each other (the axis labels give the true magnifications).
+    Each method's points are shifted by at most a tenth of an octave either way so that error bars at one
+    magnification do not hide each other (the axis labels give the true magnifications). More than 6 methods
+    put the legend beside the axes, in a wider figure.
     """
     import matplotlib
 
