@@ -31,6 +31,21 @@ def test_distill_imports_no_storage_slide_reading_or_training():
     assert not any(m.startswith(("zarr.", "openslide.", "wsidistill.training.")) for m in loaded)
 
 
+def test_a_job_on_a_small_cnn_does_not_import_torchvision():
+    """The modules of the training, evaluation, Teacher-cache and prediction jobs, and a SmallCNN built and loaded,
+    leave torchvision (and the torch._dynamo its ops pull in, ~1.5 s of each job's start) unimported; building
+    a ResNet imports it."""
+    code = (
+        "import json, sys; import wsidistill.training.loop, wsidistill.evaluation.evaluate, "
+        "wsidistill.training.teacher_cache, wsidistill.predict; from wsidistill.models import build_model; "
+        "build_model('smallcnn', 4); before = 'torchvision' in sys.modules; build_model('resnet18', 4); "
+        "print(json.dumps([before, 'torchvision' in sys.modules]))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(SOURCE.parent)})
+    assert json.loads(result.stdout.splitlines()[-1]) == [False, True]
+
+
 def _module_names() -> dict[str, Path]:
     """Every module of the package, dotted name -> file (``pkg/__init__.py`` is ``pkg``)."""
     modules = {}

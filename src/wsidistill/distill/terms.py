@@ -24,7 +24,7 @@ from ..lazy import lazy_module
 losses = lazy_module("wsidistill.distill.losses")
 attention = lazy_module("wsidistill.distill.attention")
 
-if TYPE_CHECKING:  # annotations only: importing the models pulls in torchvision, 1.4 s of every `snakemake -n`
+if TYPE_CHECKING:  # annotations only: importing the models pulls in PyTorch, 2.2 s of every `snakemake -n`
     from torch import Tensor
 
     from ..models import ModelOutput

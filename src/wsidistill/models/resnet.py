@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torchvision
 from torch import Tensor
 
 from .base import FeatureClassifier
@@ -23,6 +22,10 @@ class ResNet(FeatureClassifier):
         if output_stride not in (None, 32):
             raise ValueError(f"resnet{depth} has a fixed output stride of 32, got {output_stride}")
         super().__init__(num_features=512, num_classes=num_classes, feature_names=LAYERS, output_stride=32)
+        # Imported here, not at module level: torchvision (with the torch._dynamo its ops pull in) is ~1.5 s of the
+        # start of every training, evaluation and prediction job, and only the ResNets use it.
+        import torchvision.models
+
         net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
