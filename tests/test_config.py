@@ -134,48 +134,49 @@ def _overlay(base: dict, *overlays: dict) -> dict:
     return out
 
 
+def _study_config(repo_root, *names: str) -> dict:
+    """config.yaml with config/<name>.yaml layered on in order, as Snakemake's --configfile does, validated."""
+    read = lambda name: yaml.safe_load((repo_root / "config" / f"{name}.yaml").read_text())  # noqa: E731
+    return validate_config(_overlay(yaml.safe_load((repo_root / "config.yaml").read_text()), *map(read, names)))
+
+
+def _plan(demo: dict) -> list:
+    """The demo cohort a config's `demo` section describes."""
+    from wsidistill.demo import plan_cohort
+
+    return plan_cohort(demo["slides"], demo["seed"], val_patients=demo["val_patients"],
+                       test_patients=demo["test_patients"])
+
+
 @pytest.mark.parametrize("parts", [["benchmark"], ["study_ce_only"], ["study_ce_only", "study_holdout"]])
 def test_study_cohorts_differ_only_in_their_cues(repo_root, parts):
     """Issue #19: the absent and degraded cohorts run the same protocol on 10 test patients, split by patient."""
-    from wsidistill.demo import plan_cohort
-
-    read = lambda name: yaml.safe_load((repo_root / "config" / f"{name}.yaml").read_text())  # noqa: E731
-    base = yaml.safe_load((repo_root / "config.yaml").read_text())
-    merged = {cues: validate_config(_overlay(base, *map(read, [parts[0], f"study_{cues}", *parts[1:]])))
+    merged = {cues: _study_config(repo_root, parts[0], f"study_{cues}", *parts[1:])
               for cues in ("absent", "degraded")}
     for config in merged.values():
         check_config(config)
     absent, degraded = merged["absent"], merged["degraded"]
     assert (absent["demo"]["cues"], degraded["demo"]["cues"]) == ("absent", "degraded")
     assert _overlay(absent, {"demo": {"cues": "degraded"}, "samples": degraded["samples"]}) == degraded
-    demo = degraded["demo"]
-    plan = plan_cohort(demo["slides"], demo["seed"], val_patients=demo["val_patients"], test_patients=demo["test_patients"])
-    test = [s for s in plan if s.split == "test"]
+    test = [s for s in _plan(degraded["demo"]) if s.split == "test"]
     assert len(test) >= 10 and len({s.patient_id for s in test}) == 10
 
 
 def test_the_second_hold_out_keeps_the_design_and_training_size_with_20_test_patients(repo_root):
     """Issue #19, acceptance 1: config/study_holdout2.yaml is the degraded design from an unused cohort seed, with as
     many training slides as the study cohort and twice its test patients (a narrower interval over test slides)."""
-    from wsidistill.demo import plan_cohort
-
-    read = lambda name: yaml.safe_load((repo_root / "config" / f"{name}.yaml").read_text())  # noqa: E731
-    base = yaml.safe_load((repo_root / "config.yaml").read_text())
-    study = validate_config(_overlay(base, read("study_degraded"), read("study_ce_only")))
-    holdout2 = validate_config(_overlay(base, read("study_degraded"), read("study_ce_only"), read("study_holdout2")))
+    study = _study_config(repo_root, "study_degraded", "study_ce_only")
+    holdout1 = _study_config(repo_root, "study_degraded", "study_ce_only", "study_holdout")
+    holdout2 = _study_config(repo_root, "study_degraded", "study_ce_only", "study_holdout2")
     check_config(holdout2)
     assert holdout2["demo"]["cues"] == "degraded"
-    assert holdout2["demo"]["seed"] not in {study["demo"]["seed"], read("study_holdout")["demo"]["seed"]}
+    assert holdout2["demo"]["seed"] not in {study["demo"]["seed"], holdout1["demo"]["seed"]}
     assert _overlay(holdout2, {"demo": {k: study["demo"][k] for k in ("seed", "slides", "test_patients")}}) == study
-
-    def plan(demo):
-        return plan_cohort(demo["slides"], demo["seed"], val_patients=demo["val_patients"],
-                           test_patients=demo["test_patients"])
 
     def count(slides, split):
         return sum(s.split == split for s in slides), len({s.patient_id for s in slides if s.split == split})
 
-    ours, theirs = plan(holdout2["demo"]), plan(study["demo"])
+    ours, theirs = _plan(holdout2["demo"]), _plan(study["demo"])
     assert count(ours, "train")[0] == count(theirs, "train")[0] == 8
     assert count(ours, "val")[1] == count(theirs, "val")[1] == 3
     assert count(ours, "test")[1] == 20

@@ -32,8 +32,8 @@ def test_distill_imports_no_storage_slide_reading_or_training():
 
 
 def test_a_job_on_a_small_cnn_does_not_import_torchvision():
-    """The modules of the training, evaluation, Teacher-cache and prediction jobs, and a SmallCNN built and loaded,
-    leave torchvision (and the torch._dynamo its ops pull in, ~1.5 s of each job's start) unimported; building
+    """The modules of the training, evaluation, Teacher-cache and prediction jobs, and a SmallCNN built, leave
+    torchvision (and the torch._dynamo its ops pull in, ~1.5 s of each job's start) unimported; building
     a ResNet imports it."""
     code = (
         "import json, sys; import wsidistill.training.loop, wsidistill.evaluation.evaluate, "
